@@ -1,0 +1,35 @@
+"""Every enumeration of the API, spelt as xapi spells it (emitted exactly so, parsed in any case)."""
+from xenapi.model.declare import enum
+
+_ALL = [
+    enum("vm_power_state", "Halted Paused Running Suspended"),
+    enum("vm_operations", """snapshot clone copy create_template revert checkpoint snapshot_with_quiesce provision start
+        start_on pause unpause clean_shutdown clean_reboot hard_shutdown power_state_reset hard_reboot suspend csvm
+        resume resume_on pool_migrate migrate_send get_boot_record send_sysrq send_trigger query_services shutdown
+        call_plugin changing_memory_live awaiting_memory_live changing_dynamic_range changing_static_range
+        changing_memory_limits changing_shadow_memory changing_shadow_memory_live changing_VCPUs changing_VCPUs_live
+        changing_NVRAM assert_operation_valid data_source_op update_allowed_operations make_into_template import
+        export metadata_export reverting destroy create_vtpm"""),
+    enum("on_normal_exit", "destroy restart"),
+    enum("on_crash_behaviour", "destroy coredump_and_destroy restart coredump_and_restart preserve rename_restart"),
+    enum("on_softreboot_behavior", "soft_reboot destroy restart preserve"),
+    enum("domain_type", "hvm pv pv_in_pvh pvh unspecified"),
+    enum("update_guidances", "reboot_host reboot_host_on_livepatch_failure reboot_host_on_kernel_livepatch_failure "
+         "reboot_host_on_xen_livepatch_failure restart_toolstack restart_device_model restart_vm"),
+    enum("tristate_type", "yes no unspecified"),
+    enum("task_status_type", "pending success failure cancelling cancelled"),
+    enum("task_allowed_operations", "cancel destroy"),
+    enum("host_allowed_operations", "provision evacuate shutdown reboot power_on vm_start vm_resume vm_migrate "
+         "apply_updates enable"),
+    enum("host_display", "enabled disable_on_reboot disabled enable_on_reboot"),
+    enum("host_sched_gran", "core cpu socket"),
+    enum("latest_synced_updates_applied_state", "yes no unknown"),
+    enum("pool_allowed_operations", "ha_enable ha_disable cluster_create designate_new_master configure_repositories "
+         "sync_updates get_updates apply_updates tls_verification_enable cert_refresh exchange_certificates_on_join "
+         "exchange_ca_certificates_on_join copy_primary_host_certs eject"),
+    enum("console_protocol", "vt100 rfb rdp"),
+    enum("telemetry_frequency", "daily weekly monthly"),
+    enum("update_sync_frequency", "daily weekly"),
+]
+
+ENUMS = {e.name: e for e in _ALL}

@@ -1,0 +1,72 @@
+"""host: one per libvirt connection.  Its facts come from libvirt; its settings from the store."""
+import time
+
+from classes.enums import ENUMS
+from xenapi.model import types as T
+from xenapi.model.declare import declare_class, fields, message, param
+from xenapi.model.roles import POOL_OP, READ_ONLY
+from xenapi.wire.values import DateTime
+
+# The API level of xapi whose wire protocol this server follows (ocaml/idl/api_version.ml).
+API_VERSION_MAJOR, API_VERSION_MINOR = 2, 21
+
+_HOST = param(T.Ref("host"), "host", "The host")
+
+
+def compute_free_memory(ctx, host):
+    return ctx.server.hosts.free_memory(host)
+
+
+def compute_memory_overhead(ctx, host):
+    return ctx.store.get("host", host)["memory_overhead"]
+
+
+def get_servertime(ctx, host):
+    return DateTime.now()
+
+
+def get_server_localtime(ctx, host):
+    return DateTime(time.time() + time.localtime().tm_gmtoff)
+
+
+def list_methods(ctx, host):
+    return ctx.server.registry.list_methods()
+
+
+host = declare_class(
+    "host", "A physical host: one libvirt connection (KVM/QEMU, Xen, LXC or libvirt's test driver).",
+    fields("""uuid:s name_label*:s name_description*:s memory_overhead:i
+              allowed_operations:host_allowed_operations[] current_operations:{s:host_allowed_operations}
+              API_version_major:i API_version_minor:i API_version_vendor:s API_version_vendor_implementation:s2s
+              enabled:b software_version^:s2s other_config*:s2s capabilities^:s[] cpu_configuration:s2s
+              sched_policy:s supported_bootloaders:s[] resident_VMs:@VM[] logging*:s2s PIFs:@PIF[]
+              suspend_image_sr*:@SR crash_dump_sr*:@SR crashdumps:@host_crashdump[] !patches:@host_patch[]
+              updates:@pool_update[] PBDs:@PBD[] host_CPUs:@host_cpu[] cpu_info:s2s hostname*:s address*:s
+              metrics:@host_metrics license_params:s2s ha_statefiles:s[] ha_network_peers:s[] blobs:{s:@blob}
+              tags*:s[] external_auth_type:s external_auth_service_name:s external_auth_configuration:s2s
+              edition:s license_server*:s2s bios_strings:s2s power_on_mode:s power_on_config:s2s
+              local_cache_sr^:@SR chipset_info:s2s PCIs:@PCI[] PGPUs:@PGPU[] PUSBs:@PUSB[] !ssl_legacy^:b
+              guest_VCPUs_params*:s2s display*:host_display virtual_hardware_platform_versions:i[]
+              control_domain:@VM updates_requiring_reboot:@pool_update[] features:@Feature[] iscsi_iqn^:s
+              multipathing^:b uefi_certificates:s certificates:@Certificate[] editions:s[]
+              pending_guidances:update_guidances[] tls_verification_enabled:b last_software_update:dt
+              https_only:b latest_synced_updates_applied:latest_synced_updates_applied_state""", ENUMS,
+           defaults={"API_version_major": API_VERSION_MAJOR, "API_version_minor": API_VERSION_MINOR,
+                     "API_version_vendor": "xenapi", "enabled": True, "edition": "xenapi", "editions": ["xenapi"],
+                     "display": "enabled", "sched_policy": "credit", "power_on_mode": "",
+                     "virtual_hardware_platform_versions": [0], "latest_synced_updates_applied": "unknown",
+                     "license_server": {"address": "localhost", "port": "27000"}}),
+    [
+        message("compute_free_memory", "Computes the amount of free memory on the host, in bytes.",
+                params=[_HOST], result=T.Int, impl=compute_free_memory),
+        message("compute_memory_overhead", "Computes the virtualization memory overhead of a host.",
+                params=[_HOST], result=T.Int, impl=compute_memory_overhead),
+        message("get_servertime", "This call queries the host's clock for the current time.",
+                params=[_HOST], result=T.Timestamp, impl=get_servertime),
+        message("get_server_localtime", "This call queries the host's clock for the current time in the host's local timezone.",
+                params=[_HOST], result=T.Timestamp, impl=get_server_localtime),
+        message("list_methods", "List all supported methods.", params=[_HOST], result=T.Set(T.String),
+                impl=list_methods, roles=READ_ONLY),
+    ],
+    writer_roles=POOL_OP, persisted=True,
+)

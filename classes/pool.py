@@ -1,0 +1,40 @@
+"""pool: exactly one, whose master is the first host.  It also carries the draft's VM profiles."""
+from classes.enums import ENUMS
+from xenapi.model import types as T
+from xenapi.model.declare import declare_class, fields, message, param
+from xenapi.model.roles import POOL_OP
+
+# The Xen-API draft's example profiles; administrators add their own.
+SUGGESTED_PROFILES = ["web-server", "sendmail-switch", "dbms-host", "devel-workstation"]
+
+
+def get_license_state(ctx, self):
+    return {"edition": "xenapi", "expiry": "never"}
+
+
+pool = declare_class(
+    "pool", "Pool-wide information. A xenapi deployment is one pool of the libvirt hosts it manages.",
+    fields("""uuid:s name_label*:s name_description*:s master:@host default_SR*:@SR suspend_image_SR*:@SR
+              crash_dump_SR*:@SR other_config*:s2s ha_enabled:b ha_configuration:s2s ha_statefiles:s[]
+              ha_host_failures_to_tolerate:i ha_plan_exists_for:i ha_allow_overcommit*:b ha_overcommitted:b
+              blobs:{s:@blob} tags*:s[] gui_config*:s2s health_check_config*:s2s wlb_url:s wlb_username:s
+              wlb_enabled*:b wlb_verify_cert*:b redo_log_enabled:b redo_log_vdi:@VDI vswitch_controller:s
+              restrictions:s2s metadata_VDIs:@VDI[] ha_cluster_stack:s
+              allowed_operations:pool_allowed_operations[] current_operations:{s:pool_allowed_operations}
+              guest_agent_config:s2s cpu_info:s2s policy_no_vendor_device*:b live_patching_disabled*:b
+              igmp_snooping_enabled:b uefi_certificates:s is_psr_pending:b tls_verification_enabled:b
+              repositories:@Repository[] client_certificate_auth_enabled:b client_certificate_auth_name:s
+              repository_proxy_url:s repository_proxy_username:s repository_proxy_password:@secret
+              migration_compression*:b coordinator_bias*:b telemetry_uuid:@secret
+              telemetry_frequency:telemetry_frequency telemetry_next_collection:dt last_update_sync:dt
+              update_sync_frequency:update_sync_frequency update_sync_day:i update_sync_enabled:b
+              suggested_profiles*:s[]""", ENUMS,
+           defaults={"suggested_profiles": SUGGESTED_PROFILES, "ha_cluster_stack": "xhad",
+                     "telemetry_frequency": "weekly", "update_sync_frequency": "weekly", "coordinator_bias": True},
+           docs={"suggested_profiles": "VM profiles offered to administrators (the Xen-API draft's profiles); any string may be used on a VM."}),
+    [
+        message("get_license_state", "This call returns the license state for the pool.",
+                params=[param(T.Ref("pool"), "self", "Reference to the pool")], result=T.S2S, impl=get_license_state),
+    ],
+    writer_roles=POOL_OP, persisted=True,
+)

@@ -1,0 +1,154 @@
+"""Fixtures for the end-to-end suite: a real libvirtd (QEMU driver) and a tiny real guest.
+
+- ``libvirt_uri`` (session): ``qemu:///system``, answering. Starts the test daemon with
+  ``scripts/libvirtd.sh start`` if it does not answer; if libvirtd cannot run, every test using
+  it fails with the reason (never skipped). ``XENAPI_E2E_LIBVIRT_URI`` points the suite at another
+  libvirt (e.g. a lab host's ``qemu+unix:///system?socket=...``) instead.
+- ``libvirt_conn`` (session): an open libvirt-python connection to it.
+- ``tiny_guest`` (session): the guest of ``guest.py`` (built once, cached in ``.cache/guest``):
+  ``.kernel``, ``.initrd``, ``.cmdline``, ``.domain_xml(name, serial_log, virt_type='qemu',
+  ignore_acpi=False, ...)``, ``.wait_for_serial(path, text, timeout)``.
+- ``make_domain`` (function): ``make_domain(xml)`` defines a persistent domain and destroys and
+  undefines it after the test, whatever happened; ``make_domain.name("x")`` gives a unique name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+if str(HERE) not in sys.path:  # guest.py sits beside this file (any pytest import mode)
+    sys.path.insert(0, str(HERE))
+
+import guest  # noqa: E402
+
+SYSTEM_URI = "qemu:///system"
+NAME_PREFIX = "xe2e-"  # domains made by make_domain: xe2e-<pid>-<n>-<hint>
+
+
+def _answers(uri: str) -> tuple[bool, str]:
+    try:
+        r = subprocess.run(["virsh", "-q", "-c", uri, "uri"], stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=20)
+    except FileNotFoundError:
+        return False, "virsh not found (run scripts/setup.sh)"
+    except subprocess.TimeoutExpired:
+        return False, f"virsh -c {uri} uri timed out"
+    return r.returncode == 0, (r.stdout + r.stderr).strip()
+
+
+@pytest.fixture(scope="session")
+def libvirt_uri() -> str:
+    uri = os.environ.get("XENAPI_E2E_LIBVIRT_URI", SYSTEM_URI)
+    ok, out = _answers(uri)
+    if not ok and uri == SYSTEM_URI:
+        if os.geteuid() != 0:
+            pytest.fail(f"{uri} does not answer ({out}) and starting libvirtd needs root",
+                        pytrace=False)
+        try:
+            r = subprocess.run(["bash", str(REPO / "scripts" / "libvirtd.sh"), "start"],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, timeout=180)
+            start_out = r.stdout
+        except subprocess.TimeoutExpired as e:
+            start_out = f"scripts/libvirtd.sh start timed out: {e.output or ''}"
+        ok, out = _answers(uri)
+        if not ok:
+            pytest.fail(f"libvirtd cannot run: scripts/libvirtd.sh start said:\n{start_out}\n"
+                        f"and {uri} still does not answer: {out}", pytrace=False)
+    elif not ok:
+        pytest.fail(f"{uri} (XENAPI_E2E_LIBVIRT_URI) does not answer: {out}", pytrace=False)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def libvirt_conn(libvirt_uri):
+    try:
+        import libvirt
+    except ImportError as e:
+        pytest.fail(f"libvirt-python is not installed ({e}); run scripts/setup.sh", pytrace=False)
+    # errors still raise libvirtError; this only stops libvirt printing each one on stderr
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    conn = libvirt.open(libvirt_uri)
+    _remove_stale_domains(conn)
+    yield conn
+    try:
+        conn.close()
+    except libvirt.libvirtError:
+        pass
+
+
+def _remove_stale_domains(conn) -> None:
+    """Domains left by an earlier, killed test session (its pid is gone)."""
+    import libvirt
+    for dom in conn.listAllDomains():
+        name = dom.name()
+        if not name.startswith(NAME_PREFIX):
+            continue
+        pid = name[len(NAME_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _drop(dom, libvirt)
+
+
+def _drop(dom, libvirt) -> None:
+    try:
+        if dom.isActive():
+            dom.destroy()
+    except libvirt.libvirtError:
+        pass
+    try:
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
+                          | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+                          | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA)
+    except libvirt.libvirtError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def tiny_guest() -> guest.TinyGuest:
+    try:
+        return guest.build()
+    except (guest.GuestBuildError, OSError, subprocess.SubprocessError) as e:
+        pytest.fail(f"cannot build the tiny test guest: {e}", pytrace=False)
+
+
+_counter = itertools.count(1)
+
+
+class _DomainMaker:
+    def __init__(self, conn):
+        self.conn = conn
+        self.domains = []
+
+    @staticmethod
+    def name(hint: str = "vm") -> str:
+        """A unique domain name, recognised as ours by the stale-domain clean-up."""
+        return f"{NAME_PREFIX}{os.getpid()}-{next(_counter)}-{hint}"
+
+    def __call__(self, xml: str):
+        dom = self.conn.defineXML(xml)
+        self.domains.append(dom)
+        return dom
+
+    def cleanup(self) -> None:
+        import libvirt
+        seen = set()
+        for dom in reversed(self.domains):
+            uuid = dom.UUIDString()
+            if uuid not in seen:  # redefinitions return the same domain again
+                seen.add(uuid)
+                _drop(dom, libvirt)
+
+
+@pytest.fixture
+def make_domain(libvirt_conn):
+    maker = _DomainMaker(libvirt_conn)
+    yield maker
+    maker.cleanup()

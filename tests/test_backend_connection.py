@@ -1,0 +1,437 @@
+"""HostConnection against libvirt's real test driver: in process, and through a private libvirtd.
+
+test:///default is shared by every open in this process, so each test defines its own uniquely
+named domains and removes them; state-mapping tests use a generated node file instead
+(test:///<path>: independent state per open).
+"""
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import uuid as uuidlib
+from pathlib import Path
+
+import pytest
+
+from xenapi.backend import domxml
+from xenapi.backend.connection import ERR_NO_DOMAIN, HostConnection, power_state
+from xenapi.errors import BACKEND_FAILURE, HOST_NOT_LIVE, XenAPIError
+
+SHARED_URI = "test:///default"
+MIB = 1024 * 1024
+
+
+class Recorder:
+    """Collects on_domain_event / on_liveness calls from libvirt's threads; tests wait on it."""
+
+    def __init__(self):
+        self.events: list[tuple[str, str, str]] = []
+        self.liveness: list[tuple[str, bool]] = []
+        self._changed = threading.Condition()
+
+    def domain_event(self, uri: str, uuid: str, kind: str) -> None:
+        with self._changed:
+            self.events.append((uri, uuid, kind))
+            self._changed.notify_all()
+
+    def live(self, uri: str, live: bool) -> None:
+        with self._changed:
+            self.liveness.append((uri, live))
+            self._changed.notify_all()
+
+    def wait_for(self, predicate, timeout: float = 5.0) -> bool:
+        with self._changed:
+            return self._changed.wait_for(predicate, timeout)
+
+    def kinds_for(self, uuid: str) -> list[str]:
+        with self._changed:
+            return [kind for _, u, kind in self.events if u == uuid]
+
+
+@pytest.fixture
+def recorder():
+    return Recorder()
+
+
+@pytest.fixture
+def host(recorder):
+    connection = HostConnection(SHARED_URI, recorder.domain_event, recorder.live)
+    connection.open()
+    yield connection
+    connection.close()
+
+
+def vm_record(label: str = "test vm") -> dict:
+    return {"name_label": label, "memory_static_max": 256 * MIB, "memory_dynamic_max": 128 * MIB,
+            "memory_dynamic_min": 128 * MIB, "memory_static_min": 128 * MIB, "VCPUs_max": 2,
+            "VCPUs_at_startup": 1, "stamp": {"ref": "OpaqueRef:test"}}
+
+
+@pytest.fixture
+def new_vm(host):
+    """Factory: define a uniquely named domain on test:///default; every one is removed afterwards."""
+    created = []
+
+    def define(record: dict | None = None) -> str:
+        uuid = str(uuidlib.uuid4())
+        created.append(uuid)
+        return host.define(domxml.build(record or vm_record(), "test", uuid=uuid, name=f"xenapi-{uuid[:13]}"))
+
+    yield define
+    for uuid in created:
+        for cleanup in (host.destroy, host.undefine):
+            try:
+                cleanup(uuid)
+            except XenAPIError:
+                pass
+
+
+def power(host: HostConnection, uuid: str) -> str:
+    return host.domain_state(uuid).power_state
+
+
+# ---- power states ------------------------------------------------------------------------------
+
+# libvirt virDomainState values (stable ABI): 1 running, 2 blocked, 3 paused, 4 shutdown (in
+# progress), 5 shutoff, 6 crashed, 7 pmsuspended; the node file's <test:runstate> sets them.
+STATE_CASES = [(1, False, "Running"), (2, False, "Running"), (3, False, "Paused"), (4, False, "Running"),
+               (5, False, "Halted"), (5, True, "Suspended"), (6, False, "Halted"), (7, False, "Paused")]
+
+
+@pytest.mark.parametrize("state,managed_save,expected", STATE_CASES)
+def test_power_state_table_maps_libvirt_states(state, managed_save, expected):
+    assert power_state(state, managed_save, lambda: pytest.fail("only NOSTATE asks isActive")) == expected
+
+
+def test_power_state_of_nostate_follows_is_active():
+    assert power_state(0, False, lambda: True) == "Running"
+    assert power_state(0, False, lambda: False) == "Halted"
+
+
+def test_list_domains_reports_every_state_of_a_node_file(tmp_path, recorder):
+    domains = "".join(
+        f"""<domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+              <name>s{i}</name><uuid>00000000-0000-0000-0000-00000000000{i}</uuid>
+              <memory>65536</memory><vcpu>1</vcpu><os><type>hvm</type></os>
+              <test:runstate>{state}</test:runstate>{'<test:hasmanagedsave/>' if saved else ''}
+            </domain>""" for i, (state, saved, _) in enumerate(STATE_CASES))
+    node = tmp_path / "node.xml"
+    node.write_text(f"<node><memory>4194304</memory>{domains}</node>")
+    connection = HostConnection(f"test://{node}", recorder.domain_event, recorder.live)
+    connection.open()
+    try:
+        listed = {d.name: d for d in connection.list_domains()}
+    finally:
+        connection.close()
+    assert {name: d.power_state for name, d in listed.items()} == {
+        f"s{i}": expected for i, (_, _, expected) in enumerate(STATE_CASES)}
+    assert listed["s5"].domid == -1 and listed["s5"].libvirt_state.startswith("SHUTOFF:")
+    assert listed["s0"].domid > 0 and domxml.parse(listed["s0"].xml)["name"] == "s0"
+
+
+# ---- lifecycle ------------------------------------------------------------------------------------
+
+def test_define_returns_the_uuid_of_a_halted_domain(host, new_vm):
+    uuid = new_vm()
+    state = host.domain_state(uuid)
+    assert (state.uuid, state.power_state, state.domid) == (uuid, "Halted", -1)
+    assert uuid in {d.uuid for d in host.list_domains()}
+    assert domxml.parse(state.xml)["name_label"] == "test vm"
+
+
+def test_power_cycle_walks_through_every_xenapi_state(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid, paused=False)
+    assert power(host, uuid) == "Running" and host.domain_state(uuid).domid > 0
+    host.pause(uuid)
+    assert power(host, uuid) == "Paused"
+    host.unpause(uuid)
+    assert power(host, uuid) == "Running"
+    host.save(uuid)
+    assert power(host, uuid) == "Suspended" and host.domain_state(uuid).domid == -1
+    host.restore(uuid, paused=False)
+    assert power(host, uuid) == "Running"
+    host.reboot(uuid)
+    host.reset(uuid)
+    assert power(host, uuid) == "Running"
+    host.shutdown(uuid)
+    assert power(host, uuid) == "Halted"          # the test driver shuts down synchronously
+
+
+def test_start_paused_falls_back_where_start_paused_is_unsupported(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid, paused=True)
+    assert power(host, uuid) == "Paused"
+    host.destroy(uuid)
+    assert power(host, uuid) == "Halted"
+
+
+def test_restore_paused_resumes_the_image_paused(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid)
+    host.save(uuid)
+    host.restore(uuid, paused=True)
+    assert power(host, uuid) == "Paused"
+
+
+def test_undefine_removes_a_suspended_domain_with_its_image(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid)
+    host.save(uuid)
+    host.undefine(uuid)
+    with pytest.raises(XenAPIError) as raised:
+        host.domain_state(uuid)
+    assert raised.value.code == BACKEND_FAILURE and raised.value.params[2] == ERR_NO_DOMAIN
+
+
+def test_start_of_a_running_domain_raises_backend_failure(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid)
+    with pytest.raises(XenAPIError) as raised:
+        host.start(uuid)
+    assert raised.value.code == BACKEND_FAILURE
+    assert raised.value.params[:2] == (SHARED_URI, "start")
+    assert raised.value.params[2].isdigit() and "running" in raised.value.params[3]
+
+
+def test_define_of_schema_invalid_xml_raises_backend_failure(host):
+    with pytest.raises(XenAPIError) as raised:
+        host.define("<domain type='test'><name>bad</name><memory>lots</memory></domain>")
+    assert raised.value.code == BACKEND_FAILURE and raised.value.params[1] == "define"
+
+
+# ---- configuration ----------------------------------------------------------------------------
+
+def test_setters_change_the_persistent_definition(host, new_vm):
+    uuid = new_vm()
+    host.set_title(uuid, "new\nname")
+    host.set_description(uuid, "described")
+    host.set_stamp(uuid, {"ref": "OpaqueRef:other", "is_a_template": "true"})
+    host.set_memory(uuid, 1024 * MIB, 512 * MIB, static_min=256 * MIB)
+    host.set_vcpus(uuid, 4, 3)
+    parsed = domxml.parse(host.xml(uuid, inactive=True))
+    assert parsed["name_label"] == "new name" and parsed["name_description"] == "described"
+    assert parsed["stamp"] == {"ref": "OpaqueRef:other", "is_a_template": "true"}
+    assert (parsed["memory_static_max"], parsed["memory_dynamic_max"], parsed["memory_static_min"]) == (
+        1024 * MIB, 512 * MIB, 256 * MIB)
+    assert (parsed["VCPUs_max"], parsed["VCPUs_at_startup"]) == (4, 3)
+
+
+def test_set_stamp_keeps_the_reserved_static_min(host, new_vm):
+    uuid = new_vm(vm_record() | {"memory_static_min": 64 * MIB})
+    host.set_stamp(uuid, {})
+    parsed = domxml.parse(host.xml(uuid))
+    assert parsed["stamp"] == {} and parsed["memory_static_min"] == 64 * MIB
+
+
+def test_title_and_stamp_apply_live_and_persistently_on_a_running_domain(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid)
+    host.set_title(uuid, "renamed")
+    host.set_stamp(uuid, {"ref": "OpaqueRef:live"})
+    for inactive in (False, True):
+        parsed = domxml.parse(host.xml(uuid, inactive=inactive))
+        assert (parsed["name_label"], parsed["stamp"]) == ("renamed", {"ref": "OpaqueRef:live"})
+
+
+def test_stats_are_empty_where_the_driver_only_knows_state(host, new_vm):
+    host.start(new_vm())
+    assert host.stats() == {}
+
+
+# ---- events ------------------------------------------------------------------------------------
+
+def test_changes_made_by_another_connection_reach_on_domain_event(host, recorder, new_vm):
+    other = HostConnection(SHARED_URI, lambda *a: None, lambda *a: None)
+    other.open()
+    try:
+        uuid = new_vm()
+        other.start(uuid)
+        other.set_title(uuid, "from elsewhere")
+        other.destroy(uuid)
+        expected = ["defined", "lifecycle:STARTED:BOOTED", "metadata", "lifecycle:STOPPED:DESTROYED"]
+        assert recorder.wait_for(lambda: recorder.kinds_for(uuid)[:4] == expected), recorder.kinds_for(uuid)
+        assert all(uri == SHARED_URI for uri, u, _ in recorder.events if u == uuid)
+    finally:
+        other.close()
+
+
+def test_a_raising_event_handler_does_not_stop_later_events(recorder, new_vm, host):
+    calls = []
+
+    def flaky(uri, uuid, kind):
+        calls.append(kind)
+        raise RuntimeError("handler bug")
+
+    watcher = HostConnection(SHARED_URI, flaky, recorder.live)
+    watcher.open()
+    try:
+        uuid = new_vm()
+        host.start(uuid)
+        assert recorder.wait_for(lambda: "lifecycle:STARTED:BOOTED" in recorder.kinds_for(uuid))
+        assert recorder.wait_for(lambda: "lifecycle:STARTED:BOOTED" in calls)
+    finally:
+        watcher.close()
+
+
+# ---- liveness ----------------------------------------------------------------------------------
+
+def test_operations_after_close_raise_host_not_live_at_once(recorder):
+    connection = HostConnection(SHARED_URI, recorder.domain_event, recorder.live)
+    connection.open()
+    connection.close()
+    assert not connection.live
+    started = time.monotonic()
+    for operation in (connection.list_domains, connection.host_facts, lambda: connection.start("x")):
+        with pytest.raises(XenAPIError) as raised:
+            operation()
+        assert raised.value.code == HOST_NOT_LIVE
+    assert time.monotonic() - started < 0.1
+
+
+def test_open_of_an_unreachable_host_raises_host_not_live(recorder, tmp_path):
+    connection = HostConnection(f"test+unix:///default?socket={tmp_path}/absent-sock",
+                                recorder.domain_event, recorder.live)
+    with pytest.raises(XenAPIError) as raised:
+        connection.open()
+    assert raised.value.code == HOST_NOT_LIVE and not connection.live
+
+
+class PrivateLibvirtd:
+    """A throw-away libvirtd serving the test driver on its own socket (never the system one).
+
+    As root it runs as ``nobody``: an unprivileged ("session") daemon keeps every driver's
+    state under our temporary directory, so it cannot collide with a system libvirtd.
+    """
+
+    def __init__(self):
+        self.dir = Path(tempfile.mkdtemp(prefix="xenapi-libvirtd-"))
+        self.run_dir = self.dir / "run"
+        for d in (self.dir / "home", self.run_dir):
+            d.mkdir()
+        (self.dir / "libvirtd.conf").write_text(
+            f'unix_sock_dir = "{self.run_dir}"\nunix_sock_rw_perms = "0777"\nunix_sock_ro_perms = "0777"\n'
+            'auth_unix_rw = "none"\nauth_unix_ro = "none"\nlog_outputs = "3:stderr"\n')
+        for path in (self.dir, self.dir / "home", self.run_dir, self.dir / "libvirtd.conf"):
+            path.chmod(0o777 if path.is_dir() else 0o644)
+        self.socket = self.run_dir / "libvirt-sock"
+        self.uri = f"test+unix:///default?socket={self.socket}"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        home = self.dir / "home"
+        env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": str(home), "XDG_RUNTIME_DIR": str(self.run_dir),
+               "XDG_CONFIG_HOME": str(home / ".config"), "XDG_CACHE_HOME": str(home / ".cache")}
+        as_nobody = {"user": "nobody", "group": pwd.getpwnam("nobody").pw_gid, "extra_groups": []} \
+            if os.geteuid() == 0 else {}
+        self.socket.unlink(missing_ok=True)
+        self.process = subprocess.Popen(
+            ["libvirtd", "-f", str(self.dir / "libvirtd.conf"), "-p", str(self.run_dir / "libvirtd.pid")],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "libvirtd.log", "ab"), **as_nobody)
+        deadline = time.monotonic() + 15
+        while not self.socket.exists():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"libvirtd did not start: {(self.dir / 'libvirtd.log').read_text()}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def remove(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def libvirtd():
+    if shutil.which("libvirtd") is None:
+        pytest.skip("libvirtd is not installed")
+    daemon = PrivateLibvirtd()
+    try:
+        yield daemon
+    finally:
+        daemon.remove()
+
+
+def wait_for_log(caplog, text: str, timeout: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(text in r.getMessage() for r in caplog.records):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_daemon_death_marks_host_not_live_and_restart_reconnects(libvirtd, recorder, caplog):
+    caplog.set_level("INFO", logger="xenapi.backend")
+    libvirtd.start()
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
+                                backoff_max=0.2, backoff_initial=0.05)
+    connection.open()
+    try:
+        assert connection.live and [d.name for d in connection.list_domains()] == ["test"]
+
+        libvirtd.kill()
+        assert recorder.wait_for(lambda: (libvirtd.uri, False) in recorder.liveness), recorder.liveness
+        assert not connection.live
+        started = time.monotonic()
+        with pytest.raises(XenAPIError) as raised:
+            connection.list_domains()
+        assert raised.value.code == HOST_NOT_LIVE and time.monotonic() - started < 0.1
+        assert wait_for_log(caplog, "event=host_reconnect_failed")     # it keeps trying meanwhile
+
+        libvirtd.start()
+        assert recorder.wait_for(lambda: recorder.liveness[-1:] == [(libvirtd.uri, True)], timeout=15)
+        assert connection.live and [d.name for d in connection.list_domains()] == ["test"]
+
+        # Events were re-registered on the new connection: a change made elsewhere arrives.
+        other = HostConnection(libvirtd.uri, lambda *a: None, lambda *a: None)
+        other.open()
+        try:
+            uuid = other.define(domxml.build(vm_record(), "test", uuid=str(uuidlib.uuid4()), name="after-restart"))
+            assert recorder.wait_for(lambda: "defined" in recorder.kinds_for(uuid))
+        finally:
+            other.close()
+    finally:
+        connection.close()
+
+
+def test_open_keep_trying_connects_once_the_daemon_appears(libvirtd, recorder):
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
+                                backoff_max=0.2, backoff_initial=0.05)
+    with pytest.raises(XenAPIError):
+        connection.open(keep_trying=True)
+    try:
+        libvirtd.start()
+        assert recorder.wait_for(lambda: (libvirtd.uri, True) in recorder.liveness, timeout=15)
+        assert connection.live
+    finally:
+        connection.close()
+
+
+def test_a_connection_error_during_a_call_marks_host_not_live_and_reconnects(libvirtd, recorder):
+    """White box: silence the close callback so the failing call itself must notice the death."""
+    libvirtd.start()
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
+                                backoff_max=0.2, backoff_initial=0.05)
+    connection.open()
+    try:
+        connection._conn.unregisterCloseCallback()
+        libvirtd.kill()
+        with pytest.raises(XenAPIError) as raised:
+            connection.list_domains()
+        assert raised.value.code == HOST_NOT_LIVE and not connection.live
+        assert recorder.liveness == [(libvirtd.uri, False)]
+        libvirtd.start()
+        assert recorder.wait_for(lambda: recorder.liveness[-1:] == [(libvirtd.uri, True)], timeout=15)
+        assert [d.name for d in connection.list_domains()] == ["test"]
+    finally:
+        connection.close()

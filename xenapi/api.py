@@ -1,0 +1,56 @@
+"""HTTP to the dispatcher: POST /jsonrpc is JSON-RPC, every other POST path XML-RPC (as xapi)."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+from xenapi.context import Identity
+from xenapi.transport.http import Request, Response
+from xenapi.wire import Limits, WireError, jsonrpc, xmlrpc
+
+log = logging.getLogger(__name__)
+
+_CORS = [("Access-Control-Allow-Origin", "*")]
+_PREFLIGHT = _CORS + [("Access-Control-Allow-Methods", "POST, OPTIONS"),
+                      ("Access-Control-Allow-Headers", "Content-Type")]
+# content types exactly as xapi sends them: XO compares the strings
+_CODECS = {"xmlrpc": (xmlrpc, "text/xml"), "jsonrpc": (jsonrpc, "application/json")}
+
+
+def codec_for(path: str) -> str:
+    return "jsonrpc" if path.split("?", 1)[0].rstrip("/") in ("/jsonrpc", "/json") else "xmlrpc"
+
+
+class Api:
+    def __init__(self, server, limits: Limits | None = None):
+        self.server = server
+        self.limits = limits or Limits(max_body_bytes=server.config.max_body_bytes)
+
+    def __call__(self, request: Request) -> Response:
+        if request.method == "POST":
+            return self.rpc(request)
+        if request.method == "OPTIONS":
+            return Response(200, "text/plain", b"", _PREFLIGHT)
+        if request.method in ("GET", "HEAD") and request.path in ("/", "/index.html"):
+            return Response(200, "text/plain",
+                            b"xenapi: a Xen-API server for libvirt. POST XML-RPC to / or JSON-RPC to /jsonrpc.\n")
+        return Response(405 if request.path in ("/", "/jsonrpc") else 404, "text/plain", b"not here\n")
+
+    def rpc(self, request: Request) -> Response:
+        codec, content_type = _CODECS[codec_for(request.path)]
+        try:
+            call = codec.decode(request.body, self.limits)
+        except WireError as e:
+            log.info("event=bad-request via=%s addr=%s status=%d reason=%s", request.scheme,
+                     _address(request.peer), e.status_hint, e)
+            return Response(e.status_hint, "text/plain", f"{e}\n".encode(), _CORS)
+        via = "unix" if request.peer == "unix" else request.scheme
+        call = dataclasses.replace(call, identity=Identity(via=via, address=_address(request.peer)))
+        outcome = self.server.dispatcher.dispatch(call)
+        return Response(200, content_type, codec.encode(outcome, call), _CORS)
+
+
+def _address(peer) -> str:
+    if isinstance(peer, tuple):
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)

@@ -1,0 +1,401 @@
+"""Domain XML <-> Xen-API VM fields, with the per-hypervisor differences in one place.
+
+Pure functions: no libvirt, no I/O.  ``parse`` reads XML that may come from anyone with access
+to the host (virsh edit), so it goes through defusedxml; ``build`` writes with ElementTree so
+every name and value is escaped.
+
+Mapping decisions (the ones a reader would otherwise have to reverse-engineer):
+
+* ``name`` is libvirt's machine-safe, unique ``<name>``; ``name_label`` lives in ``<title>`` and
+  ``name_description`` in ``<description>``.
+* Memory: ``<memory>`` = memory_static_max, ``<currentMemory>`` = memory_dynamic_max and
+  memory_dynamic_min.  libvirt has no static_min, so when it differs from dynamic_min it rides in
+  our ownership stamp under the reserved key ``memory_static_min``; ``parse`` reports the stamp
+  without reserved keys, so callers see exactly the stamp they wrote.
+* Boot (xapi's rule: HVM_boot_policy "" means PV, "BIOS order" means HVM):
+    - kvm/qemu/test are always HVM guests.  A non-empty PV_kernel means direct kernel boot
+      (``<kernel>/<initrd>/<cmdline>``), otherwise the guest boots from HVM_boot_params["order"].
+      PV_bootloader has no meaning there and is ignored.
+    - xen is PV (``<type>xen</type>``, PV_bootloader or PV_kernel) unless HVM_boot_policy is
+      "BIOS order" (``<type>hvm</type>``); domain_type "pvh" selects ``<type>xenpvh</type>``.
+    - lxc runs ``platform["init"]`` (default /sbin/init) with PV_args split shell-style into
+      ``<initarg>``s; ``platform["lxc-root"]``, when set, is the host directory mounted as the
+      container's ``/`` (without it the container shares the host's root filesystem).
+  Parsing reports HVM_boot_policy "BIOS order" exactly for HVM guests without a direct kernel.
+* platform: acpi/apic are on for HVM guests unless set to "false"; pae, hap, viridian when
+  "true" (hap/viridian on Xen only); ``machine`` picks the QEMU machine type (default "pc":
+  the simplest device model, fastest to boot under TCG); ``vnc`` = "false" drops the VNC display.
+* KVM/QEMU/test guests get a pty serial console, VNC on 127.0.0.1 (autoport) and a
+  qemu-guest-agent channel, so clean shutdown via the agent works once a guest runs one.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+import xml.etree.ElementTree as ET
+
+from defusedxml.ElementTree import fromstring as parse_untrusted
+
+STAMP_NAMESPACE = "https://xenapi.dev/ns/vm/1"
+STAMP_PREFIX = "xenapi"
+STAMP_ELEMENT = "vm"
+STAMP_STATIC_MIN_KEY = "memory_static_min"   # reserved stamp key, see module doc
+STAMP_RESERVED_KEYS = frozenset({STAMP_STATIC_MIN_KEY})
+HYPERVISORS = ("kvm", "qemu", "xen", "lxc", "test")
+
+ET.register_namespace(STAMP_PREFIX, STAMP_NAMESPACE)
+_STAMP_TAG = f"{{{STAMP_NAMESPACE}}}{STAMP_ELEMENT}"
+
+
+class DomainXMLError(ValueError):
+    """The text is not a usable libvirt domain description, or a field cannot be expressed."""
+
+
+# ---- tables ---------------------------------------------------------------------------------
+
+_MEMORY_UNITS = {u: 1 for u in ("b", "bytes")} | {
+    u: 1024 ** p for p, us in enumerate((("k", "KiB"), ("M", "MiB"), ("G", "GiB"), ("T", "TiB"),
+                                          ("P", "PiB"), ("E", "EiB")), start=1) for u in us} | {
+    u: 1000 ** p for p, u in enumerate(("KB", "MB", "GB", "TB", "PB", "EB"), start=1)}
+
+# Xen-API on_normal_exit <-> libvirt on_poweroff/on_reboot.
+_NORMAL_EXIT_FROM_LIBVIRT = {"destroy": "destroy", "restart": "restart",
+                             "preserve": "destroy", "rename-restart": "restart"}
+_NORMAL_EXIT_TO_LIBVIRT = {"destroy": "destroy", "restart": "restart"}
+# Xen-API on_crash_behaviour <-> libvirt on_crash: same words, different spelling.
+_CRASH_FROM_LIBVIRT = {"destroy": "destroy", "coredump-destroy": "coredump_and_destroy",
+                       "restart": "restart", "coredump-restart": "coredump_and_restart",
+                       "preserve": "preserve", "rename-restart": "rename_restart"}
+_CRASH_TO_LIBVIRT = {v: k for k, v in _CRASH_FROM_LIBVIRT.items()}
+# libvirt's defaults when the elements are absent.
+_ACTION_DEFAULTS = {"on_poweroff": "destroy", "on_reboot": "restart", "on_crash": "destroy"}
+
+_OS_TYPE_TO_DOMAIN_TYPE = {"hvm": "hvm", "xen": "pv", "linux": "pv", "xenpvh": "pvh",
+                           "exe": "unspecified"}
+_BOOT_DEV_TO_ORDER = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
+_ORDER_TO_BOOT_DEV = {v: k for k, v in _BOOT_DEV_TO_ORDER.items()}
+
+# platform key -> hypervisors whose <features> element of that name we write.
+_FEATURE_FLAGS = {"acpi": ("kvm", "qemu", "test", "xen"), "apic": ("kvm", "qemu", "test", "xen"),
+                  "pae": ("kvm", "qemu", "test", "xen"), "hap": ("xen",), "viridian": ("xen",)}
+_ON_UNLESS_FALSE = ("acpi", "apic")     # HVM guests want these unless the caller says no
+_TRUE_WORDS = {"true", "1", "yes", "on"}
+
+_DEFAULT_MACHINE = "pc"
+_DEFAULT_LXC_INIT = "/sbin/init"
+_AGENT_CHANNEL = "org.qemu.guest_agent.0"
+
+_XML_INVALID_CHARS = re.compile("[^\t\n\r\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+_XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+# ---- parse ----------------------------------------------------------------------------------
+
+def parse(xml: str) -> dict:
+    """The Xen-API VM fields derivable from a libvirt domain XML document."""
+    try:
+        root = parse_untrusted(xml)
+    except Exception as e:              # defusedxml raises ParseError and its own subclasses
+        raise DomainXMLError(f"unparsable domain XML: {e}") from e
+    if root.tag != "domain":
+        raise DomainXMLError(f"expected <domain>, got <{root.tag}>")
+
+    name = _text(root, "name")
+    current_memory = _memory_bytes(root.find("currentMemory")) or _memory_bytes(root.find("memory"))
+    vcpus_max = int(_text(root, "vcpu", "1"))
+    vcpu = root.find("vcpu")
+    os_type = _text(root, "os/type", "hvm")
+    has_kernel = bool(_text(root, "os/kernel"))
+    raw_stamp = _stamp(root)
+    stamp = {k: v for k, v in raw_stamp.items() if k not in STAMP_RESERVED_KEYS}
+    fields = {
+        "uuid": _text(root, "uuid"),
+        "name": name,
+        "name_label": _text(root, "title") or name,
+        "name_description": _text(root, "description"),
+        "memory_static_max": _memory_bytes(root.find("memory")),
+        "memory_dynamic_max": current_memory,
+        "memory_dynamic_min": current_memory,
+        "memory_static_min": _int_or(raw_stamp.get(STAMP_STATIC_MIN_KEY), current_memory),
+        "VCPUs_max": vcpus_max,
+        "VCPUs_at_startup": int(vcpu.get("current", vcpus_max)) if vcpu is not None else vcpus_max,
+        "actions_after_shutdown": _NORMAL_EXIT_FROM_LIBVIRT.get(_action(root, "on_poweroff"), "destroy"),
+        "actions_after_reboot": _NORMAL_EXIT_FROM_LIBVIRT.get(_action(root, "on_reboot"), "restart"),
+        "actions_after_crash": _CRASH_FROM_LIBVIRT.get(_action(root, "on_crash"), "destroy"),
+        "PV_bootloader": _text(root, "bootloader"),
+        "PV_bootloader_args": _text(root, "bootloader_args"),
+        "PV_kernel": _text(root, "os/kernel"),
+        "PV_ramdisk": _text(root, "os/initrd"),
+        "PV_args": (shlex.join(e.text or "" for e in root.findall("os/initarg")) if os_type == "exe"
+                    else _text(root, "os/cmdline")),
+        "HVM_boot_policy": "BIOS order" if os_type == "hvm" and not has_kernel else "",
+        "HVM_boot_params": _boot_params(root),
+        "platform": _platform(root, os_type),
+        "domain_type": _OS_TYPE_TO_DOMAIN_TYPE.get(os_type, "unspecified"),
+        "virt_type": root.get("type", ""),
+        "stamp": stamp,
+        "consoles": _consoles(root),
+        "macs": [m.get("address") for m in root.findall("devices/interface/mac") if m.get("address")],
+    }
+    return fields
+
+
+def _text(root: ET.Element, path: str, default: str = "") -> str:
+    element = root.find(path)
+    return element.text.strip() if element is not None and element.text else default
+
+
+def _int_or(value: str | None, default: int) -> int:
+    return int(value) if value is not None and value.isdigit() else default
+
+
+def _memory_bytes(element: ET.Element | None) -> int:
+    if element is None or not (element.text or "").strip():
+        return 0
+    unit = element.get("unit", "KiB")
+    if unit not in _MEMORY_UNITS:
+        raise DomainXMLError(f"unknown memory unit {unit!r}")
+    return int(element.text.strip()) * _MEMORY_UNITS[unit]
+
+
+def _action(root: ET.Element, element: str) -> str:
+    return _text(root, element, _ACTION_DEFAULTS[element])
+
+
+def _boot_params(root: ET.Element) -> dict[str, str]:
+    order = "".join(_BOOT_DEV_TO_ORDER.get(b.get("dev", ""), "") for b in root.findall("os/boot"))
+    return {"order": order} if order else {}
+
+
+def _platform(root: ET.Element, os_type: str) -> dict[str, str]:
+    platform = {}
+    if os_type == "hvm":
+        platform.update({flag: "false" for flag in _ON_UNLESS_FALSE})
+    for flag in _FEATURE_FLAGS:
+        element = root.find(f"features/{flag}")
+        if element is not None:
+            platform[flag] = "false" if element.get("state") == "off" else "true"
+    machine = root.find("os/type").get("machine") if root.find("os/type") is not None else None
+    if machine and os_type == "hvm":
+        platform["machine"] = machine
+    if os_type == "exe":
+        platform["init"] = _text(root, "os/init", _DEFAULT_LXC_INIT)
+        for fs in root.findall("devices/filesystem"):
+            target, source = fs.find("target"), fs.find("source")
+            if target is not None and target.get("dir") == "/" and source is not None and source.get("dir"):
+                platform["lxc-root"] = source.get("dir")
+    return platform
+
+
+def _stamp(root: ET.Element) -> dict[str, str]:
+    element = root.find(f"metadata/{_STAMP_TAG}")
+    return dict(element.attrib) if element is not None else {}
+
+
+def _consoles(root: ET.Element) -> list[dict[str, str]]:
+    consoles = []
+    for graphics in root.findall("devices/graphics[@type='vnc']"):
+        port = _int_or(graphics.get("port"), -1)
+        if port <= 0:                    # -1: autoport not yet assigned (domain off)
+            continue
+        listen = graphics.find("listen")
+        host = graphics.get("listen") or (listen.get("address") if listen is not None else None) or "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
+        consoles.append({"protocol": "rfb", "location": f"vnc://{host}:{port}"})
+    return consoles
+
+
+# ---- build ----------------------------------------------------------------------------------
+
+def build(fields: dict, hypervisor: str, *, uuid: str, name: str) -> str:
+    """Domain XML for a Xen-API VM record (same field names as ``parse`` returns)."""
+    if hypervisor not in HYPERVISORS:
+        raise DomainXMLError(f"unknown hypervisor {hypervisor!r}; expected one of {HYPERVISORS}")
+    static_max = _as_int(fields, "memory_static_max", None)
+    dynamic_max = _as_int(fields, "memory_dynamic_max", static_max)
+    dynamic_min = _as_int(fields, "memory_dynamic_min", dynamic_max)
+    static_min = _as_int(fields, "memory_static_min", dynamic_min)
+    vcpus_max = _as_int(fields, "VCPUs_max", 1)
+    vcpus_at_startup = min(_as_int(fields, "VCPUs_at_startup", vcpus_max), vcpus_max)
+
+    domain = ET.Element("domain", type=hypervisor)
+    _add(domain, "name", name)
+    _add(domain, "uuid", uuid)
+    if fields.get("name_label"):
+        _add(domain, "title", one_line(fields["name_label"]))
+    if fields.get("name_description"):
+        _add(domain, "description", xml_safe(fields["name_description"]))
+    stamp = dict(fields.get("stamp") or {})
+    if static_min != dynamic_min:
+        stamp[STAMP_STATIC_MIN_KEY] = str(static_min)
+    if stamp:
+        ET.SubElement(domain, "metadata").append(stamp_element(stamp))
+    _add(domain, "memory", str(_kib(static_max)), unit="KiB")
+    _add(domain, "currentMemory", str(_kib(dynamic_max)), unit="KiB")
+    vcpu = _add(domain, "vcpu", str(vcpus_max), placement="static")
+    if vcpus_at_startup < vcpus_max:
+        vcpu.set("current", str(vcpus_at_startup))
+
+    platform = {k: str(v) for k, v in (fields.get("platform") or {}).items()}
+    is_hvm = _OS_BUILDERS[hypervisor](domain, fields, platform)
+    if is_hvm:
+        _add_features(domain, hypervisor, platform)
+        ET.SubElement(domain, "clock", offset="utc")
+    _add(domain, "on_poweroff", _NORMAL_EXIT_TO_LIBVIRT.get(fields.get("actions_after_shutdown"), "destroy"))
+    _add(domain, "on_reboot", _NORMAL_EXIT_TO_LIBVIRT.get(fields.get("actions_after_reboot"), "restart"))
+    _add(domain, "on_crash", _CRASH_TO_LIBVIRT.get(fields.get("actions_after_crash"), "destroy"))
+    _DEVICE_BUILDERS[hypervisor if hypervisor in ("xen", "lxc") else "qemu"](
+        ET.SubElement(domain, "devices"), is_hvm, platform)
+    ET.indent(domain)
+    return ET.tostring(domain, encoding="unicode")
+
+
+def stamp_element(stamp: dict[str, str]) -> ET.Element:
+    """Our ownership stamp, ``<xenapi:vm k="v" .../>``, as an element."""
+    for key in stamp:
+        if not _XML_NAME.match(key):
+            raise DomainXMLError(f"stamp key {key!r} is not a valid XML attribute name")
+    return ET.Element(_STAMP_TAG, {k: xml_safe(str(v)) for k, v in stamp.items()})
+
+
+def stamp_xml(stamp: dict[str, str]) -> str:
+    """The stamp as text for ``virDomainSetMetadata`` (libvirt adds its own prefix)."""
+    element = stamp_element(stamp)
+    element.tag = STAMP_ELEMENT       # setMetadata takes the namespace as a separate argument
+    return ET.tostring(element, encoding="unicode")
+
+
+def one_line(text: str) -> str:
+    """libvirt refuses titles containing newlines."""
+    return xml_safe(" ".join(text.splitlines()))
+
+
+def xml_safe(text: str) -> str:
+    """Drop characters XML 1.0 cannot carry at all (NUL and most C0 controls)."""
+    return _XML_INVALID_CHARS.sub("", text)
+
+
+def _add(parent: ET.Element, tag: str, text: str, **attrs: str) -> ET.Element:
+    element = ET.SubElement(parent, tag, attrs)
+    element.text = text
+    return element
+
+
+def _as_int(fields: dict, key: str, default: int | None) -> int:
+    value = fields.get(key, default)
+    if value is None or value == "":
+        raise DomainXMLError(f"{key} is required")
+    try:
+        return int(value)
+    except (TypeError, ValueError) as e:
+        raise DomainXMLError(f"{key} must be an integer, got {value!r}") from e
+
+
+def _kib(size_bytes: int) -> int:
+    return -(-size_bytes // 1024)       # round up: never give a guest less than asked
+
+
+def _is_true(platform: dict[str, str], key: str) -> bool:
+    return platform.get(key, "").lower() in _TRUE_WORDS
+
+
+def _is_false(platform: dict[str, str], key: str) -> bool:
+    return key in platform and not _is_true(platform, key)
+
+
+def _add_boot_order(os_element: ET.Element, fields: dict) -> None:
+    order = (fields.get("HVM_boot_params") or {}).get("order", "")
+    for dev in dict.fromkeys(_ORDER_TO_BOOT_DEV[c] for c in order.lower() if c in _ORDER_TO_BOOT_DEV):
+        ET.SubElement(os_element, "boot", dev=dev)
+
+
+def _add_kernel(os_element: ET.Element, fields: dict) -> None:
+    for field, tag in (("PV_kernel", "kernel"), ("PV_ramdisk", "initrd"), ("PV_args", "cmdline")):
+        if fields.get(field):
+            _add(os_element, tag, xml_safe(fields[field]))
+
+
+def _os_qemu(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
+    os_element = ET.SubElement(domain, "os")
+    _add(os_element, "type", "hvm", machine=platform.get("machine") or _DEFAULT_MACHINE)
+    if fields.get("PV_kernel"):
+        _add_kernel(os_element, fields)
+    else:
+        _add_boot_order(os_element, fields)
+    return True
+
+
+def _os_xen(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
+    if fields.get("HVM_boot_policy") == "BIOS order":
+        os_element = ET.SubElement(domain, "os")
+        _add(os_element, "type", "hvm")
+        _add_boot_order(os_element, fields)
+        return True
+    if fields.get("PV_bootloader"):
+        _add(domain, "bootloader", xml_safe(fields["PV_bootloader"]))
+        if fields.get("PV_bootloader_args"):
+            _add(domain, "bootloader_args", xml_safe(fields["PV_bootloader_args"]))
+    os_element = ET.SubElement(domain, "os")
+    _add(os_element, "type", "xenpvh" if fields.get("domain_type") == "pvh" else "xen")
+    _add_kernel(os_element, fields)
+    return False
+
+
+def _os_lxc(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
+    os_element = ET.SubElement(domain, "os")
+    _add(os_element, "type", "exe")
+    _add(os_element, "init", platform.get("init") or _DEFAULT_LXC_INIT)
+    for arg in shlex.split(fields.get("PV_args") or ""):
+        _add(os_element, "initarg", xml_safe(arg))
+    return False
+
+
+# Each adds <os> (and Xen's <bootloader>) and says whether the guest is HVM.
+_OS_BUILDERS = {"kvm": _os_qemu, "qemu": _os_qemu, "test": _os_qemu, "xen": _os_xen, "lxc": _os_lxc}
+
+
+def _add_features(domain: ET.Element, hypervisor: str, platform: dict[str, str]) -> None:
+    features = ET.SubElement(domain, "features")
+    for flag, hypervisors in _FEATURE_FLAGS.items():
+        wanted = not _is_false(platform, flag) if flag in _ON_UNLESS_FALSE else _is_true(platform, flag)
+        if wanted and hypervisor in hypervisors:
+            ET.SubElement(features, flag)
+
+
+def _devices_qemu(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
+    _add_serial_console(devices)
+    channel = ET.SubElement(devices, "channel", type="unix")
+    ET.SubElement(channel, "target", type="virtio", name=_AGENT_CHANNEL)
+    _add_vnc(devices, platform)
+
+
+def _devices_xen(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
+    if is_hvm:
+        _add_serial_console(devices)
+        _add_vnc(devices, platform)
+    else:
+        console = ET.SubElement(devices, "console", type="pty")
+        ET.SubElement(console, "target", type="xen", port="0")
+
+
+def _devices_lxc(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
+    if platform.get("lxc-root"):
+        filesystem = ET.SubElement(devices, "filesystem", type="mount")
+        ET.SubElement(filesystem, "source", dir=platform["lxc-root"])
+        ET.SubElement(filesystem, "target", dir="/")
+    ET.SubElement(devices, "console", type="pty")
+
+
+_DEVICE_BUILDERS = {"qemu": _devices_qemu, "xen": _devices_xen, "lxc": _devices_lxc}
+
+
+def _add_serial_console(devices: ET.Element) -> None:
+    serial = ET.SubElement(devices, "serial", type="pty")
+    ET.SubElement(serial, "target", port="0")
+    console = ET.SubElement(devices, "console", type="pty")
+    ET.SubElement(console, "target", type="serial", port="0")
+
+
+def _add_vnc(devices: ET.Element, platform: dict[str, str]) -> None:
+    if not _is_false(platform, "vnc"):
+        ET.SubElement(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")

@@ -1,0 +1,86 @@
+"""Edits of an existing domain XML that keep everything we do not model (devices, disks, ...).
+
+``domxml.build`` writes a domain from a record; these change one thing in a domain that already
+exists, so a clone or a PV_args change never drops a device someone added with virsh.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+
+from defusedxml.ElementTree import fromstring as parse_untrusted
+
+from xenapi.backend import domxml
+
+# Xen-API field -> (parent path, element) it lives in, for fields edited in place.
+_OS_ELEMENTS = {"PV_kernel": "kernel", "PV_ramdisk": "initrd", "PV_args": "cmdline"}
+_ACTIONS = {"actions_after_shutdown": ("on_poweroff", {"destroy": "destroy", "restart": "restart"}),
+            "actions_after_reboot": ("on_reboot", {"destroy": "destroy", "restart": "restart"})}
+EDITABLE = frozenset(_OS_ELEMENTS) | frozenset(_ACTIONS)
+
+
+def _load(xml: str) -> ET.Element:
+    ET.register_namespace(domxml.STAMP_PREFIX, domxml.STAMP_NAMESPACE)
+    return parse_untrusted(xml)
+
+
+def clone(xml: str, *, uuid: str, name: str, title: str, stamp: dict[str, str]) -> str:
+    """The same machine under a new identity: uuid, name, title, fresh MACs, our stamp."""
+    root = _load(xml)
+    for tag, text in (("uuid", uuid), ("name", name)):
+        element = root.find(tag)
+        if element is None:
+            element = ET.SubElement(root, tag)
+        element.text = text
+    title_el = root.find("title")
+    if title_el is None:
+        title_el = ET.Element("title")
+        root.insert(2, title_el)
+    title_el.text = domxml.one_line(title)
+    for interface in root.findall("devices/interface"):
+        mac = interface.find("mac")
+        if mac is not None:
+            interface.remove(mac)              # libvirt generates a new one on define
+    for graphics in root.findall("devices/graphics"):
+        if graphics.get("autoport") == "yes":
+            graphics.attrib.pop("port", None)
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = ET.SubElement(root, "metadata")
+    for old in metadata.findall(f"{{{domxml.STAMP_NAMESPACE}}}{domxml.STAMP_ELEMENT}"):
+        metadata.remove(old)
+    metadata.append(domxml.stamp_element(stamp))
+    return ET.tostring(root, encoding="unicode")
+
+
+def writable_disks(xml: str) -> list[str]:
+    """Sources of disks a clone would share for writing (read-only disks and CDs are safe)."""
+    root = _load(xml)
+    out = []
+    for disk in root.findall("devices/disk"):
+        source = disk.find("source")
+        if disk.get("device") in ("cdrom", "floppy") or disk.find("readonly") is not None or source is None:
+            continue
+        out.append(source.get("file") or source.get("dev") or source.get("name") or "?")
+    return out
+
+
+def set_field(xml: str, field: str, value: str) -> str:
+    """Set one editable Xen-API field in a domain's XML."""
+    root = _load(xml)
+    if field in _OS_ELEMENTS:
+        os_el = root.find("os")
+        element = os_el.find(_OS_ELEMENTS[field])
+        if not value:
+            if element is not None:
+                os_el.remove(element)
+        else:
+            if element is None:
+                element = ET.SubElement(os_el, _OS_ELEMENTS[field])
+            element.text = value
+    else:
+        tag, table = _ACTIONS[field]
+        element = root.find(tag)
+        if element is None:
+            element = ET.SubElement(root, tag)
+        element.text = table[value]
+    return ET.tostring(root, encoding="unicode")

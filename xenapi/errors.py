@@ -1,0 +1,85 @@
+"""Xen-API errors: every code declared once, with its parameter names.
+
+Code raises ``XenAPIError(CODE, *params)``; only the wire codecs turn it into an envelope
+(``{Status: Failure, ErrorDescription: [CODE, params...]}``).  Parameters are stringified on
+the way in, as xapi sends every ErrorDescription element as a string.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ErrorCode:
+    name: str
+    params: tuple[str, ...]
+    doc: str
+
+
+ERRORS: dict[str, ErrorCode] = {}
+
+
+def _declare(name: str, params: str, doc: str) -> str:
+    ERRORS[name] = ErrorCode(name, tuple(params.split()), doc)
+    return name
+
+
+# Sessions and dispatch
+SESSION_AUTHENTICATION_FAILED = _declare("SESSION_AUTHENTICATION_FAILED", "uname msg", "The credentials given by the user are incorrect.")
+SESSION_AUTHORIZATION_FAILED = _declare("SESSION_AUTHORIZATION_FAILED", "uname msg", "The user is authenticated but has no role.")
+SESSION_INVALID = _declare("SESSION_INVALID", "handle", "You gave an invalid session reference: it never existed, was logged out or expired.")
+SESSION_NOT_REGISTERED = _declare("SESSION_NOT_REGISTERED", "handle", "This session is not registered to receive events.")
+MESSAGE_METHOD_UNKNOWN = _declare("MESSAGE_METHOD_UNKNOWN", "method", "You tried to call a method that does not exist.")
+MESSAGE_PARAMETER_COUNT_MISMATCH = _declare("MESSAGE_PARAMETER_COUNT_MISMATCH", "method expected received", "You tried to call a method with the wrong number of parameters (counts exclude the session).")
+RBAC_PERMISSION_DENIED = _declare("RBAC_PERMISSION_DENIED", "permission message", "Your session's roles do not allow this call.")
+PERMISSION_DENIED = _declare("PERMISSION_DENIED", "message", "Caller not allowed to perform this operation.")
+USER_IS_NOT_LOCAL_SUPERUSER = _declare("USER_IS_NOT_LOCAL_SUPERUSER", "msg", "Only the local superuser can perform this operation.")
+INTERNAL_ERROR = _declare("INTERNAL_ERROR", "message", "The server failed to handle your request; the log has the details under the given id.")
+NOT_IMPLEMENTED = _declare("NOT_IMPLEMENTED", "function", "The function is not implemented.")
+TOO_BUSY = _declare("TOO_BUSY", "", "The request was rejected because the server is too busy.")
+EVENTS_LOST = _declare("EVENTS_LOST", "", "Some events have been lost; unregister, register and re-read the state.")
+EVENT_FROM_TOKEN_PARSE_FAILURE = _declare("EVENT_FROM_TOKEN_PARSE_FAILURE", "token", "The event.from token could not be parsed.")
+EVENT_SUBSCRIPTION_PARSE_FAILURE = _declare("EVENT_SUBSCRIPTION_PARSE_FAILURE", "subscription", "The server failed to parse your event subscription.")
+# Values and objects
+HANDLE_INVALID = _declare("HANDLE_INVALID", "class handle", "You gave an invalid object reference.")
+UUID_INVALID = _declare("UUID_INVALID", "type uuid", "The uuid you supplied was invalid.")
+FIELD_TYPE_ERROR = _declare("FIELD_TYPE_ERROR", "field", "The value given for a field or parameter has the wrong type.")
+INVALID_VALUE = _declare("INVALID_VALUE", "field value", "The value given is invalid.")
+VALUE_NOT_SUPPORTED = _declare("VALUE_NOT_SUPPORTED", "field value reason", "You attempted to set a value that is not supported by this implementation.")
+MAP_DUPLICATE_KEY = _declare("MAP_DUPLICATE_KEY", "type param_name uuid key", "You tried to add a key-value pair to a map, but that key is already there.")
+OPERATION_NOT_ALLOWED = _declare("OPERATION_NOT_ALLOWED", "reason", "You attempted an operation that was not allowed.")
+OPERATION_BLOCKED = _declare("OPERATION_BLOCKED", "ref code", "You attempted an operation that was explicitly blocked.")
+OTHER_OPERATION_IN_PROGRESS = _declare("OTHER_OPERATION_IN_PROGRESS", "class object operation_type operation_ref", "Another operation involving the object is currently in progress.")
+TASK_CANCELLED = _declare("TASK_CANCELLED", "task", "The request was asynchronously cancelled.")
+MEMORY_CONSTRAINT_VIOLATION = _declare("MEMORY_CONSTRAINT_VIOLATION", "constraint", "The dynamic memory range does not satisfy static_min <= dynamic_min <= dynamic_max <= static_max.")
+# VMs and hosts
+VM_BAD_POWER_STATE = _declare("VM_BAD_POWER_STATE", "vm expected actual", "You attempted an operation on a VM that was not in an appropriate power state.")
+VM_IS_TEMPLATE = _declare("VM_IS_TEMPLATE", "vm op", "The operation attempted is not valid for a template VM.")
+VM_IS_SNAPSHOT = _declare("VM_IS_SNAPSHOT", "vm op", "The operation attempted is not valid for a snapshot VM.")
+VM_SHUTDOWN_TIMEOUT = _declare("VM_SHUTDOWN_TIMEOUT", "vm timeout", "The VM did not complete its clean shutdown within the timeout.")
+VM_REBOOT_TIMEOUT = _declare("VM_REBOOT_TIMEOUT", "vm timeout", "The VM did not complete its clean reboot within the timeout.")
+HOST_NOT_LIVE = _declare("HOST_NOT_LIVE", "", "The host is not reachable: its libvirt connection is down.")
+HOST_OFFLINE = _declare("HOST_OFFLINE", "host", "The specified host is offline.")
+HOST_NOT_ENOUGH_FREE_MEMORY = _declare("HOST_NOT_ENOUGH_FREE_MEMORY", "needed available", "Not enough host memory is available to perform this operation.")
+BACKEND_FAILURE = _declare("BACKEND_FAILURE", "host operation code message", "The hypervisor (libvirt) refused or failed the operation.")
+
+
+class XenAPIError(Exception):
+    """An API-level failure: a declared code and its parameters, all strings."""
+
+    def __init__(self, code: str, *params: object):
+        if code not in ERRORS:
+            raise ValueError(f"undeclared Xen-API error code {code}")
+        self.code = code
+        self.params = tuple(_as_text(p) for p in params)
+        super().__init__(code, *self.params)
+
+    @property
+    def description(self) -> list[str]:
+        return [self.code, *self.params]
+
+
+def _as_text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)

@@ -1,0 +1,202 @@
+"""event.from and the legacy event.register/next: views of the store's change log.
+
+Tokens are ``"<epoch>,<id>"``, both zero-padded like xapi's so that they compare as strings; a
+token from an earlier server run (another epoch) is answered as if it were "": every object, as
+an add, which is how clients re-seed their caches anyway.  event.from coalesces to one event per
+object; event.next returns every change in order and reports EVENTS_LOST to a subscriber the
+bounded log has left behind.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+
+from xenapi import errors as E
+from xenapi.errors import XenAPIError
+from xenapi.wire.values import I4
+
+# event.next with nothing registered is an error; a registration is per session.
+MAX_FROM_TIMEOUT = 3600.0
+
+
+@dataclass
+class Registration:
+    classes: set[str] = field(default_factory=set)
+    cursor: int = 0
+
+
+def parse_subscriptions(classes: list[str], known: dict[str, str]) -> tuple[set[str] | None, set[str]]:
+    """(lowercase class names or None for all, 'cls/ref' object subscriptions)."""
+    names: set[str] = set()
+    objects: set[str] = set()
+    for sub in classes:
+        if not isinstance(sub, str) or not sub:
+            raise XenAPIError(E.EVENT_SUBSCRIPTION_PARSE_FAILURE, str(sub))
+        if sub == "*":
+            return None, set()
+        cls, sep, ref = sub.partition("/")
+        if sep and not ref:
+            raise XenAPIError(E.EVENT_SUBSCRIPTION_PARSE_FAILURE, sub)
+        if cls.lower() in known:          # unknown classes are ignored, as xapi does
+            (objects.add(f"{cls.lower()}/{ref}") if sep else names.add(cls.lower()))
+    return names, objects
+
+
+class Events:
+    def __init__(self, server):
+        self.server = server
+        self.store = server.store
+        self._known = {c.lower(): c for c, d in server.registry.classes.items() if d.events}
+        self._regs: dict[str, Registration] = {}
+        self._lock = threading.Lock()
+
+    # -- tokens ------------------------------------------------------------------------------
+    def token(self, last_id: int) -> str:
+        return f"{self.store.epoch:020d},{last_id:020d}"
+
+    def parse_token(self, token: str) -> int | None:
+        """The change id a token stands for; None means 'from the beginning'."""
+        if token == "":
+            return None
+        epoch, sep, last = token.partition(",")
+        if not sep or not epoch.isdigit() or not last.isdigit():
+            raise XenAPIError(E.EVENT_FROM_TOKEN_PARSE_FAILURE, token)
+        if int(epoch) != self.store.epoch or int(last) > self.store.last_id:
+            return None
+        return int(last)
+
+    # -- event.from ------------------------------------------------------------------------
+    def event_from(self, ctx, classes: list[str], token: str, timeout: float) -> dict:
+        names, objects = parse_subscriptions(classes, self._known)
+        after = self.parse_token(token)
+        deadline = time.monotonic() + max(0.0, min(float(timeout), MAX_FROM_TIMEOUT))
+        while True:
+            generation = self.store.generation
+            events, last = self._collect(names, objects, after)
+            if events or time.monotonic() >= deadline:
+                return {"events": events, "valid_ref_counts": self._counts(names), "token": self.token(last)}
+            after = last
+            self.store.wait(generation, deadline - time.monotonic())
+            if ctx.session_ref and not self.server.sessions.is_live(ctx.session_ref):
+                raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
+
+    def _collect(self, names, objects, after: int | None) -> tuple[list[dict], int]:
+        if after is None:
+            return self._everything(names, objects)
+        changes = self.store.changes_after(after)
+        if changes is None:       # older than the log: fall back to per-object change ids
+            touched, last = self.store.touched_after(after, names)
+        else:
+            last = changes[-1].id if changes else after
+            touched = _coalesce(changes, after)
+        events = []
+        for cls, ref, op in touched:
+            if not _wanted(cls, ref, names, objects):
+                continue
+            rec = self.store.find(cls, ref)
+            if op != "del" and rec is None:
+                continue          # added and deleted since the token: nothing to tell
+            events.append(self._event(cls, ref, op, rec if op != "del" else None, last))
+        return events, last
+
+    def _everything(self, names, objects) -> tuple[list[dict], int]:
+        last = self.store.last_id
+        events = []
+        for lower, cls in self._known.items():
+            for ref, rec in self.store.records(cls).items():
+                if _wanted(cls, ref, names, objects):
+                    events.append(self._event(cls, ref, "add", rec, last))
+        return events, last
+
+    @staticmethod
+    def _event(cls: str, ref: str, op: str, snapshot: dict | None, event_id: int) -> dict:
+        ev = {"id": str(event_id), "timestamp": "0.0", "class": cls.lower(), "operation": op, "ref": ref}
+        if snapshot is not None:
+            ev["snapshot"] = snapshot
+        return ev
+
+    def _counts(self, names) -> dict:
+        return {lower: I4(self.store.count(cls)) for lower, cls in self._known.items()
+                if names is None or lower in names}
+
+    # -- legacy event.register / next ------------------------------------------------------
+    def register(self, ctx, classes: list[str]) -> None:
+        names, objects = parse_subscriptions(classes, self._known)
+        with self._lock:
+            reg = self._regs.setdefault(ctx.session_ref, Registration(cursor=self.store.last_id))
+            reg.classes |= {"*"} if names is None else names | objects
+
+    def unregister(self, ctx, classes: list[str]) -> None:
+        names, objects = parse_subscriptions(classes, self._known)
+        with self._lock:
+            reg = self._regs.get(ctx.session_ref)
+            if reg is not None:
+                reg.classes -= {"*"} if names is None else names | objects
+
+    def next(self, ctx) -> list[dict]:
+        reg = self._regs.get(ctx.session_ref)
+        if reg is None:
+            raise XenAPIError(E.SESSION_NOT_REGISTERED, ctx.session_ref)
+        while True:
+            generation = self.store.generation
+            changes = self.store.changes_after(reg.cursor)
+            if changes is None:
+                reg.cursor = self.store.last_id
+                raise XenAPIError(E.EVENTS_LOST)
+            if changes:
+                reg.cursor = changes[-1].id
+                events = [self._next_event(c) for c in changes if _registered(c.cls, c.ref, reg.classes)]
+                if events:
+                    return events
+            self.store.wait(generation, 30.0)
+            if not self.server.sessions.is_live(ctx.session_ref):
+                raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
+
+    @staticmethod
+    def _next_event(c) -> dict:
+        ev = {"id": str(c.id), "timestamp": f"{c.time:.6f}", "class": c.cls.lower(), "operation": c.op, "ref": c.ref}
+        if c.snapshot is not None:
+            ev["snapshot"] = c.snapshot
+        return ev
+
+    def inject(self, ctx, cls: str, ref: str) -> str:
+        canonical = self._known.get(cls.lower())
+        if canonical is None:
+            raise XenAPIError(E.HANDLE_INVALID, cls, ref)
+        self.store.get(canonical, ref)
+        self.store.touch(canonical, ref)
+        return self.token(self.store.last_id)
+
+    def forget(self, session_ref: str) -> None:
+        with self._lock:
+            self._regs.pop(session_ref, None)
+
+
+def _coalesce(changes, after: int) -> list[tuple[str, str, str]]:
+    """One (cls, ref, op) per object: add if it was born after the token, del if it died, else mod."""
+    first: dict[tuple[str, str], str] = {}
+    last: dict[tuple[str, str], str] = {}
+    for c in changes:
+        key = (c.cls, c.ref)
+        first.setdefault(key, c.op)
+        last[key] = c.op
+    out = []
+    for key, op in last.items():
+        born_here = first[key] == "add"
+        if op == "del":
+            if not born_here:
+                out.append((*key, "del"))
+        else:
+            out.append((*key, "add" if born_here else "mod"))
+    return out
+
+
+def _wanted(cls: str, ref: str, names, objects) -> bool:
+    lower = cls.lower()
+    return names is None or lower in names or f"{lower}/{ref}" in objects
+
+
+def _registered(cls: str, ref: str, subs: set[str]) -> bool:
+    lower = cls.lower()
+    return "*" in subs or lower in subs or f"{lower}/{ref}" in subs

@@ -1,0 +1,84 @@
+"""Which VM operations are allowed when: one table, and the guard every power operation runs under.
+
+The table lists the operations this server implements, with the power states xapi allows them in
+(xapi_vm_lifecycle.ml).  ``allowed_operations`` is always derived from it, never set by hand.
+"""
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+from xenapi import errors as E
+from xenapi.errors import XenAPIError
+
+_ALL = frozenset({"Halted", "Paused", "Suspended", "Running"})
+_ORDER = ("Halted", "Paused", "Suspended", "Running")     # xapi's order in VM_BAD_POWER_STATE
+
+ALLOWED_IN: dict[str, frozenset[str]] = {
+    "start": frozenset({"Halted"}),
+    "provision": frozenset({"Halted"}),
+    "clone": frozenset({"Halted"}),
+    "copy": frozenset({"Halted"}),
+    "changing_memory_limits": frozenset({"Halted"}),
+    "changing_VCPUs": frozenset({"Halted"}),
+    "unpause": frozenset({"Paused"}),
+    "resume": frozenset({"Suspended"}),
+    "clean_shutdown": frozenset({"Running"}),
+    "clean_reboot": frozenset({"Running"}),
+    "pause": frozenset({"Running"}),
+    "suspend": frozenset({"Running"}),
+    "hard_reboot": frozenset({"Paused", "Running"}),
+    "hard_shutdown": frozenset({"Paused", "Suspended", "Running"}),
+    "shutdown": frozenset({"Paused", "Suspended", "Running"}),
+    "destroy": frozenset({"Halted", "Suspended"}),
+}
+
+# What a template may do: be copied, provisioned or destroyed; never run.
+TEMPLATE_OPS = frozenset({"clone", "copy", "provision", "destroy", "changing_memory_limits", "changing_VCPUs"})
+
+_guard = threading.Lock()     # check-and-mark of current_operations must be atomic across threads
+
+
+def allowed_operations(rec: dict) -> list[str]:
+    if rec["is_control_domain"] or rec["current_operations"]:
+        return []
+    state = rec["power_state"]
+    blocked = rec["blocked_operations"]
+    ops = TEMPLATE_OPS if rec["is_a_template"] else ALLOWED_IN.keys()
+    return sorted(op for op in ops if state in ALLOWED_IN[op] and op not in blocked)
+
+
+def check(rec: dict, ref: str, op: str) -> None:
+    """Raise the error xapi gives for ``op`` on this VM now, if any."""
+    if rec["is_control_domain"]:
+        raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not allowed on the control domain")
+    if rec["is_a_template"] and op not in TEMPLATE_OPS:
+        raise XenAPIError(E.VM_IS_TEMPLATE, ref, op)
+    if op in rec["blocked_operations"]:
+        raise XenAPIError(E.OPERATION_BLOCKED, ref, rec["blocked_operations"][op])
+    for task, running in rec["current_operations"].items():
+        raise XenAPIError(E.OTHER_OPERATION_IN_PROGRESS, "VM", ref, running, task)
+    if rec["power_state"] not in ALLOWED_IN[op]:
+        expected = ", ".join(s.lower() for s in _ORDER if s in ALLOWED_IN[op])
+        raise XenAPIError(E.VM_BAD_POWER_STATE, ref, expected, rec["power_state"].lower())
+
+
+@contextmanager
+def operation(ctx, ref: str, op: str):
+    """Run ``op`` on VM ``ref``: checked, shown in current_operations while it runs, cleared after."""
+    store = ctx.store
+    marker = ctx.task_ref or f"OpaqueRef:NULL/{op}"
+    with _guard:
+        rec = store.get("VM", ref)
+        check(rec, ref, op)
+        busy = {**rec, "current_operations": {marker: op}}
+        store.update("VM", ref, {"current_operations": busy["current_operations"],
+                                 "allowed_operations": allowed_operations(busy)})
+    try:
+        yield rec
+    finally:
+        with _guard:
+            rec = store.find("VM", ref)
+            if rec is not None:
+                idle = {**rec, "current_operations": {}}
+                store.update("VM", ref, {"current_operations": {}, "allowed_operations": allowed_operations(idle)})

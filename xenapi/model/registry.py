@@ -1,0 +1,237 @@
+"""The registry: every class and message of the API, built once from the declarations.
+
+Implicit messages (getters, setters, map and set accessors, records, lookups, constructors) are
+derived here from the fields, never written per class.  The registry checks itself when built:
+a message without a doc or roles, an undeclared error code, or a Ref to an unknown class fails at
+import, not at the first call.
+"""
+from __future__ import annotations
+
+from typing import Iterable
+
+from xenapi import errors as E
+from xenapi.errors import XenAPIError
+from xenapi.model import types as T
+from xenapi.model.declare import CTOR, MISSING, RW, ClassDecl, Field, Message, param
+from xenapi.model.roles import LADDER, READ_ONLY
+
+# Classes that later parts of the API bring (storage, networking, devices...).  Until they are
+# declared, refs to them are valid as OpaqueRef:NULL and empty sets, and nothing else.
+FORWARD_CLASSES = frozenset("""
+    VBD VIF SR VDI PBD PIF network blob VUSB crashdump VTPM VGPU PCI PGPU PUSB host_crashdump
+    host_patch pool_update Feature Certificate Repository VMPP VMSS VM_appliance DR_task subject
+    Bond VLAN tunnel network_sriov GPU_group secret message
+""".split())
+
+
+class Registry:
+    def __init__(self, decls: Iterable[ClassDecl]):
+        self.classes: dict[str, ClassDecl] = {}
+        self.messages: dict[str, Message] = {}
+        self._names: dict[str, Message] = {}      # every accepted spelling -> message
+        for decl in decls:
+            self._add_class(decl)
+        self._check()
+
+    # -- building ---------------------------------------------------------------------------
+    def _add_class(self, decl: ClassDecl) -> None:
+        self.classes[decl.name] = decl
+        custom = {m.name for m in decl.messages}
+        for msg in [*decl.messages, *(m for m in _implicit(decl) if m.name not in custom)]:
+            msg.cls = decl.name
+            self.messages[msg.wire_name] = msg
+            self._names[msg.wire_name] = msg
+            self._names[f"{decl.name}_{msg.name}"] = msg   # xapi's alternative wire name
+
+    def _check(self) -> None:
+        known = set(self.classes) | FORWARD_CLASSES
+        for msg in self.messages.values():
+            where = msg.wire_name
+            if not msg.doc:
+                raise ValueError(f"{where}: no doc")
+            if not msg.roles or any(r not in LADDER for r in msg.roles) or msg.roles != LADDER[: len(msg.roles)]:
+                raise ValueError(f"{where}: roles must be a prefix of the ladder, got {msg.roles}")
+            for code in msg.errors:
+                if code not in E.ERRORS:
+                    raise ValueError(f"{where}: undeclared error {code}")
+            seen_default = False
+            for p in msg.params:
+                if p.default is not MISSING:
+                    seen_default = True
+                elif seen_default:
+                    raise ValueError(f"{where}: parameter {p.name} without default after one with")
+                _check_type(p.type, known, where)
+            if msg.impl is None:
+                raise ValueError(f"{where}: no implementation")
+        for decl in self.classes.values():
+            for f in decl.fields:
+                _check_type(f.type, known, f"{decl.name}.{f.name}")
+
+    # -- lookups ----------------------------------------------------------------------------
+    def lookup(self, method: str) -> tuple[Message, bool] | None:
+        """(message, is_async) for a wire name in any accepted spelling, or None."""
+        if method.startswith("Async."):
+            msg = self._names.get(method[6:])
+            return (msg, True) if msg is not None else None
+        msg = self._names.get(method)
+        return (msg, False) if msg is not None else None
+
+    def list_methods(self) -> list[str]:
+        return sorted(m.wire_name for m in self.messages.values() if not m.hidden)
+
+    def permissions(self) -> list[str]:
+        return sorted({m.permission for m in self.messages.values()})
+
+    def permissions_of(self, role: str) -> frozenset[str]:
+        return frozenset(m.permission for m in self.messages.values() if role in m.roles)
+
+
+def _check_type(t: T.WireType, known: set[str], where: str) -> None:
+    if isinstance(t, (T.Ref, T.Record)) and t.cls not in known:
+        raise ValueError(f"{where}: reference to unknown class {t.cls}")
+    if isinstance(t, T.Set):
+        _check_type(t.of, known, where)
+    if isinstance(t, T.Map):
+        _check_type(t.key, known, where)
+        _check_type(t.value, known, where)
+
+
+# -- implicit messages ----------------------------------------------------------------------
+
+def _implicit(decl: ClassDecl) -> list[Message]:
+    cls = decl.name
+    if not decl.stored:
+        return []
+    self_param = param(T.Ref(cls), "self", f"reference to the {cls}")
+    out = [Message("get_record", f"Get a record containing the current state of the given {cls}.",
+                   [self_param], T.Record(cls), impl=lambda ctx, ref: ctx.store.get(cls, ref), implicit=True)]
+    if decl.listable:
+        out += _listing(decl)
+    for f in decl.fields:
+        out.extend(_field_messages(decl, f, self_param))
+    if decl.constructor:
+        out.append(Message("create", f"Create a new {cls} instance, and return its handle.",
+                           [param(T.Record(cls), "args", "all constructor arguments")], T.Ref(cls),
+                           roles=decl.ctor_roles, impl=lambda ctx, rec: _create(ctx, decl, rec), implicit=True,
+                           is_async=True))
+        out.append(Message("destroy", f"Destroy the specified {cls} instance.", [self_param],
+                           roles=decl.ctor_roles, impl=lambda ctx, ref: _destroy(ctx, decl, ref), implicit=True,
+                           is_async=True))
+    return out
+
+
+def _listing(decl: ClassDecl) -> list[Message]:
+    cls = decl.name
+    out = [
+        Message("get_all", f"Return a list of all the {cls}s known to the system.",
+                [], T.Set(T.Ref(cls)), impl=lambda ctx: ctx.store.refs(cls), implicit=True),
+        Message("get_all_records", f"Return a map of {cls} references to {cls} records for all {cls}s known to the system.",
+                [], T.Map(T.Ref(cls), T.Record(cls)), impl=lambda ctx: ctx.store.records(cls), implicit=True),
+        Message("get_all_records_where", f"Return a map of {cls} references to {cls} records for all {cls}s matching the expression.",
+                [param(T.String, "expr", "an expression over the record's fields")],
+                T.Map(T.Ref(cls), T.Record(cls)), impl=lambda ctx, expr: _where(ctx, cls, expr), implicit=True,
+                hidden=True),
+        Message("get_by_uuid", f"Get a reference to the {cls} instance with the specified UUID.",
+                [param(T.String, "uuid", "UUID of object to return")], T.Ref(cls),
+                errors=(E.UUID_INVALID,), impl=lambda ctx, u: ctx.store.by_uuid(cls, u), implicit=True),
+    ]
+    if any(f.name == "name_label" for f in decl.fields):
+        out.append(Message("get_by_name_label", f"Get all the {cls} instances with the given label.",
+                           [param(T.String, "label", "label of object to return")], T.Set(T.Ref(cls)),
+                           impl=lambda ctx, label: ctx.store.by_name_label(cls, label), implicit=True))
+    return out
+
+
+def _field_messages(decl: ClassDecl, f: Field, self_param) -> list[Message]:
+    cls, name = decl.name, f.name
+    out = [Message(f"get_{name}", f"Get the {name} field of the given {cls}.", [self_param], f.type,
+                   impl=lambda ctx, ref: ctx.store.get(cls, ref)[name], implicit=True)]
+    if f.qualifier != RW:
+        return out
+    roles = f.writer_roles or decl.writer_roles
+    setter = decl.hooks.get(f"set_{name}")
+
+    def set_value(ctx, ref, value):
+        if setter:
+            return setter(ctx, ref, value)
+        ctx.store.update(cls, ref, {name: value})
+
+    out.append(Message(f"set_{name}", f"Set the {name} field of the given {cls}.",
+                       [self_param, param(f.type, "value", "new value to set")], roles=roles,
+                       impl=set_value, implicit=True))
+    if isinstance(f.type, T.Map):
+        def add_to(ctx, ref, key, value):
+            current = ctx.store.get(cls, ref)[name]
+            if key in current:
+                raise XenAPIError(E.MAP_DUPLICATE_KEY, cls, name, ctx.store.get(cls, ref).get("uuid", ref), key)
+            set_value(ctx, ref, {**current, key: value})
+
+        def remove_from(ctx, ref, key):
+            current = ctx.store.get(cls, ref)[name]
+            if key in current:
+                set_value(ctx, ref, {k: v for k, v in current.items() if k != key})
+
+        out += [
+            Message(f"add_to_{name}", f"Add the given key-value pair to the {name} field of the given {cls}.",
+                    [self_param, param(f.type.key, "key", "key to add"), param(f.type.value, "value", "value to add")],
+                    roles=roles, errors=(E.MAP_DUPLICATE_KEY,), impl=add_to, implicit=True),
+            Message(f"remove_from_{name}", f"Remove the given key and its value from the {name} field of the given {cls}; a missing key is not an error.",
+                    [self_param, param(f.type.key, "key", "key to remove")], roles=roles, impl=remove_from, implicit=True),
+        ]
+    elif isinstance(f.type, T.Set):
+        def add(ctx, ref, value):
+            current = ctx.store.get(cls, ref)[name]
+            if value not in current:
+                set_value(ctx, ref, [*current, value])
+
+        def remove(ctx, ref, value):
+            current = ctx.store.get(cls, ref)[name]
+            if value in current:
+                set_value(ctx, ref, [v for v in current if v != value])
+
+        out += [
+            Message(f"add_{name}", f"Add the given value to the {name} field of the given {cls}; already there is not an error.",
+                    [self_param, param(f.type.of, "value", "new value to add")], roles=roles, impl=add, implicit=True),
+            Message(f"remove_{name}", f"Remove the given value from the {name} field of the given {cls}; absent is not an error.",
+                    [self_param, param(f.type.of, "value", "value to remove")], roles=roles, impl=remove, implicit=True),
+        ]
+    return out
+
+
+def _where(ctx, cls: str, expr: str):
+    from xenapi.where import WhereFieldError, WhereSyntaxError, compile_where
+    try:
+        match = compile_where(expr)
+        return {ref: rec for ref, rec in ctx.store.records(cls).items() if match(rec, ref)}
+    except WhereSyntaxError as e:
+        raise XenAPIError(E.INVALID_VALUE, *e.xapi_params) from None
+    except WhereFieldError as e:          # xapi: DBCache_NotFound("missing field", name, "")
+        raise XenAPIError(E.INTERNAL_ERROR, " ".join(p for p in e.xapi_params if p)) from None
+
+
+def constructor_fields(decl: ClassDecl, record: dict, where: str = "") -> dict:
+    """Convert a constructor's record: RW and StaticRO fields, required unless defaulted."""
+    out = {}
+    for f in decl.fields:
+        if f.qualifier not in (RW, CTOR):
+            continue
+        if f.name in record:
+            out[f.name] = f.type.convert(record[f.name], f.name)
+        elif f.default is MISSING:
+            raise XenAPIError(E.INTERNAL_ERROR, f'Dispatcher_FieldNotFound("{f.name}")')
+    return out
+
+
+def _create(ctx, decl: ClassDecl, record: dict):
+    values = constructor_fields(decl, record)
+    hook = decl.hooks.get("create")
+    if hook:
+        return hook(ctx, values)
+    return ctx.store.create(decl.name, values)
+
+
+def _destroy(ctx, decl: ClassDecl, ref: str):
+    hook = decl.hooks.get("destroy")
+    if hook:
+        return hook(ctx, ref)
+    ctx.store.delete(decl.name, ref)

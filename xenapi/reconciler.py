@@ -1,0 +1,219 @@
+"""The reconciler: brings the store in line with what libvirt says, and is the only writer of what
+libvirt owns (power state, devices, memory, vCPUs, boot settings).
+
+libvirt callbacks only enqueue (host, domain uuid, kind); the ``reconciler`` thread re-reads that
+domain and applies the difference.  A relist (at start, on reconnect) reads every domain of a host
+and removes what vanished while nobody was looking.  API calls re-observe synchronously through
+``refresh`` so their answer already shows the new state.
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+
+from xenapi import errors as E
+from xenapi.backend import domxml
+from xenapi.errors import XenAPIError
+from xenapi.lifecycle import allowed_operations
+from xenapi.model.types import NULL_REF
+from xenapi.store import add, delete, derived_ref, derived_uuid, mod
+from xenapi.wire.values import DateTime
+
+log = logging.getLogger(__name__)
+
+# VM fields libvirt owns: overwritten on every observation.  The rest belong to the store.
+FROM_XML = ("name_label", "name_description", "memory_static_max", "memory_dynamic_max", "memory_dynamic_min",
+            "memory_static_min", "VCPUs_max", "VCPUs_at_startup", "actions_after_shutdown", "actions_after_reboot",
+            "actions_after_crash", "PV_bootloader", "PV_bootloader_args", "PV_kernel", "PV_ramdisk", "PV_args",
+            "HVM_boot_policy", "HVM_boot_params", "platform", "domain_type")
+_RUNS = ("Running", "Paused")
+
+
+def vm_ref(uuid: str) -> str:
+    return derived_ref("VM", uuid)
+
+
+def _no_such_domain(e: XenAPIError) -> bool:
+    return e.code == E.BACKEND_FAILURE and len(e.params) > 2 and e.params[2] == "42"   # VIR_ERR_NO_DOMAIN
+
+
+class Reconciler:
+    def __init__(self, server):
+        self.server = server
+        self.store = server.store
+        self.homes: dict[str, str] = {}          # VM ref -> host ref whose libvirt defines it
+        self._expected: dict[str, dict] = {}     # domain uuid -> fields a create/clone is about to define
+        self._queue: queue.Queue = queue.Queue()
+        self._lock = threading.RLock()           # one observation of a domain at a time
+        self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
+        self._stopping = False
+        self._unclaimed: set[str] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._queue.put(None)
+
+    # -- callbacks from libvirt's loop thread: enqueue and return ---------------------------
+    def on_domain_event(self, uri: str, uuid: str, kind: str) -> None:
+        self._queue.put((uri, uuid, kind))
+
+    def on_liveness(self, uri: str, live: bool) -> None:
+        self._queue.put((uri, None, "live" if live else "dead"))
+
+    def _run(self) -> None:
+        while not self._stopping:
+            item = self._queue.get()
+            if item is None:
+                continue
+            uri, uuid, kind = item
+            try:
+                host = self.server.hosts.ref_of(uri)
+                if kind == "live":
+                    self.server.hosts.set_live(host, True)
+                    self.relist(host)
+                    if self._unclaimed and self.server.hosts.all_live():
+                        self.drop_unclaimed()
+                elif kind == "dead":
+                    self.server.hosts.set_live(host, False)
+                else:
+                    self.refresh(host, uuid)
+            except XenAPIError as e:
+                log.info("event=reconcile-skipped uri=%s uuid=%s kind=%s error=%s", uri, uuid, kind, e.code)
+            except Exception:
+                log.exception("event=reconcile-failed uri=%s uuid=%s kind=%s", uri, uuid, kind)
+
+    def claim_loaded(self) -> None:
+        """VMs read back from SQLite wait to be seen by a relist; those nobody claims are gone."""
+        self._unclaimed = {ref for ref, rec in self.store.records("VM").items() if not rec["is_control_domain"]}
+
+    def drop_unclaimed(self) -> None:
+        """Once every host has been listed: VMs no host defines any more were undefined while we were away."""
+        with self._lock:
+            for ref in self._unclaimed - self.homes.keys():
+                log.info("event=vm-vanished ref=%s", ref)
+                self._forget(ref, home=None)
+            self._unclaimed = set()
+
+    # -- observing -------------------------------------------------------------------------
+    def expect(self, uuid: str, fields: dict) -> None:
+        """The store-owned fields of a domain about to be defined through the API."""
+        self._expected[uuid] = fields
+
+    def relist(self, host: str) -> None:
+        conn = self.server.hosts.connection(host)
+        seen = {state.uuid: state for state in conn.list_domains()}
+        with self._lock:
+            for state in seen.values():
+                self._observe(host, state)
+            for ref, home in list(self.homes.items()):
+                rec = self.store.find("VM", ref)
+                if home == host and rec is not None and rec["uuid"] not in seen:
+                    self._forget(ref)
+        log.info("event=relist host=%s domains=%d", host, len(seen))
+
+    def refresh(self, host: str, uuid: str) -> None:
+        conn = self.server.hosts.connection(host)
+        try:
+            state = conn.domain_state(uuid)
+        except XenAPIError as e:
+            if not _no_such_domain(e):
+                raise
+            state = None
+        with self._lock:
+            if state is None:
+                self._forget(vm_ref(uuid))
+            else:
+                self._observe(host, state)
+
+    def forget(self, uuid: str) -> None:
+        with self._lock:
+            self._forget(vm_ref(uuid))
+
+    def _forget(self, ref: str, home: str | None = None) -> None:
+        rec = self.store.find("VM", ref)
+        if rec is None:
+            return
+        ops = [delete("VM", ref), delete("VM_metrics", rec["metrics"])]
+        ops += [delete("console", c) for c in rec["consoles"]]
+        self.store.apply(ops)
+        host = self.homes.pop(ref, home)
+        if host and rec["resident_on"] != NULL_REF:
+            self._update_resident(host)
+
+    def _observe(self, host: str, state) -> None:
+        try:
+            parsed = domxml.parse(state.xml)
+        except domxml.DomainXMLError as e:
+            log.warning("event=unparsable-domain uuid=%s error=%s", state.uuid, e)
+            return
+        ref = vm_ref(state.uuid)
+        current = self.store.find("VM", ref)
+        running = state.power_state in _RUNS
+        derived = {k: parsed[k] for k in FROM_XML}
+        derived.update(
+            power_state=state.power_state, domid=state.domid, resident_on=host if running else NULL_REF,
+            domarch=self.server.hosts.facts(host).arch if running else "",
+            metrics=derived_ref("VM_metrics", state.uuid),
+            is_a_template=parsed["stamp"].get("template") == "true",
+            consoles=[derived_ref("console", f"{state.uuid}/{c['protocol']}") for c in parsed["consoles"]] if running else [],
+        )
+        ops = []
+        if current is None:
+            base = self._expected.pop(state.uuid, None) or {}
+            record = self.store.new_record("VM", {**base, **derived, "uuid": state.uuid})
+            record["allowed_operations"] = allowed_operations(record)
+            ops.append(add("VM", ref, record))
+        else:
+            derived["allowed_operations"] = allowed_operations({**current, **derived})
+            ops.append(mod("VM", ref, derived))
+        ops += self._metrics_ops(state, parsed, current)
+        ops += self._console_ops(ref, state, parsed, current, derived["consoles"])
+        self.store.apply(ops)
+        self.homes[ref] = host
+        was_resident = current is not None and current["resident_on"] != NULL_REF
+        if was_resident != running:
+            self._update_resident(host)
+
+    def _metrics_ops(self, state, parsed, current) -> list:
+        ref = derived_ref("VM_metrics", state.uuid)
+        running = state.power_state in _RUNS
+        existing = self.store.find("VM_metrics", ref)
+        was_running = current is not None and current["power_state"] in _RUNS
+        fields = {
+            "memory_actual": parsed["memory_dynamic_max"] if running else 0,
+            "VCPUs_number": parsed["VCPUs_at_startup"] if running else 0,
+            "state": [state.libvirt_state.lower()] if state.libvirt_state else [],
+            "hvm": parsed["domain_type"] == "hvm",
+            "current_domain_type": parsed["domain_type"] if running else "unspecified",
+            "last_updated": DateTime.now(),
+        }
+        if running and not was_running:
+            fields["start_time"] = DateTime.now()
+        if existing is None:
+            return [add("VM_metrics", ref, self.store.new_record("VM_metrics", {
+                **fields, "uuid": derived_uuid("VM_metrics", state.uuid), "install_time": DateTime.now()}))]
+        return [mod("VM_metrics", ref, fields)]
+
+    def _console_ops(self, vm: str, state, parsed, current, wanted: list[str]) -> list:
+        ops = []
+        have = set(current["consoles"]) if current else set()
+        for console in (parsed["consoles"] if state.power_state in _RUNS else []):
+            ref = derived_ref("console", f"{state.uuid}/{console['protocol']}")
+            fields = {"protocol": console["protocol"], "location": console["location"], "VM": vm}
+            if ref in have or self.store.exists("console", ref):
+                ops.append(mod("console", ref, fields))
+            else:
+                ops.append(add("console", ref, self.store.new_record(
+                    "console", {**fields, "uuid": derived_uuid("console", ref)})))
+        ops += [delete("console", ref) for ref in have - set(wanted)]
+        return ops
+
+    def _update_resident(self, host: str) -> None:
+        resident = sorted(ref for ref, rec in self.store.records("VM").items()
+                          if rec["resident_on"] == host)
+        self.store.update("host", host, {"resident_VMs": resident})

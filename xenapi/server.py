@@ -1,0 +1,105 @@
+"""The server: its parts, wired once, started in order, stopped in reverse.
+
+Start-up order matters: persisted objects are loaded, libvirt's event loop runs, every host is
+connected and listed (the first sync), and only then do transports start listening, so no client
+ever sees a half-synced store.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from auth.users import Users
+from xenapi.backend.events import ensure_event_loop
+from xenapi.config import Config
+from xenapi.dispatcher import Dispatcher
+from xenapi.events import Events
+from xenapi.hosts import Hosts
+from xenapi.metrics import Metrics
+from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
+from xenapi.reconciler import Reconciler
+from xenapi.sessions import Sessions
+from xenapi.store import Store, add, derived_ref, derived_uuid, mod
+from xenapi.tasks import Tasks
+from xenapi.vms import VMs
+
+log = logging.getLogger(__name__)
+
+POOL_REF = derived_ref("pool", "pool")
+HOUSEKEEPING_SECONDS = 60.0
+
+
+class Server:
+    def __init__(self, config: Config, registry=None):
+        if registry is None:
+            from classes import REGISTRY as registry
+        self.config = config
+        self.registry = registry
+        if config.state != ":memory:":
+            Path(config.state).mkdir(parents=True, exist_ok=True)
+        self.store = Store(registry.classes, config.database, config.event_log_size)
+        self.users = Users(self.store.db, self.store.db_lock)
+        self.metrics = Metrics()
+        self.reconciler = Reconciler(self)
+        self.hosts = Hosts(self, config.libvirt_uris)
+        self.master_ref = self.hosts.master
+        self.sessions = Sessions(self, config.idle_timeout, config.max_per_user)
+        self.tasks = Tasks(self, config.task_keep_seconds, config.task_keep_count)
+        self.events = Events(self)
+        self.vms = VMs(self)
+        self.dispatcher = Dispatcher(self)
+        self._stop = threading.Event()
+
+    def user_ref(self, name: str) -> str:
+        return derived_ref("user", name)
+
+    def start(self) -> None:
+        ensure_event_loop()
+        loaded = self.store.load()
+        self.sessions.restore()
+        self.tasks.fail_orphans()
+        self._publish_static()
+        self.reconciler.claim_loaded()
+        self.reconciler.start()
+        self.hosts.start()
+        threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
+        log.info("event=started hosts=%d objects_loaded=%d vms=%d", len(self.hosts.refs), loaded,
+                 self.store.count("VM"))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.hosts.stop()
+        self.reconciler.stop()
+
+    def _publish_static(self) -> None:
+        """The pool, the roles and the users: objects that exist because the server does."""
+        ops = []
+        pool = self.store.find("pool", POOL_REF)
+        if pool is None:
+            ops.append(add("pool", POOL_REF, self.store.new_record("pool", {
+                "uuid": derived_uuid("pool", "pool"), "master": self.master_ref})))
+        elif pool["master"] != self.master_ref:
+            ops.append(mod("pool", POOL_REF, {"master": self.master_ref}))
+        permissions = self.registry.permissions()
+        for name in permissions:
+            ops.append(add("role", role_ref(name), self.store.new_record("role", {
+                "uuid": role_uuid(name), "name_label": name, "is_internal": True,
+                "name_description": f"Permission to call {name}"})))
+        for name in LADDER:
+            ops.append(add("role", role_ref(name), self.store.new_record("role", {
+                "uuid": role_uuid(name), "name_label": name, "name_description": DESCRIPTIONS[name],
+                "subroles": sorted(role_ref(p) for p in self.registry.permissions_of(name))})))
+        for user in self.users.all():
+            ref = self.user_ref(user.name)
+            ops.append(add("user", ref, self.store.new_record("user", {
+                "uuid": derived_uuid("user", user.name), "short_name": user.name, "fullname": user.fullname})))
+        self.store.apply(ops)
+
+    def _housekeeping(self) -> None:
+        while not self._stop.wait(HOUSEKEEPING_SECONDS):
+            try:
+                self.sessions.expire_idle()
+                self.tasks.collect()
+            except Exception:
+                log.exception("event=housekeeping-failed")

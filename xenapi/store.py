@@ -1,0 +1,300 @@
+"""The object store: every object the API shows, in memory for reads, in SQLite for what survives.
+
+Only ``apply`` writes.  Under one lock it writes SQLite (for persisted classes), replaces the
+in-memory records (records are never mutated in place, so a record handed to a reader or kept in
+the change log stays as it was) and appends a ``Change`` to the log.  Waiters (event.from,
+event.next, task waiters) are woken after the lock is released.
+
+Refs are opaque ``OpaqueRef:<uuid>`` strings.  Objects derived from libvirt get refs derived from
+their uuids, so refs stay the same across restarts without being stored.
+"""
+from __future__ import annotations
+
+import json
+import sqlite3
+import logging
+import threading
+import time
+import uuid as _uuid
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import sqlite_utils
+
+from xenapi import errors as E
+from xenapi.errors import XenAPIError
+from xenapi.model.declare import ClassDecl
+from xenapi.wire.values import DateTime
+
+log = logging.getLogger(__name__)
+
+_NS = _uuid.UUID("6b2d1f0e-6c1a-4c55-9a64-7a2f3f1d0c11")
+
+
+def new_uuid() -> str:
+    return str(_uuid.uuid4())
+
+
+def derived_ref(kind: str, key: str) -> str:
+    """A stable ref for an object derived from something with its own identity (a domain uuid)."""
+    return "OpaqueRef:" + str(_uuid.uuid5(_NS, f"{kind}/{key}"))
+
+
+def derived_uuid(kind: str, key: str) -> str:
+    return str(_uuid.uuid5(_NS, f"uuid/{kind}/{key}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    id: int
+    cls: str
+    ref: str
+    op: str                  # add | mod | del
+    snapshot: dict | None    # the record after the change (None for del)
+    time: float
+
+
+# Operations for apply(); constructed with the helpers below.
+@dataclass(frozen=True, slots=True)
+class Op:
+    kind: str                # add | mod | del
+    cls: str
+    ref: str
+    fields: dict | None = None
+
+
+class Store:
+    def __init__(self, decls: dict[str, ClassDecl], path: str = ":memory:", log_size: int = 50_000):
+        self._decls = decls
+        self._lock = threading.RLock()
+        self._cond = threading.Condition(threading.Lock())
+        self._objs: dict[str, dict[str, dict]] = {c: {} for c in decls}
+        self._uuids: dict[str, dict[str, str]] = {c: {} for c in decls}
+        self._born: dict[str, int] = {}           # ref -> id of the change that added it
+        self._touched: dict[str, int] = {}        # ref -> id of its last change
+        self._log: deque[Change] = deque(maxlen=log_size)
+        # (id, cls, ref, id it was added at) of deletions, for tokens older than the log
+        self._gone: deque[tuple[int, str, str, int]] = deque(maxlen=log_size)
+        self.last_id = 0
+        self.generation = 0                       # bumps on every apply, evented or not
+        self.epoch = int(time.time() * 1000)      # tokens from another server run are stale
+        # One connection shared by the server's threads, always used under db_lock.
+        self.db_lock = threading.RLock()
+        self._db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
+        if path != ":memory:":
+            self._db.conn.execute("PRAGMA journal_mode=WAL")
+        self._db.conn.execute("PRAGMA synchronous=NORMAL")
+        self._db.conn.execute("PRAGMA busy_timeout=5000")    # the CLI may write users meanwhile
+        self._db["objects"].create({"ref": str, "cls": str, "data": str}, pk="ref", if_not_exists=True)
+        self.db = self._db                        # for modules that own tables of their own (users, audit)
+
+    # -- reads (never block on libvirt; lock-free where a dict lookup is atomic) -------------
+    def find(self, cls: str, ref: str) -> dict | None:
+        return self._objs[cls].get(ref)
+
+    def get(self, cls: str, ref: str) -> dict:
+        rec = self._objs[cls].get(ref)
+        if rec is None:
+            raise XenAPIError(E.HANDLE_INVALID, cls, ref)
+        return rec
+
+    def exists(self, cls: str, ref: str) -> bool:
+        return ref in self._objs[cls]
+
+    def refs(self, cls: str) -> list[str]:
+        return list(self._objs[cls])
+
+    def records(self, cls: str) -> dict[str, dict]:
+        return dict(self._objs[cls])
+
+    def by_uuid(self, cls: str, uuid: str) -> str:
+        ref = self._uuids[cls].get(uuid)
+        if ref is None:
+            raise XenAPIError(E.UUID_INVALID, cls, uuid)
+        return ref
+
+    def find_uuid(self, cls: str, uuid: str) -> str | None:
+        return self._uuids[cls].get(uuid)
+
+    def by_name_label(self, cls: str, label: str) -> list[str]:
+        return [ref for ref, rec in list(self._objs[cls].items()) if rec.get("name_label") == label]
+
+    def count(self, cls: str) -> int:
+        return len(self._objs[cls])
+
+    # -- writes ----------------------------------------------------------------------------
+    def new_record(self, cls: str, values: dict, uuid: str | None = None) -> dict:
+        """A complete record: every declared field, defaults filled in, ``values`` on top."""
+        decl = self._decls[cls]
+        rec = {f.name: f.empty() for f in decl.fields}
+        rec.update(values)
+        if "uuid" in rec and not rec["uuid"]:
+            rec["uuid"] = uuid or new_uuid()
+        return rec
+
+    def create(self, cls: str, values: dict, ref: str | None = None, uuid: str | None = None) -> str:
+        ref = ref or "OpaqueRef:" + new_uuid()
+        self.apply([add(cls, ref, self.new_record(cls, values, uuid))])
+        return ref
+
+    def update(self, cls: str, ref: str, fields: dict) -> None:
+        self.apply([mod(cls, ref, fields)])
+
+    def delete(self, cls: str, ref: str) -> None:
+        self.apply([delete(cls, ref)])
+
+    def touch(self, cls: str, ref: str) -> None:
+        """A mod event with nothing changed (event.inject)."""
+        self.apply([Op("touch", cls, ref, {})])
+
+    def apply(self, ops: Iterable[Op]) -> int:
+        """Apply a batch atomically: all of it or, on a bad ref, none of it.  Returns the last id."""
+        with self._lock:
+            staged = []
+            for op in ops:
+                current = self._objs[op.cls].get(op.ref)
+                if op.kind == "add":
+                    new = op.fields
+                elif current is None:
+                    if op.kind == "del":
+                        continue                      # already gone: deleting twice is not an error
+                    raise XenAPIError(E.HANDLE_INVALID, op.cls, op.ref)
+                elif op.kind == "touch":
+                    new = current
+                elif op.kind == "mod":
+                    if all(current.get(k) == v for k, v in op.fields.items()):
+                        continue                      # no change, no event
+                    new = {**current, **op.fields}
+                else:
+                    new = None
+                staged.append((op, current, new))
+            if not staged:
+                return self.last_id
+            self._persist(staged)
+            now = time.time()
+            for op, current, new in staged:
+                self._install(op.cls, op.ref, current, new)
+                if not self._decls[op.cls].events:
+                    continue
+                self.last_id += 1
+                kind = "add" if current is None else ("del" if new is None else "mod")
+                change = Change(self.last_id, op.cls, op.ref, kind, new, now)
+                self._log.append(change)
+                self._touched[op.ref] = self.last_id
+                if kind == "add":
+                    self._born[op.ref] = self.last_id
+                elif kind == "del":
+                    self._gone.append((self.last_id, op.cls, op.ref, self._born.pop(op.ref, 0)))
+                    self._touched.pop(op.ref, None)
+            self.generation += 1
+        with self._cond:
+            self._cond.notify_all()
+        return self.last_id
+
+    def _install(self, cls: str, ref: str, old: dict | None, new: dict | None) -> None:
+        objs, uuids = self._objs[cls], self._uuids[cls]
+        if old is not None and old.get("uuid") and (new is None or new.get("uuid") != old["uuid"]):
+            uuids.pop(old["uuid"], None)
+        if new is None:
+            objs.pop(ref, None)
+        else:
+            objs[ref] = new
+            if new.get("uuid"):
+                uuids[new["uuid"]] = ref
+
+    def _persist(self, staged) -> None:
+        rows, gone = [], []
+        for op, _, new in staged:
+            if not self._decls[op.cls].persisted:
+                continue
+            if new is None:
+                gone.append((op.ref,))
+            else:
+                rows.append((op.ref, op.cls, json.dumps(new, default=_encode)))
+        if rows or gone:
+            with self.db_lock, self._db.conn:
+                self._db.conn.executemany("INSERT OR REPLACE INTO objects(ref, cls, data) VALUES (?, ?, ?)", rows)
+                self._db.conn.executemany("DELETE FROM objects WHERE ref = ?", gone)
+
+    def load(self) -> int:
+        """Read persisted objects back at start-up (no events: nobody is listening yet)."""
+        n = 0
+        with self._lock, self.db_lock:
+            for ref, cls, data in self._db.conn.execute("SELECT ref, cls, data FROM objects").fetchall():
+                if cls not in self._decls:
+                    log.warning("event=load-skip cls=%s ref=%s reason=unknown-class", cls, ref)
+                    continue
+                rec = self.new_record(cls, json.loads(data, object_hook=_decode))
+                rec = {f.name: rec[f.name] for f in self._decls[cls].fields}   # drop fields no longer declared
+                self._install(cls, ref, None, rec)
+                n += 1
+        return n
+
+    # -- the change log --------------------------------------------------------------------
+    def changes_after(self, after: int) -> list[Change] | None:
+        """Changes with id > after, oldest first; None when the log no longer reaches back."""
+        with self._lock:
+            if after >= self.last_id:
+                return []
+            if not self._log or self._log[0].id > after + 1:
+                return None
+            start = after + 1 - self._log[0].id
+            return [self._log[i] for i in range(start, len(self._log))]
+
+    def touched_after(self, after: int, classes: set[str] | None) -> tuple[list[tuple[str, str, str]], int]:
+        """For a token older than the log: (cls, ref, op) of every object changed since, and the last id."""
+        with self._lock:
+            out = []
+            for cls, objs in self._objs.items():
+                if classes is not None and cls.lower() not in classes or not self._decls[cls].events:
+                    continue
+                for ref in objs:
+                    if self._touched.get(ref, 0) > after:
+                        out.append((cls, ref, "add" if self._born.get(ref, 0) > after else "mod"))
+            for gone_id, cls, ref, born in self._gone:
+                if gone_id > after >= born and (classes is None or cls.lower() in classes):
+                    out.append((cls, ref, "del"))
+            return out, self.last_id
+
+    def wait(self, generation: int, timeout: float) -> int:
+        """Block until the store's generation passes ``generation`` or the timeout; returns it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self.generation <= generation:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+        return self.generation
+
+    def wake(self) -> None:
+        """Wake every waiter (e.g. a session was logged out under a blocked event.from)."""
+        with self._lock:
+            self.generation += 1
+        with self._cond:
+            self._cond.notify_all()
+
+
+def add(cls: str, ref: str, record: dict) -> Op:
+    return Op("add", cls, ref, record)
+
+
+def mod(cls: str, ref: str, fields: dict) -> Op:
+    return Op("mod", cls, ref, fields)
+
+
+def delete(cls: str, ref: str) -> Op:
+    return Op("del", cls, ref)
+
+
+def _encode(value: Any):
+    if isinstance(value, DateTime):
+        return {"$dt": value.seconds}
+    raise TypeError(f"cannot persist {type(value).__name__}")
+
+
+def _decode(obj: dict):
+    if len(obj) == 1 and "$dt" in obj:
+        return DateTime(obj["$dt"])
+    return obj

@@ -1,0 +1,126 @@
+"""VM work that spans libvirt and the store: define, clone, destroy, resize, and the setters whose
+value lives in the domain's XML.  Each writes libvirt first, then lets the reconciler observe the
+result, so the store never holds what libvirt refused.
+"""
+from __future__ import annotations
+
+import logging
+
+from xenapi import errors as E
+from xenapi.backend import domxml, rewrite
+from xenapi.errors import XenAPIError
+from xenapi.hosts import libvirt_name
+from xenapi.model.types import NULL_REF
+from xenapi.reconciler import FROM_XML, vm_ref
+from xenapi.store import new_uuid
+
+log = logging.getLogger(__name__)
+
+# Fields the reconciler reads from libvirt, or the lifecycle derives: never taken from a client.
+_RUNTIME = frozenset({"uuid", "power_state", "domid", "resident_on", "consoles", "metrics", "allowed_operations",
+                      "current_operations", "is_control_domain", "guest_metrics", "domarch"})
+
+
+def _stamp(rec: dict) -> dict[str, str]:
+    return {"template": "true" if rec["is_a_template"] else "false"}
+
+
+def _store_owned(rec: dict) -> dict:
+    return {k: v for k, v in rec.items() if k not in _RUNTIME and k not in FROM_XML}
+
+
+class VMs:
+    def __init__(self, server):
+        self.server = server
+        self.store = server.store
+        self.reconciler = server.reconciler
+        self.hosts = server.hosts
+
+    def create(self, ctx, values: dict) -> str:
+        host = values.get("affinity", NULL_REF)
+        if host == NULL_REF or not self.store.exists("host", host):
+            host = self.hosts.master
+        conn = self.hosts.connection(host)
+        uuid = new_uuid()
+        record = self.store.new_record("VM", values, uuid)
+        record["affinity"] = values.get("affinity", NULL_REF)
+        xml = domxml.build({**record, "stamp": _stamp(record)}, self.hosts.virt_type(host),
+                           uuid=uuid, name=libvirt_name(record["name_label"], uuid))
+        self.reconciler.expect(uuid, _store_owned(record))
+        conn.define(xml)
+        self.reconciler.refresh(host, uuid)
+        return vm_ref(uuid)
+
+    def clone(self, ctx, vm: str, rec: dict, new_name: str) -> str:
+        host = self.hosts.home_of(vm)
+        conn = self.hosts.connection(host)
+        source = conn.xml(rec["uuid"], inactive=True)
+        shared = rewrite.writable_disks(source)
+        if shared:
+            raise XenAPIError(E.OPERATION_NOT_ALLOWED,
+                              "the VM has writable disks (" + ", ".join(shared) + "); copying them needs a storage repository")
+        uuid = new_uuid()
+        xml = rewrite.clone(source, uuid=uuid, name=libvirt_name(new_name, uuid), title=new_name, stamp=_stamp(rec))
+        owned = {k: v for k, v in _store_owned(rec).items()
+                 if k not in ("blocked_operations", "is_default_template", "snapshots", "children")}
+        self.reconciler.expect(uuid, {**owned, "parent": NULL_REF})
+        conn.define(xml)
+        self.reconciler.refresh(host, uuid)
+        return vm_ref(uuid)
+
+    def provision(self, ctx, vm: str, rec: dict) -> None:
+        if rec["other_config"].get("disks"):
+            raise XenAPIError(E.VALUE_NOT_SUPPORTED, "other_config:disks", rec["other_config"]["disks"],
+                              "provisioning disks needs a storage repository, and this server has none yet")
+        if rec["is_a_template"]:
+            self.set_is_a_template(ctx, vm, False)
+
+    def destroy(self, ctx, vm: str, rec: dict) -> None:
+        host = self.hosts.home_of(vm)
+        self.hosts.connection(host).undefine(rec["uuid"])
+        self.reconciler.forget(rec["uuid"])
+
+    def set_memory(self, ctx, vm: str, rec: dict, static_min: int, static_max: int, dynamic_min: int,
+                   dynamic_max: int) -> None:
+        if dynamic_min != dynamic_max:
+            raise XenAPIError(E.VALUE_NOT_SUPPORTED, "memory_dynamic_min", str(dynamic_min),
+                              "libvirt keeps one current memory size: dynamic_min must equal dynamic_max")
+        host = self.hosts.home_of(vm)
+        self.hosts.connection(host).set_memory(rec["uuid"], static_max, dynamic_max, static_min=static_min)
+        self.reconciler.refresh(host, rec["uuid"])
+
+    def set_vcpus(self, ctx, vm: str, rec: dict, vcpus_max: int, at_startup: int) -> None:
+        host = self.hosts.home_of(vm)
+        self.hosts.connection(host).set_vcpus(rec["uuid"], vcpus_max, at_startup)
+        self.reconciler.refresh(host, rec["uuid"])
+
+    # -- setters with an effect in libvirt -------------------------------------------------
+    def set_name_label(self, ctx, vm: str, value: str) -> None:
+        self._on_domain(vm, lambda conn, uuid: conn.set_title(uuid, value))
+
+    def set_name_description(self, ctx, vm: str, value: str) -> None:
+        self._on_domain(vm, lambda conn, uuid: conn.set_description(uuid, value))
+
+    def set_is_a_template(self, ctx, vm: str, value: bool) -> None:
+        rec = self.store.get("VM", vm)
+        if value and rec["power_state"] != "Halted":
+            raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", rec["power_state"].lower())
+        self._on_domain(vm, lambda conn, uuid: conn.set_stamp(uuid, _stamp({**rec, "is_a_template": value})))
+
+    def set_in_xml(self, field: str):
+        def setter(ctx, vm: str, value):
+            rec = self.store.get("VM", vm)
+            if rec["power_state"] != "Halted":
+                raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", rec["power_state"].lower())
+            def edit(conn, uuid):
+                conn.define(rewrite.set_field(conn.xml(uuid, inactive=True), field, value))
+            self._on_domain(vm, edit)
+        return setter
+
+    def _on_domain(self, vm: str, action) -> None:
+        rec = self.store.get("VM", vm)
+        if rec["is_control_domain"]:
+            raise XenAPIError(E.OPERATION_NOT_ALLOWED, "the control domain is not a libvirt domain")
+        host = self.hosts.home_of(vm)
+        action(self.hosts.connection(host), rec["uuid"])
+        self.reconciler.refresh(host, rec["uuid"])

@@ -1,0 +1,46 @@
+"""Python values that carry a wire type the plain builtins cannot express.
+
+The codecs are type-agnostic: they encode what they are given.  Ints become decimal strings in
+XML-RPC and numbers in JSON-RPC; these wrappers cover the three exceptions.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass
+
+WIRE_DATETIME = "%Y%m%dT%H:%M:%SZ"   # xapi's format: basic date, extended time, UTC
+
+
+@dataclass(frozen=True, slots=True)
+class DateTime:
+    """A UTC instant, emitted as xapi does (``20250319T04:16:24Z``); seconds since the epoch."""
+    seconds: float
+
+    @classmethod
+    def now(cls) -> "DateTime":
+        return cls(_dt.datetime.now(_dt.timezone.utc).timestamp())
+
+    def wire(self) -> str:
+        return _dt.datetime.fromtimestamp(int(self.seconds), _dt.timezone.utc).strftime(WIRE_DATETIME)
+
+    @classmethod
+    def parse(cls, text: str) -> "DateTime":
+        """Any ISO 8601 form xapi accepts; no zone means UTC.  Raises ValueError."""
+        s = text.strip()
+        for fmt in ("%Y%m%dT%H:%M:%SZ", "%Y%m%dT%H:%M:%S", "%Y%m%dT%H%M%SZ", "%Y%m%dT%H%M%S"):
+            try:
+                return cls(_dt.datetime.strptime(s, fmt).replace(tzinfo=_dt.timezone.utc).timestamp())
+            except ValueError:
+                pass
+        d = _dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+        if d.tzinfo is None:
+            d = d.replace(tzinfo=_dt.timezone.utc)
+        return cls(d.timestamp())
+
+
+NEVER = DateTime(0.0)   # xapi's "never": 19700101T00:00:00Z
+
+
+class I4(int):
+    """An int that XML-RPC must send as <i4> (xapi does so only for event.from's valid_ref_counts)."""
+    __slots__ = ()
