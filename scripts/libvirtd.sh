@@ -7,7 +7,8 @@
 #
 #   start   idempotent: if qemu:///system already answers (ours, or a libvirtd someone else
 #           runs) nothing is done. Otherwise: /etc/libvirt/qemu.conf is set up (see
-#           ensure_qemu_conf), then virtlogd and libvirtd are started under a child subreaper.
+#           ensure_qemu_conf), the libvirt-qemu system user is created if missing (see
+#           ensure_qemu_user), then virtlogd and libvirtd are started under a child subreaper.
 #   stop    stops exactly what `start` started, by the PIDs in the pid files (checked: alive
 #           and the right command name). Running guests are left running (libvirtd reconnects
 #           to them on its next start), unless --destroy-domains is given.
@@ -79,7 +80,8 @@ ensure_qemu_conf() {
   cp -a "$QEMU_CONF" "$bak"
   # comment out the keys we set (libvirt would take the first occurrence), then append ours
   sed -Ei 's/^([[:space:]]*(user|group|security_driver|dynamic_ownership|remember_owner)[[:space:]]*=)/# (xenapi) \1/' "$QEMU_CONF"
-  { echo; qemu_conf_content | sed 1d; } >>"$QEMU_CONF"
+  { echo; echo "# added by xenapi scripts/libvirtd.sh for its test daemon (previous file: $bak)"
+    qemu_conf_content | sed 1,2d; } >>"$QEMU_CONF"
   log "added root/no-security-driver settings to $QEMU_CONF (backup: $bak)"
 }
 

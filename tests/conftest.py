@@ -1,0 +1,104 @@
+"""Shared fixtures: a real server (real libvirt test driver, real SQLite, real HTTP) per test.
+
+Each server gets its own libvirt host from a generated node file (``test:///<file>``), whose
+state is private to that connection, so tests never see each other's domains.
+"""
+from __future__ import annotations
+
+import itertools
+import textwrap
+import uuid as _uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import XenAPI
+
+from xenapi.api import Api
+from xenapi.config import Config
+from xenapi.server import Server
+from xenapi.transport.http import HTTPServer
+
+ADMIN_PASSWORD = "admin-pw"
+_serial = itertools.count(1)
+
+
+def node_xml(domains: int = 2, running: int = 1) -> str:
+    """A libvirt test-driver host: a 4-CPU, 8 GiB machine with ``domains`` small guests."""
+    parts = []
+    for n in range(domains):
+        state = "" if n < running else "<test:runstate>5</test:runstate>"
+        parts.append(f"""
+          <domain type='test' xmlns:test='http://libvirt.org/schemas/domain/test/1.0'>
+            <name>vm{n}</name><uuid>{_uuid.uuid4()}</uuid><title>vm{n}</title>
+            <memory>262144</memory><currentMemory>262144</currentMemory><vcpu>1</vcpu>
+            <os><type arch='x86_64'>hvm</type></os>{state}
+          </domain>""")
+    return textwrap.dedent(f"""
+        <node>
+          <cpu><mode>paravirt</mode><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
+               <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
+          <memory>8388608</memory>{''.join(parts)}
+        </node>""")
+
+
+@dataclass
+class Running:
+    server: Server
+    http: HTTPServer
+    url: str
+    uri: str
+
+    def session(self, user: str = "root", password: str = ADMIN_PASSWORD) -> XenAPI.Session:
+        s = XenAPI.Session(self.url)
+        s.xenapi.login_with_password(user, password, "2.21", "pytest")
+        return s
+
+    def add_user(self, name: str, role: str, password: str = "pw") -> None:
+        self.server.users.add(name, role, password)
+
+
+def start_server(tmp_path: Path, *, domains: int = 2, running: int = 1, uris: list[str] | None = None,
+                 **settings) -> Running:
+    node = tmp_path / f"node-{next(_serial)}.xml"
+    node.write_text(node_xml(domains, running))
+    uri = f"test://{node}"
+    config = Config(listen="127.0.0.1:0", state=str(tmp_path / "state"), libvirt_uris=uris or [uri], **settings)
+    server = Server(config)
+    server.users.ensure_admin(ADMIN_PASSWORD)
+    server.start()
+    http = HTTPServer(("127.0.0.1", 0), Api(server))
+    http.start()
+    host, port = http.address[:2]
+    return Running(server, http, f"http://{host}:{port}", uri)
+
+
+def stop_server(running: Running) -> None:
+    running.http.shutdown()
+    running.server.stop()
+
+
+@pytest.fixture
+def running(tmp_path):
+    r = start_server(tmp_path)
+    yield r
+    stop_server(r)
+
+
+@pytest.fixture
+def xapi(running):
+    """A logged-in official XenAPI client session (pool-admin)."""
+    session = running.session()
+    yield session
+    try:
+        session.xenapi.session.logout()
+    except Exception:
+        pass
+
+
+def guest_vm(xapi, power_state: str) -> str:
+    """The ref of a non-control-domain VM in ``power_state``."""
+    for ref, rec in xapi.xenapi.VM.get_all_records().items():
+        if not rec["is_control_domain"] and not rec["is_a_template"] and rec["power_state"] == power_state:
+            return ref
+    raise LookupError(power_state)

@@ -1,0 +1,354 @@
+import contextlib
+import http.client
+import logging
+import os
+import socket
+import threading
+import xmlrpc.client
+
+import pytest
+
+from xenapi.transport.http import HTTPServer, Request, Response
+from xenapi.wire import Success, WireError
+from xenapi.wire import xmlrpc as codec
+
+
+def echo(request: Request) -> Response:
+    return Response(200, "text/plain", request.body,
+                    [("X-Method", request.method), ("X-Path", request.path),
+                     ("X-Query", request.query), ("X-Peer", str(request.peer))])
+
+
+@contextlib.contextmanager
+def serving(handler=echo, listen=("127.0.0.1", 0), **options):
+    server = HTTPServer(listen, handler, **options)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+
+
+def connect(server) -> socket.socket:
+    if isinstance(server.address, str):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(5)
+    sock.connect(server.address)
+    return sock
+
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+def read_response(sock: socket.socket) -> http.client.HTTPResponse:
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    response.read()
+    return response
+
+
+def post(body: bytes, path: str = "/", extra: bytes = b"") -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(body)}\r\n".encode()
+            + extra + b"\r\n" + body)
+
+
+# -- the happy path ----------------------------------------------------------------------------
+
+def test_keep_alive_serves_several_requests_on_one_connection():
+    peers = []
+
+    def handler(request):
+        peers.append(request.peer)
+        return echo(request)
+
+    with serving(handler) as server:
+        connection = http.client.HTTPConnection(*server.address, timeout=5)
+        for i in range(5):
+            connection.request("POST", f"/RPC2?n={i}", body=f"call {i}".encode())
+            response = connection.getresponse()
+            assert response.status == 200
+            assert response.read() == f"call {i}".encode()
+            assert response.getheader("X-Path") == "/RPC2"
+            assert response.getheader("X-Query") == f"n={i}"
+            assert response.getheader("Content-Length") == str(len(f"call {i}"))
+            assert response.getheader("Date")
+        connection.close()
+    assert len(set(peers)) == 1 and len(peers) == 5
+
+
+def test_xmlrpc_server_proxy_gets_xapi_envelope():
+    def handler(request):
+        try:
+            call = codec.decode(request.body)
+        except WireError as e:
+            return Response(e.status_hint, "text/plain", str(e).encode())
+        return Response(200, "text/xml", codec.encode(Success([call.method, *call.params])))
+
+    with serving(handler) as server, xmlrpc.client.ServerProxy("http://%s:%d" % server.address) as proxy:
+        for _ in range(3):
+            assert proxy.VM.get_record("OpaqueRef:s", 2**40 // 2**20) == \
+                {"Status": "Success", "Value": ["VM.get_record", "OpaqueRef:s", "1048576"]}
+
+
+def test_pipelined_requests_are_answered_in_order():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(post(b"one") + post(b"two") + post(b"three", extra=b"Connection: close\r\n"))
+        replies = read_until_closed(sock)
+    assert replies.count(b"HTTP/1.1 200 OK") == 3
+    assert replies.index(b"one") < replies.index(b"two") < replies.index(b"three")
+
+
+def test_chunked_request_body_is_reassembled():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nTrailer: x\r\n\r\n")
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.read() == b"hello world"
+
+
+def test_expect_100_continue_gets_interim_response_before_body():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
+        sock.sendall(b"body")
+        response = read_response(sock)
+        assert response.status == 200
+
+
+def test_head_response_has_length_but_no_body():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+        reply = read_until_closed(sock)
+    assert b"Content-Length: 3\r\n" in reply
+    assert reply.endswith(b"\r\n\r\n")
+
+
+# -- connection management ---------------------------------------------------------------------
+
+def test_connection_close_header_closes_after_response():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(post(b"x", extra=b"Connection: close\r\n"))
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 200 OK") and b"Connection: close\r\n" in reply
+
+
+def test_http10_without_keep_alive_closes():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.0\r\nContent-Length: 1\r\n\r\nx")
+        assert read_until_closed(sock).endswith(b"\r\n\r\nx")
+
+
+def test_http10_keep_alive_stays_open():
+    with serving() as server, connect(server) as sock:
+        for _ in range(2):
+            sock.sendall(b"POST / HTTP/1.0\r\nConnection: keep-alive\r\nContent-Length: 1\r\n\r\nx")
+            response = read_response(sock)
+            assert response.getheader("Connection") == "keep-alive"
+
+
+def test_concurrent_slow_request_does_not_block_another_connection():
+    release = threading.Event()
+
+    def handler(request):
+        if request.path == "/slow":
+            release.wait(10)
+        return echo(request)
+
+    with serving(handler) as server:
+        slow = connect(server)
+        slow.sendall(post(b"slow", "/slow"))
+        fast = http.client.HTTPConnection(*server.address, timeout=5)
+        fast.request("POST", "/fast", body=b"fast")
+        assert fast.getresponse().read() == b"fast"
+        release.set()
+        assert read_response(slow).status == 200
+        slow.close()
+        fast.close()
+
+
+def test_connections_over_limit_get_503():
+    with serving(max_connections=1) as server, connect(server) as first:
+        first.sendall(post(b"a"))
+        assert read_response(first).status == 200       # the first connection is counted
+        with connect(server) as second:
+            assert read_until_closed(second).startswith(b"HTTP/1.1 503 ")
+
+
+def test_idle_connection_is_closed_after_timeout():
+    with serving(idle_timeout=0.2) as server, connect(server) as sock:
+        assert read_until_closed(sock) == b""
+
+
+def test_shutdown_closes_idle_keep_alive_connections():
+    server = HTTPServer(("127.0.0.1", 0), echo)
+    server.start()
+    sock = connect(server)
+    sock.sendall(post(b"x"))
+    read_response(sock)
+    server.shutdown(timeout=2)
+    assert read_until_closed(sock) == b""
+    assert not [t for t in threading.enumerate() if t.name.startswith("http-")]
+    sock.close()
+
+
+def test_connection_threads_are_named():
+    names = []
+
+    def handler(request):
+        names.append(threading.current_thread().name)
+        return echo(request)
+
+    with serving(handler) as server, connect(server) as sock:
+        sock.sendall(post(b"x"))
+        read_response(sock)
+    assert names[0].startswith("http-") and names[0] != "http-accept"
+
+
+# -- refusals ----------------------------------------------------------------------------------
+
+def test_oversized_body_gets_413_before_body_is_sent():
+    with serving(max_body_bytes=1000) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\n\r\n")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 413 ")
+
+
+def test_oversized_body_sent_in_full_still_gets_413():
+    with serving(max_body_bytes=1000) as server:
+        connection = http.client.HTTPConnection(*server.address, timeout=5)
+        connection.request("POST", "/", body=b"x" * 400_000)
+        assert connection.getresponse().status == 413
+
+
+def test_oversized_chunked_body_gets_413():
+    with serving(max_body_bytes=10) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n" + b"x" * 32 + b"\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 413 ")
+
+
+@pytest.mark.parametrize("head", [
+    b"GARBAGE\r\n\r\n",
+    b"POST /\r\n\r\n",
+    b"POST / HTTP/2.0\r\n\r\n",
+    b"PO ST / HTTP/1.1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nno colon here\r\n\r\n",
+    b"POST / HTTP/1.1\r\nBad Name: x\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: x\r\n folded\r\n\r\n",
+    b"POST / HTTP/1.1\r\nX: a\x00b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+    b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    b"POST /\xc3\xa9 HTTP/1.1\r\n\r\n",
+], ids=["garbage", "no_version", "http2", "space_in_method", "no_colon", "space_in_name",
+        "obs_fold", "nul_in_value", "negative_length", "conflicting_lengths", "cl_and_te",
+        "bad_chunk_size", "non_ascii_target"])
+def test_malformed_request_gets_400_and_close(head):
+    with serving() as server, connect(server) as sock:
+        sock.sendall(head)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400 ")
+
+
+def test_unknown_transfer_encoding_gets_501():
+    with serving() as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 501 ")
+
+
+def test_oversized_header_gets_431():
+    with serving(max_header_bytes=1024) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nX-Big: " + b"a" * 4096 + b"\r\n\r\n")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 431 ")
+
+
+def test_handler_exception_gives_500_without_traceback_to_client(caplog):
+    def handler(request):
+        raise RuntimeError("secret detail")
+
+    with serving(handler) as server, connect(server) as sock:
+        sock.sendall(post(b"x"))
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        body = response.read()
+        assert response.status == 500
+        sock.sendall(post(b"again"))                     # the connection survives
+        assert read_response(sock).status == 500
+    assert b"secret" not in body and b"Traceback" not in body
+    assert "secret detail" in caplog.text and "Traceback" in caplog.text
+
+
+def test_handler_header_with_newline_gives_500():
+    def handler(request):
+        return Response(200, "text/plain", b"", [("X-Evil", "a\r\nSet-Cookie: x")])
+
+    with serving(handler) as server, connect(server) as sock:
+        sock.sendall(post(b""))
+        reply = sock.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 500 ") and b"Set-Cookie" not in reply
+
+
+@pytest.mark.parametrize("partial", [
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly part of the body",
+    b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le",
+    b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\nabc",
+], ids=["mid_body", "mid_header", "mid_chunk"])
+def test_disconnect_mid_request_ends_quietly_and_server_keeps_serving(partial, caplog):
+    caplog.set_level(logging.DEBUG, logger="xenapi.transport.http")
+    with serving() as server:
+        with connect(server) as sock:
+            sock.sendall(partial)
+        connection = http.client.HTTPConnection(*server.address, timeout=5)
+        connection.request("POST", "/", body=b"after")
+        assert connection.getresponse().read() == b"after"
+        connection.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- unix socket -------------------------------------------------------------------------------
+
+@pytest.fixture
+def socket_path(tmp_path):
+    return str(tmp_path / "xapi")
+
+
+def test_unix_socket_serves_and_reports_peer_unix(socket_path):
+    with serving(listen=socket_path) as server, connect(server) as sock:
+        assert server.address == socket_path
+        sock.sendall(post(b"local", extra=b"Connection: close\r\n"))
+        reply = read_until_closed(sock)
+    assert b"X-Peer: unix\r\n" in reply and reply.endswith(b"local")
+    assert not os.path.exists(socket_path)
+
+
+def test_unix_socket_replaces_stale_socket_file(socket_path):
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(socket_path)
+    stale.close()                                        # the file stays, nobody listens
+    with serving(listen=socket_path) as server, connect(server) as sock:
+        sock.sendall(post(b"ok"))
+        assert read_response(sock).status == 200
+
+
+def test_unix_socket_refuses_path_of_live_server(socket_path):
+    with serving(listen=socket_path):
+        with pytest.raises(OSError):
+            HTTPServer(socket_path, echo)
+
+
+def test_unix_socket_refuses_to_replace_regular_file(socket_path):
+    open(socket_path, "w").close()
+    with pytest.raises(FileExistsError):
+        HTTPServer(socket_path, echo)
+
+
+def test_port_zero_reports_bound_port():
+    with serving() as server:
+        host, port = server.address
+        assert host == "127.0.0.1" and port > 0
