@@ -176,7 +176,12 @@ cmd_start() {
   setsid perl -e "$REAPER_PL" "$STATE/reaper.pid" /bin/sh -c \
     'virtlogd -d -p "$1/virtlogd.pid" -f "$1/virtlogd.conf" && exec libvirtd -d -p "$1/libvirtd.pid" -f "$1/libvirtd.conf"' \
     sh "$STATE" </dev/null >>"$STATE/startup.log" 2>&1 9<&- &
-  for i in $(seq 1 300); do answering && break; sleep 0.1; done
+  for i in $(seq 1 300); do
+    answering && break
+    # libvirtd writes its pid file early and exits if a driver fails to initialise: stop waiting
+    (( i > 30 )) && ! ours libvirtd libvirtd && break
+    sleep 0.1
+  done
   if ! answering; then
     tail -n 20 "$STATE/startup.log" >&2 2>/dev/null || true
     tail -n 30 /var/log/libvirt/libvirtd.log >&2 2>/dev/null || true

@@ -2,7 +2,10 @@ import contextlib
 import http.client
 import logging
 import os
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import xmlrpc.client
 
@@ -90,7 +93,8 @@ def test_xmlrpc_server_proxy_gets_xapi_envelope():
             return Response(e.status_hint, "text/plain", str(e).encode())
         return Response(200, "text/xml", codec.encode(Success([call.method, *call.params])))
 
-    with serving(handler) as server, xmlrpc.client.ServerProxy("http://%s:%d" % server.address) as proxy:
+    with serving(handler) as server, \
+            xmlrpc.client.ServerProxy("http://%s:%d" % server.address) as proxy:
         for _ in range(3):
             assert proxy.VM.get_record("OpaqueRef:s", 2**40 // 2**20) == \
                 {"Status": "Success", "Value": ["VM.get_record", "OpaqueRef:s", "1048576"]}
@@ -352,3 +356,48 @@ def test_port_zero_reports_bound_port():
     with serving() as server:
         host, port = server.address
         assert host == "127.0.0.1" and port > 0
+
+
+# -- TLS ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def tls_context(tmp_path):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a test certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def test_tls_connection_is_served_with_scheme_https(tls_context):
+    schemes = []
+
+    def handler(request):
+        schemes.append(request.scheme)
+        return echo(request)
+
+    with serving(handler, ssl_context=tls_context) as server:
+        client = ssl._create_unverified_context()
+        connection = http.client.HTTPSConnection(*server.address, timeout=5, context=client)
+        for _ in range(2):
+            connection.request("POST", "/", body=b"secure")
+            assert connection.getresponse().read() == b"secure"
+        connection.close()
+    assert schemes == ["https", "https"]
+
+
+def test_plain_http_to_tls_port_ends_quietly(tls_context, caplog):
+    with serving(ssl_context=tls_context) as server:
+        with connect(server) as sock, contextlib.suppress(ConnectionResetError):
+            sock.sendall(post(b"x"))
+            assert not read_until_closed(sock).startswith(b"HTTP/")
+        client = ssl._create_unverified_context()
+        connection = http.client.HTTPSConnection(*server.address, timeout=5, context=client)
+        connection.request("POST", "/", body=b"still up")
+        assert connection.getresponse().read() == b"still up"
+        connection.close()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]

@@ -189,15 +189,13 @@ class HTTPServer:
             if len(self._connections) >= self.max_connections:
                 connection = None
             else:
-                connection = _Connection(self, sock, peer)
+                connection = _Connection(self, sock, peer, f"http-{next(self._ids)}")
                 self._connections.add(connection)
         if connection is None:
             log.warning("refused connection peer=%s reason=max_connections=%d",
                         peer, self.max_connections)
             _refuse(sock)
             return
-        connection.thread = threading.Thread(target=connection.run, daemon=True,
-                                             name=f"http-{next(self._ids)}")
         connection.thread.start()
 
     def _forget(self, connection: _Connection) -> None:
@@ -208,12 +206,12 @@ class HTTPServer:
 class _Connection:
     """One client connection: read a request, call the handler, write the response, repeat."""
 
-    def __init__(self, server: HTTPServer, sock: socket.socket, peer):
+    def __init__(self, server: HTTPServer, sock: socket.socket, peer, name: str):
         self.server = server
         self.sock = sock
         self.peer = peer
         self.buf = b""                   # received but not yet consumed (pipelined requests too)
-        self.thread: threading.Thread | None = None
+        self.thread = threading.Thread(target=self.run, name=name, daemon=True)
 
     def abort(self) -> None:
         """Wake this connection's thread by shutting its socket (from another thread)."""
