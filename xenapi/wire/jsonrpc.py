@@ -113,10 +113,11 @@ def _plain(v):
     t = type(v)
     if t is str or t is int or t is bool:
         return v
-    if t is dict:
-        return {k if type(k) is str else map_key(k): _plain(x) for k, x in v.items()}
+    if t is dict:                        # scalars inline: records are mostly strings
+        return {k if type(k) is str else map_key(k):
+                x if type(x) in _AS_IS else _plain(x) for k, x in v.items()}
     if t is list or t is tuple:
-        return [_plain(x) for x in v]
+        return [x if type(x) in _AS_IS else _plain(x) for x in v]
     if v is None:
         return ""
     if t is float:
@@ -124,6 +125,9 @@ def _plain(v):
     if t is DateTime:
         return v.wire()
     return _other(v)
+
+
+_AS_IS = frozenset({str, int, bool})
 
 
 def _other(v):

@@ -1,0 +1,73 @@
+"""The registry checks itself: every message complete, every record uniform, docs current."""
+import pytest
+
+from classes import REGISTRY
+from xenapi import docgen
+from xenapi.errors import ERRORS
+from xenapi.model import types as T
+from xenapi.model.declare import declare_class, fields, message, param
+from xenapi.model.registry import Registry
+from xenapi.model.roles import LADDER
+
+
+@pytest.mark.parametrize("msg", list(REGISTRY.messages.values()), ids=lambda m: m.wire_name)
+def test_message_is_declared_completely(msg):
+    assert msg.doc and msg.roles and msg.impl
+    assert set(msg.errors) <= set(ERRORS)
+    assert msg.roles == LADDER[: len(msg.roles)]
+
+
+def test_every_message_has_its_underscore_alias():
+    for name in REGISTRY.messages:
+        cls, _, msg = name.partition(".")
+        assert REGISTRY.lookup(f"{cls}_{msg}")[0].wire_name == name
+        assert REGISTRY.lookup(f"Async.{name}")[0].wire_name == name
+
+
+def test_list_methods_hides_get_all_records_where_but_lookup_finds_it():
+    assert "VM.get_all_records_where" not in REGISTRY.list_methods()
+    assert REGISTRY.lookup("VM.get_all_records_where")
+    assert "VM.start" in REGISTRY.list_methods()
+
+
+def test_session_refs_are_not_listable():
+    assert REGISTRY.lookup("session.get_all") is None
+    assert REGISTRY.lookup("session.get_all_records") is None
+
+
+def test_setters_exist_only_for_rw_fields():
+    assert REGISTRY.lookup("VM.set_name_label")
+    assert REGISTRY.lookup("VM.set_power_state") is None
+    assert REGISTRY.lookup("VM.add_to_other_config") and REGISTRY.lookup("VM.add_tags")
+    assert REGISTRY.lookup("VM.add_profiles") and REGISTRY.lookup("VM.remove_profiles")
+
+
+def test_read_only_role_may_read_everything_and_change_nothing_on_vms():
+    ro = REGISTRY.permissions_of("read-only")
+    assert "vm.get_all_records" in ro and "vm.start" not in ro
+    assert "vm.start" in REGISTRY.permissions_of("vm-operator")
+
+
+def test_message_without_doc_is_rejected_at_build():
+    bad = declare_class("thing", "A thing.", fields("uuid:s", {}),
+                        [message("poke", "", impl=lambda ctx: None)])
+    with pytest.raises(ValueError, match="no doc"):
+        Registry([bad])
+
+
+def test_ref_to_unknown_class_is_rejected_at_build():
+    bad = declare_class("thing", "A thing.", fields("uuid:s other:@nosuchclass", {}))
+    with pytest.raises(ValueError, match="unknown class"):
+        Registry([bad])
+
+
+def test_parameter_without_default_after_one_with_is_rejected():
+    bad = declare_class("thing", "A thing.", fields("uuid:s", {}), [message(
+        "poke", "Poke.", impl=lambda ctx, a, b: None,
+        params=[param(T.Int, "a", default=1), param(T.Int, "b")])])
+    with pytest.raises(ValueError, match="without default"):
+        Registry([bad])
+
+
+def test_docs_reference_is_current():
+    assert docgen.OUT.read_text() == docgen.render(REGISTRY), "run: python -m xenapi.docgen"
