@@ -236,6 +236,11 @@ VM = declare_class(
              roles=VM_OP, errors=_POWER_ERRORS, is_async=True),
     ],
     writer_roles=VM_ADMIN, constructor=True, ctor_roles=VM_ADMIN, persisted=True,
+    # what xapi's VM.create insists on (the datamodel defaults every other field)
+    ctor_required=tuple("""user_version is_a_template affinity memory_static_max memory_dynamic_max memory_dynamic_min
+        memory_static_min VCPUs_params VCPUs_max VCPUs_at_startup actions_after_shutdown actions_after_reboot
+        actions_after_crash PV_bootloader PV_kernel PV_ramdisk PV_args PV_bootloader_args PV_legacy_args
+        HVM_boot_policy HVM_boot_params platform PCI_bus other_config recommendations""".split()),
     hooks={
         "create": lambda ctx, values: ctx.server.vms.create(ctx, values),
         "set_name_label": lambda ctx, vm, v: ctx.server.vms.set_name_label(ctx, vm, v),

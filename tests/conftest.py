@@ -102,3 +102,16 @@ def guest_vm(xapi, power_state: str) -> str:
         if not rec["is_control_domain"] and not rec["is_a_template"] and rec["power_state"] == power_state:
             return ref
     raise LookupError(power_state)
+
+
+def wait_for_event(xapi, classes: list[str], token: str, predicate, timeout: float = 10.0) -> dict:
+    """Loop event_from until an event satisfies ``predicate``; a change may take several batches."""
+    import time
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = xapi.xenapi.event_from(classes, token, max(0.1, deadline - time.monotonic()))
+        token = batch["token"]
+        for event in batch["events"]:
+            if predicate(event):
+                return event
+    raise AssertionError(f"no matching {classes} event within {timeout} s")

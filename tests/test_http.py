@@ -12,7 +12,7 @@ import xmlrpc.client
 import pytest
 
 from xenapi.transport.http import HTTPServer, Request, Response
-from xenapi.wire import Success, WireError
+from xenapi.wire import Call, Failure, Success, WireError
 from xenapi.wire import xmlrpc as codec
 
 
@@ -100,6 +100,32 @@ def test_xmlrpc_server_proxy_gets_xapi_envelope():
                 {"Status": "Success", "Value": ["VM.get_record", "OpaqueRef:s", "1048576"]}
 
 
+def test_xenapi_session_logs_in_calls_and_sees_failures():
+    XenAPI = pytest.importorskip("XenAPI")
+    calls = []
+
+    def handler(request):
+        call = codec.decode(request.body)
+        calls.append(call)
+        if call.method == "session.login_with_password":
+            outcome = Success("OpaqueRef:session")
+        elif call.method == "VM.get_power_state":
+            outcome = Failure(["HANDLE_INVALID", "VM", call.params[1]])
+        else:
+            outcome = Success(["OpaqueRef:vm"])
+        return Response(200, "text/xml", codec.encode(outcome))
+
+    with serving(handler) as server:
+        session = XenAPI.Session("http://%s:%d" % server.address)
+        session.xenapi.login_with_password("root", "pw", "1.0", "test")
+        assert session.xenapi.VM.get_all() == ["OpaqueRef:vm"]
+        with pytest.raises(XenAPI.Failure) as raised:
+            session.xenapi.VM.get_power_state("OpaqueRef:gone")
+        session.close()
+    assert raised.value.details == ["HANDLE_INVALID", "VM", "OpaqueRef:gone"]
+    assert calls[1] == Call("VM.get_all", ("OpaqueRef:session",))
+
+
 def test_pipelined_requests_are_answered_in_order():
     with serving() as server, connect(server) as sock:
         sock.sendall(post(b"one") + post(b"two") + post(b"three", extra=b"Connection: close\r\n"))
@@ -119,7 +145,8 @@ def test_chunked_request_body_is_reassembled():
 
 def test_expect_100_continue_gets_interim_response_before_body():
     with serving() as server, connect(server) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\nExpect: 100-continue\r\n\r\n")
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+                     b"Expect: 100-continue\r\n\r\n")
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"
         sock.sendall(b"body")
         response = read_response(sock)
@@ -128,7 +155,8 @@ def test_expect_100_continue_gets_interim_response_before_body():
 
 def test_head_response_has_length_but_no_body():
     with serving() as server, connect(server) as sock:
-        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc")
+        sock.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+                     b"Connection: close\r\n\r\nabc")
         reply = read_until_closed(sock)
     assert b"Content-Length: 3\r\n" in reply
     assert reply.endswith(b"\r\n\r\n")
@@ -233,7 +261,8 @@ def test_oversized_body_sent_in_full_still_gets_413():
 
 def test_oversized_chunked_body_gets_413():
     with serving(max_body_bytes=10) as server, connect(server) as sock:
-        sock.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n20\r\n" + b"x" * 32 + b"\r\n")
+        sock.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+                     b"20\r\n" + b"x" * 32 + b"\r\n")
         assert read_until_closed(sock).startswith(b"HTTP/1.1 413 ")
 
 

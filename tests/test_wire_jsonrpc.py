@@ -81,7 +81,8 @@ def test_decode_nesting_deeper_than_recursion_limit_raises_400():
 
 def test_decode_too_many_values_raises_400():
     with pytest.raises(WireError) as raised:
-        codec.decode(request(method="m", params=[{"a": list(range(30))}], id=1), Limits(max_items=20))
+        codec.decode(request(method="m", params=[{"a": list(range(30))}], id=1),
+                     Limits(max_items=20))
     assert raised.value.status_hint == 400
 
 
@@ -162,7 +163,8 @@ def test_encode_int64_is_json_number():
 
 
 def test_encode_bool_is_json_boolean():
-    assert codec.encode(Success([True, False]), V2).startswith(b'{"jsonrpc":"2.0","result":[true,false]')
+    out = codec.encode(Success([True, False]), V2)
+    assert out.startswith(b'{"jsonrpc":"2.0","result":[true,false]')
 
 
 def test_encode_i4_is_plain_number():

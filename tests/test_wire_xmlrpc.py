@@ -95,7 +95,8 @@ BILLION_LAUGHS = b"""<?xml version="1.0"?>
 
 EXTERNAL_ENTITY = b"""<?xml version="1.0"?>
 <!DOCTYPE r [<!ENTITY x SYSTEM "file:///etc/passwd">]>
-<methodCall><methodName>m</methodName><params><param><value>&x;</value></param></params></methodCall>"""
+<methodCall><methodName>m</methodName>
+<params><param><value>&x;</value></param></params></methodCall>"""
 
 PLAIN_DOCTYPE = b"""<?xml version="1.0"?><!DOCTYPE methodCall>
 <methodCall><methodName>m</methodName></methodCall>"""
@@ -159,17 +160,21 @@ MALFORMED = {
     "empty_int": wrap("<param><value><int></int></value></param>"),
     "bad_boolean": wrap("<param><value><boolean>2</boolean></value></param>"),
     "bad_double": wrap("<param><value><double>x</double></value></param>"),
-    "bad_datetime": wrap("<param><value><dateTime.iso8601>yesterday</dateTime.iso8601></value></param>"),
+    "bad_datetime": wrap("<param><value><dateTime.iso8601>yesterday</dateTime.iso8601>"
+                         "</value></param>"),
     "bad_base64": wrap("<param><value><base64>!!!</base64></value></param>"),
     "unknown_type": wrap("<param><value><foo>1</foo></value></param>"),
     "two_typed_children": wrap("<param><value><int>1</int><int>2</int></value></param>"),
     "two_values_in_param": wrap("<param><value>a</value><value>b</value></param>"),
     "empty_param": wrap("<param></param>"),
-    "member_without_name": wrap("<param><value><struct><member><value>x</value></member></struct></value></param>"),
-    "member_without_value": wrap("<param><value><struct><member><name>a</name></member></struct></value></param>"),
+    "member_without_name": wrap("<param><value><struct><member><value>x</value></member>"
+                                "</struct></value></param>"),
+    "member_without_value": wrap("<param><value><struct><member><name>a</name></member>"
+                                 "</struct></value></param>"),
     "array_without_data": wrap("<param><value><array><value>x</value></array></value></param>"),
     "type_outside_value": wrap("<param><int>1</int></param>"),
-    "two_method_names": b"<methodCall><methodName>m</methodName><methodName>n</methodName></methodCall>",
+    "two_method_names":
+        b"<methodCall><methodName>m</methodName><methodName>n</methodName></methodCall>",
     "not_utf8": b"<methodCall><methodName>\xff\xfe</methodName></methodCall>",
     "illegal_character": b"<methodCall><methodName>a&#1;</methodName></methodCall>",
     "undefined_entity": b"<methodCall><methodName>&undefined;</methodName></methodCall>",
@@ -196,8 +201,9 @@ def test_encode_success_is_xapi_envelope_byte_for_byte():
 def test_encode_failure_gives_error_description_strings():
     out = codec.encode(Failure(["VM_BAD_POWER_STATE", "OpaqueRef:vm", "halted", "running"]))
     (envelope,), _ = xmlrpc.client.loads(out)
-    assert envelope == {"Status": "Failure",
-                        "ErrorDescription": ["VM_BAD_POWER_STATE", "OpaqueRef:vm", "halted", "running"]}
+    assert envelope == {
+        "Status": "Failure",
+        "ErrorDescription": ["VM_BAD_POWER_STATE", "OpaqueRef:vm", "halted", "running"]}
 
 
 def test_encode_bare_has_no_status_envelope():
@@ -270,7 +276,8 @@ def test_encode_map_keys_are_stringified():
 
 
 def test_encode_list_tuple_set_are_arrays():
-    assert value_of(codec.encode(Success([("a",), {"b"}, frozenset(), []]))) == [["a"], ["b"], [], []]
+    out = codec.encode(Success([("a",), {"b"}, frozenset(), []]))
+    assert value_of(out) == [["a"], ["b"], [], []]
 
 
 def test_encode_bytes_are_base64():

@@ -126,12 +126,15 @@ class HostConnection:
         self._on_liveness = on_liveness
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._lock = threading.Lock()            # guards the four fields below
+        self._lock = threading.Lock()            # guards the five fields below
         self._conn: libvirt.virConnect | None = None
         self._callback_ids: list[int] = []
         self._generation = 0                     # bumped per connect and close; stale close callbacks see an old one
         self._reconnector: threading.Thread | None = None
+        self._dead: list[tuple[libvirt.virConnect, list[int]]] = []   # lost connections to tear down
         self._closing = threading.Event()        # set by close(): stop reconnecting
+        self._report_lock = threading.Lock()     # liveness reports go out one at a time, in order
+        self._reported_live = False
 
     def __repr__(self) -> str:
         return f"HostConnection({self.uri!r}, live={self.live})"
@@ -143,9 +146,12 @@ class HostConnection:
     # ---- lifecycle ------------------------------------------------------------------------
 
     def open(self, *, keep_trying: bool = False) -> None:
-        """Connect now, or raise HOST_NOT_LIVE.  keep_trying: also reconnect in the background."""
+        """Connect now, or raise HOST_NOT_LIVE.  keep_trying: on failure, also reconnect in the
+        background and report ``on_liveness(uri, True)`` once connected.  A no-op when live."""
         ensure_event_loop()
         self._closing.clear()
+        if self.live:
+            return
         try:
             self._connect()
         except libvirt.libvirtError as e:
@@ -154,10 +160,13 @@ class HostConnection:
             if keep_trying:
                 self._start_reconnecting()
             raise XenAPIError(HOST_NOT_LIVE) from e
+        with self._report_lock:                  # the caller knows; later changes are reported
+            self._reported_live = self.live
         log.info("event=host_connected uri=%s", self.uri)
 
     def close(self) -> None:
-        """Deregister, close and stop reconnecting.  Does not report liveness: the caller chose this."""
+        """Deregister, close and stop reconnecting.  Does not report liveness: the caller chose this.
+        Waits up to 5 s for a reconnect attempt in progress (a remote open can be slow)."""
         self._closing.set()
         with self._lock:
             conn, callback_ids = self._conn, self._callback_ids
@@ -168,9 +177,13 @@ class HostConnection:
             _discard(conn, callback_ids)
         if reconnector is not None and reconnector is not threading.current_thread():
             reconnector.join(timeout=5)
+        self._discard_dead()
+        with self._report_lock:
+            self._reported_live = False
         log.info("event=host_closed uri=%s", self.uri)
 
     def _connect(self) -> None:
+        """Open and subscribe; install the connection unless closed or connected meanwhile."""
         conn = libvirt.open(self.uri)
         with self._lock:
             generation = self._generation + 1
@@ -182,14 +195,11 @@ class HostConnection:
             _discard(conn, [])
             raise
         with self._lock:
-            if self._closing.is_set():           # close() won the race: don't resurrect
-                stale = True
-            else:
-                stale = False
+            install = self._conn is None and not self._closing.is_set()
+            if install:
                 self._conn, self._callback_ids, self._generation = conn, callback_ids, generation
-        if stale:
+        if not install:
             _discard(conn, callback_ids)
-            raise libvirt.libvirtError("connection closed while reconnecting")
 
     def _closed_by_libvirt(self, _conn: libvirt.virConnect, reason: int, generation: int) -> None:
         # libvirt's loop thread: record and hand off, never block here.
@@ -199,42 +209,61 @@ class HostConnection:
         with self._lock:
             if generation != self._generation or self._conn is None:
                 return                            # already handled, or an older connection
-            dead, callback_ids = self._conn, self._callback_ids
+            self._dead.append((self._conn, self._callback_ids))
             self._conn, self._callback_ids = None, []
         log.warning("event=host_lost uri=%s why=%s", self.uri, why)
-        self._report_liveness(False)
-        self._start_reconnecting(dead, callback_ids)
+        self._report_liveness()
+        self._start_reconnecting()
 
-    def _start_reconnecting(self, dead: libvirt.virConnect | None = None, callback_ids: list[int] = ()) -> None:
+    def _start_reconnecting(self) -> None:
         with self._lock:
-            if self._closing.is_set() or (self._reconnector is not None and self._reconnector.is_alive()):
-                return
+            if self._closing.is_set() or self._reconnector is not None:
+                return                            # a running loop notices the loss itself
             self._reconnector = threading.Thread(
-                target=self._reconnect_loop, args=(dead, list(callback_ids)),
-                name=f"libvirt-reconnect-{next(_reconnect_thread_numbers)}", daemon=True)
+                target=self._reconnect_loop, name=f"libvirt-reconnect-{next(_reconnect_thread_numbers)}",
+                daemon=True)
             self._reconnector.start()
 
-    def _reconnect_loop(self, dead: libvirt.virConnect | None, callback_ids: list[int]) -> None:
-        if dead is not None:
-            _discard(dead, callback_ids)
+    def _reconnect_loop(self) -> None:
         delay = self._backoff_initial
         while not self._closing.wait(delay):
-            try:
-                self._connect()
-            except libvirt.libvirtError as e:
-                delay = min(delay * 2, self._backoff_max)
-                log.info("event=host_reconnect_failed uri=%s retry_in=%.1f message=%s",
-                         self.uri, delay, e.get_error_message())
-                continue
-            log.info("event=host_reconnected uri=%s", self.uri)
-            self._report_liveness(True)
-            return
+            self._discard_dead()
+            if not self.live:
+                try:
+                    self._connect()
+                except libvirt.libvirtError as e:
+                    delay = min(delay * 2, self._backoff_max)
+                    log.info("event=host_reconnect_failed uri=%s retry_in=%.1f message=%s",
+                             self.uri, delay, e.get_error_message())
+                    continue
+                log.info("event=host_reconnected uri=%s", self.uri)
+                self._report_liveness()
+            with self._lock:
+                if self._conn is not None:        # still up after reporting: done
+                    self._reconnector = None
+                    return
+            delay = self._backoff_initial         # lost again at once: start over
+        with self._lock:
+            self._reconnector = None
 
-    def _report_liveness(self, live: bool) -> None:
-        try:
-            self._on_liveness(self.uri, live)
-        except Exception:
-            log.exception("event=liveness_handler_raised uri=%s live=%s", self.uri, live)
+    def _discard_dead(self) -> None:
+        with self._lock:
+            dead, self._dead = self._dead, []
+        for conn, callback_ids in dead:
+            _discard(conn, callback_ids)
+
+    def _report_liveness(self) -> None:
+        """Tell the caller the *current* liveness if it changed, so reports from the loop thread
+        and the reconnect thread can never arrive as a stale "True" after a "False"."""
+        with self._report_lock:
+            live = self.live
+            if live == self._reported_live:
+                return
+            self._reported_live = live
+            try:
+                self._on_liveness(self.uri, live)
+            except Exception:
+                log.exception("event=liveness_handler_raised uri=%s live=%s", self.uri, live)
 
     def _domain_event(self, dom: libvirt.virDomain, kind: str) -> None:
         try:

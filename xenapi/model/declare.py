@@ -98,6 +98,7 @@ class ClassDecl:
     writer_roles: tuple[str, ...] = READ_ONLY     # default roles for setters
     constructor: bool = False        # derive create(record) / destroy(self)
     ctor_roles: tuple[str, ...] = READ_ONLY
+    ctor_required: tuple[str, ...] | None = None  # fields a create(record) must give (None: those without default)
     events: bool = True              # appears in event.from / event.next
     persisted: bool = False          # whole records kept in SQLite across restarts
     stored: bool = True              # has objects in the store (event does not: no implicit messages)

@@ -217,7 +217,7 @@ def constructor_fields(decl: ClassDecl, record: dict, where: str = "") -> dict:
             continue
         if f.name in record:
             out[f.name] = f.type.convert(record[f.name], f.name)
-        elif f.default is MISSING:
+        elif f.name in decl.ctor_required if decl.ctor_required is not None else f.default is MISSING:
             raise XenAPIError(E.INTERNAL_ERROR, f'Dispatcher_FieldNotFound("{f.name}")')
     return out
 

@@ -106,6 +106,7 @@ def decode(body: bytes, limits: Limits = Limits()) -> Call:
 
 _JSON = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False,
                          check_circular=False)   # _plain builds a fresh tree, so no cycles
+_AS_IS = frozenset({str, int, bool})                 # exact types json emits as xapi does
 
 
 def _plain(v):
@@ -125,9 +126,6 @@ def _plain(v):
     if t is DateTime:
         return v.wire()
     return _other(v)
-
-
-_AS_IS = frozenset({str, int, bool})
 
 
 def _other(v):

@@ -106,7 +106,7 @@ class _CallBuilder:
         self._open = [""]                # element names from the root; [-1] is the parent
         self._text: list[str] = []       # character data since the last start tag
         self.data = self._text.append    # expat then calls C directly, with no Python frame
-        self._stack: list = []           # containers being filled: params list, arrays, dicts, members
+        self._stack: list = []           # containers being filled: params, arrays, structs, members
         self._typed = False              # the innermost open <value> already has its typed child
         self._depth = 0                  # open arrays and structs
         self._items = 0                  # <value>s seen
