@@ -180,6 +180,16 @@ def test_restore_paused_resumes_the_image_paused(host, new_vm):
     assert power(host, uuid) == "Paused"
 
 
+def test_discard_save_turns_a_suspended_domain_halted(host, new_vm):
+    uuid = new_vm()
+    host.start(uuid)
+    host.save(uuid)
+    host.discard_save(uuid)
+    assert power(host, uuid) == "Halted"
+    host.start(uuid)                        # a cold boot now, not a restore
+    assert power(host, uuid) == "Running"
+
+
 def test_undefine_removes_a_suspended_domain_with_its_image(host, new_vm):
     uuid = new_vm()
     host.start(uuid)
@@ -433,5 +443,23 @@ def test_a_connection_error_during_a_call_marks_host_not_live_and_reconnects(lib
         libvirtd.start()
         assert recorder.wait_for(lambda: recorder.liveness[-1:] == [(libvirtd.uri, True)], timeout=15)
         assert [d.name for d in connection.list_domains()] == ["test"]
+    finally:
+        connection.close()
+
+
+def test_every_death_and_return_is_reported_once_and_in_order(libvirtd, recorder):
+    libvirtd.start()
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
+                                backoff_max=0.2, backoff_initial=0.05)
+    connection.open()
+    connection.open()                        # already live: nothing happens
+    try:
+        for cycle in (1, 2):                 # the second death proves the close callback came back too
+            libvirtd.kill()
+            assert recorder.wait_for(lambda: len(recorder.liveness) == 2 * cycle - 1)
+            libvirtd.start()
+            assert recorder.wait_for(lambda: len(recorder.liveness) == 2 * cycle, timeout=15)
+        assert recorder.liveness == [(libvirtd.uri, False), (libvirtd.uri, True)] * 2
+        assert connection.live
     finally:
         connection.close()

@@ -111,6 +111,8 @@ def test_xenapi_session_logs_in_calls_and_sees_failures():
             outcome = Success("OpaqueRef:session")
         elif call.method == "VM.get_power_state":
             outcome = Failure(["HANDLE_INVALID", "VM", call.params[1]])
+        elif call.method == "session.logout":
+            outcome = Success(None)
         else:
             outcome = Success(["OpaqueRef:vm"])
         return Response(200, "text/xml", codec.encode(outcome))
@@ -121,9 +123,11 @@ def test_xenapi_session_logs_in_calls_and_sees_failures():
         assert session.xenapi.VM.get_all() == ["OpaqueRef:vm"]
         with pytest.raises(XenAPI.Failure) as raised:
             session.xenapi.VM.get_power_state("OpaqueRef:gone")
-        session.close()
+        session.xenapi.session.logout()
+        session("close")()
     assert raised.value.details == ["HANDLE_INVALID", "VM", "OpaqueRef:gone"]
     assert calls[1] == Call("VM.get_all", ("OpaqueRef:session",))
+    assert calls[-1] == Call("session.logout", ("OpaqueRef:session",))
 
 
 def test_pipelined_requests_are_answered_in_order():
@@ -257,6 +261,7 @@ def test_oversized_body_sent_in_full_still_gets_413():
         connection = http.client.HTTPConnection(*server.address, timeout=5)
         connection.request("POST", "/", body=b"x" * 400_000)
         assert connection.getresponse().status == 413
+        connection.close()
 
 
 def test_oversized_chunked_body_gets_413():

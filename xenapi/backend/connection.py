@@ -12,6 +12,9 @@ the GIL around each call).  Its contract:
   re-registers every callback and reports ``on_liveness(uri, True)``; the caller relists then,
   because events sent while we were away are lost.
 * Event callbacks run on libvirt's loop thread and only call ``on_domain_event(uri, uuid, kind)``.
+  ``on_liveness(uri, live)`` comes from that thread, the reconnect thread or the thread whose call
+  found the connection dead, one report at a time and only on change.  Both handlers must
+  return promptly (enqueue and go).
 
 Domains are addressed by UUID string.  Power states are Xen-API's (see ``POWER_STATES``).
 """
@@ -417,6 +420,10 @@ class HostConnection:
     def save(self, uuid: str) -> None:
         """Suspend to libvirt's managed-save image; the domain then reads as Suspended."""
         self._on_domain("save", uuid, lambda dom: dom.managedSave(0))
+
+    def discard_save(self, uuid: str) -> None:
+        """Delete the managed-save image: a Suspended domain becomes Halted (hard_shutdown)."""
+        self._on_domain("discard_save", uuid, lambda dom: dom.managedSaveRemove(0))
 
 
 # ---- helpers that only talk to one libvirt object -------------------------------------------

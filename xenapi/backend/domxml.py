@@ -244,8 +244,7 @@ def build(fields: dict, hypervisor: str, *, uuid: str, name: str) -> str:
     _add(domain, "on_poweroff", _NORMAL_EXIT_TO_LIBVIRT.get(fields.get("actions_after_shutdown"), "destroy"))
     _add(domain, "on_reboot", _NORMAL_EXIT_TO_LIBVIRT.get(fields.get("actions_after_reboot"), "restart"))
     _add(domain, "on_crash", _CRASH_TO_LIBVIRT.get(fields.get("actions_after_crash"), "destroy"))
-    _DEVICE_BUILDERS[hypervisor if hypervisor in ("xen", "lxc") else "qemu"](
-        ET.SubElement(domain, "devices"), is_hvm, platform)
+    _DEVICE_BUILDERS[hypervisor](ET.SubElement(domain, "devices"), is_hvm, platform)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
 
@@ -386,7 +385,8 @@ def _devices_lxc(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) ->
     ET.SubElement(devices, "console", type="pty")
 
 
-_DEVICE_BUILDERS = {"qemu": _devices_qemu, "xen": _devices_xen, "lxc": _devices_lxc}
+_DEVICE_BUILDERS = {"kvm": _devices_qemu, "qemu": _devices_qemu, "test": _devices_qemu,
+                    "xen": _devices_xen, "lxc": _devices_lxc}
 
 
 def _add_serial_console(devices: ET.Element) -> None:

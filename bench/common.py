@@ -1,0 +1,69 @@
+"""What the benchmarks share: servers in their own processes, medians, ratio printing."""
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PASSWORD = "bench-pw"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class XenapiServer:
+    """``xenapi serve`` in a subprocess, on a libvirt test-driver host with the given node XML."""
+
+    def __init__(self, node_xml: str):
+        self.dir = Path(tempfile.mkdtemp(prefix="xenapi-bench-"))
+        (self.dir / "node.xml").write_text(node_xml)
+        self.port = free_port()
+        env = {**os.environ, "XENAPI_ADMIN_PASSWORD": PASSWORD}
+        self.process = subprocess.Popen(
+            [str(ROOT / ".venv/bin/xenapi"), "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--state", str(self.dir / "state"), "--libvirt", f"test://{self.dir / 'node.xml'}"],
+            env=env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"))
+        wait_port(self.port, 120)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def node_xml(domains: int, running: int) -> str:
+    from tests.conftest import node_xml as make
+    return make(domains, running)
+
+
+def report(name: str, ours: list[float], base: list[float], unit: str, higher_is_better: bool) -> float:
+    """Print medians and the ratio ours/baseline; returns the ratio."""
+    mo, mb = statistics.median(ours), statistics.median(base)
+    ratio = mo / mb
+    better = "higher" if higher_is_better else "lower"
+    print(f"{name}: xenapi median {mo:.1f} {unit}, baseline median {mb:.1f} {unit}, "
+          f"ratio {ratio:.2f} ({better} is better)")
+    print(f"  rounds xenapi:   {', '.join(f'{v:.1f}' for v in ours)}")
+    print(f"  rounds baseline: {', '.join(f'{v:.1f}' for v in base)}")
+    return ratio
