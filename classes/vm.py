@@ -246,6 +246,7 @@ VM = declare_class(
         "set_name_label": lambda ctx, vm, v: ctx.server.vms.set_name_label(ctx, vm, v),
         "set_name_description": lambda ctx, vm, v: ctx.server.vms.set_name_description(ctx, vm, v),
         "set_is_a_template": lambda ctx, vm, v: ctx.server.vms.set_is_a_template(ctx, vm, v),
+        "set_blocked_operations": lambda ctx, vm, v: ctx.server.vms.set_blocked_operations(ctx, vm, v),
         **{f"set_{f}": (lambda f: lambda ctx, vm, v: ctx.server.vms.set_in_xml(f)(ctx, vm, v))(f)
            for f in rewrite.EDITABLE},
     },

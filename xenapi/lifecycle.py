@@ -39,6 +39,11 @@ TEMPLATE_OPS = frozenset({"clone", "copy", "provision", "destroy", "changing_mem
 _guard = threading.Lock()     # check-and-mark of current_operations must be atomic across threads
 
 
+def guard() -> threading.Lock:
+    """Held while reading a VM and writing what follows from it (current/allowed operations)."""
+    return _guard
+
+
 def allowed_operations(rec: dict) -> list[str]:
     if rec["is_control_domain"] or rec["current_operations"]:
         return []

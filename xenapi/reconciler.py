@@ -15,6 +15,7 @@ import time
 
 from xenapi import errors as E
 from xenapi.backend import domxml
+from xenapi.backend.connection import ERR_NO_DOMAIN
 from xenapi.errors import XenAPIError
 from xenapi.lifecycle import allowed_operations
 from xenapi.model.types import NULL_REF
@@ -36,7 +37,7 @@ def vm_ref(uuid: str) -> str:
 
 
 def _no_such_domain(e: XenAPIError) -> bool:
-    return e.code == E.BACKEND_FAILURE and len(e.params) > 2 and e.params[2] == "42"   # VIR_ERR_NO_DOMAIN
+    return e.code == E.BACKEND_FAILURE and len(e.params) > 2 and e.params[2] == ERR_NO_DOMAIN
 
 
 class Reconciler:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 
 from xenapi import errors as E
+from xenapi import lifecycle
 from xenapi.backend import domxml, rewrite
 from xenapi.errors import XenAPIError
 from xenapi.hosts import libvirt_name
@@ -106,6 +107,14 @@ class VMs:
         if value and rec["power_state"] != "Halted":
             raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", rec["power_state"].lower())
         self._on_domain(vm, lambda conn, uuid: conn.set_stamp(uuid, _stamp({**rec, "is_a_template": value})))
+
+    def set_blocked_operations(self, ctx, vm: str, value: dict) -> None:
+        """allowed_operations is derived: blocking an operation takes it out at once."""
+        with lifecycle.guard():
+            rec = self.store.get("VM", vm)
+            self.store.update("VM", vm, {"blocked_operations": value,
+                                         "allowed_operations": lifecycle.allowed_operations(
+                                             {**rec, "blocked_operations": value})})
 
     def set_in_xml(self, field: str):
         def setter(ctx, vm: str, value):

@@ -123,7 +123,9 @@ class XoClient:
         self.node = _node_binary()
         self.module = _xen_api_module()
 
-    def __call__(self, scenario: str, url: str, transport: str = "auto", **options) -> NodeRun:
+    def __call__(self, scenario: str, url: str, transport: str = "auto", *, exit_code: int = 0,
+                 **options) -> NodeRun:
+        """Run a scenario to its end; exit_code 2 expects the scenario to report an error."""
         config = {"url": url, "transport": transport, "module": str(self.module), **options}
         start = time.monotonic()
         try:
@@ -136,10 +138,58 @@ class XoClient:
                         pytrace=False)
         seconds = time.monotonic() - start
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
-        if proc.returncode != 0 or not lines:
-            pytest.fail(f"xo_client.mjs {scenario} ({transport}) exited {proc.returncode}\n"
+        if proc.returncode != exit_code or not lines:
+            pytest.fail(f"xo_client.mjs {scenario} ({transport}) exited {proc.returncode}, not {exit_code}\n"
                         f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}", pytrace=False)
         return NodeRun(json.loads(lines[-1]), proc.stderr, seconds)
+
+
+    def start(self, scenario: str, url: str, transport: str = "auto", **options) -> "NodeProcess":
+        """Start a scenario that prints ``READY <ref>`` once connected and then waits for the test."""
+        config = {"url": url, "transport": transport, "module": str(self.module), **options}
+        proc = subprocess.Popen([self.node, str(XO_SCRIPT), scenario, json.dumps(config)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=HERE / "node")
+        return NodeProcess(proc, f"{scenario} ({transport})")
+
+
+class NodeProcess:
+    def __init__(self, proc: subprocess.Popen, name: str):
+        self.proc = proc
+        self.name = name
+        self.start = time.monotonic()
+
+    def wait_ready(self, timeout: float = NODE_TIMEOUT) -> str:
+        """The word after READY; fails (and kills Node) on exit or timeout first."""
+        box: list[str] = []
+        reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
+        reader.start()
+        reader.join(timeout)
+        line = box[0] if box else ""
+        if not line.startswith("READY"):
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"xo_client.mjs {self.name} never got ready: {line!r}\nstdout:\n{out}\nstderr:\n{err}",
+                        pytrace=False)
+        return line.split()[1]
+
+    def finish(self, timeout: float = NODE_TIMEOUT) -> NodeRun:
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"xo_client.mjs {self.name} did not finish within {timeout} s\nstdout:\n{out}\n"
+                        f"stderr:\n{err}", pytrace=False)
+        lines = [line for line in out.splitlines() if line.strip()]
+        if self.proc.returncode != 0 or not lines:
+            pytest.fail(f"xo_client.mjs {self.name} exited {self.proc.returncode}\nstdout:\n{out}\nstderr:\n{err}",
+                        pytrace=False)
+        return NodeRun(json.loads(lines[-1]), err, time.monotonic() - self.start)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.communicate()
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,192 @@
+"""VM messages through the official client: errors with xapi's parameters, allowed operations,
+templates, profiles, create/clone/destroy, and libvirt really changed underneath."""
+import pytest
+import XenAPI
+
+from tests.conftest import guest_vm
+
+MiB = 1024 * 1024
+
+
+def _fails(call, *args):
+    with pytest.raises(XenAPI.Failure) as e:
+        call(*args)
+    return e.value.details
+
+
+def _record(**over):
+    rec = {"name_label": "new", "user_version": "1", "is_a_template": False, "affinity": "OpaqueRef:NULL",
+           "memory_static_max": str(256 * MiB), "memory_dynamic_max": str(256 * MiB),
+           "memory_dynamic_min": str(256 * MiB), "memory_static_min": str(256 * MiB), "VCPUs_params": {},
+           "VCPUs_max": "2", "VCPUs_at_startup": "1", "actions_after_shutdown": "destroy",
+           "actions_after_reboot": "restart", "actions_after_crash": "destroy", "PV_bootloader": "",
+           "PV_kernel": "", "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "",
+           "HVM_boot_policy": "BIOS order", "HVM_boot_params": {"order": "c"}, "platform": {}, "PCI_bus": "",
+           "other_config": {"owner": "tests"}, "recommendations": ""}
+    rec.update(over)
+    return rec
+
+
+def test_start_when_running_raises_vm_bad_power_state(xapi):
+    vm = guest_vm(xapi, "Running")
+    assert _fails(xapi.xenapi.VM.start, vm, False, False) == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
+
+
+def test_hard_shutdown_when_halted_lists_every_allowed_state(xapi):
+    vm = guest_vm(xapi, "Halted")
+    assert _fails(xapi.xenapi.VM.hard_shutdown, vm) == [
+        "VM_BAD_POWER_STATE", vm, "paused, suspended, running", "halted"]
+
+
+def test_allowed_operations_follow_the_power_state(xapi):
+    vm = guest_vm(xapi, "Running")
+    assert {"pause", "suspend", "clean_shutdown", "hard_shutdown"} <= set(xapi.xenapi.VM.get_allowed_operations(vm))
+    xapi.xenapi.VM.pause(vm)
+    assert set(xapi.xenapi.VM.get_allowed_operations(vm)) == {"unpause", "hard_shutdown", "hard_reboot", "shutdown"}
+    xapi.xenapi.VM.hard_shutdown(vm)
+    ops = set(xapi.xenapi.VM.get_allowed_operations(vm))
+    assert {"start", "clone", "destroy"} <= ops and "pause" not in ops
+    assert xapi.xenapi.VM.get_current_operations(vm) == {}
+
+
+def test_control_domain_refuses_power_operations(xapi):
+    dom0 = next(r for r, v in xapi.xenapi.VM.get_all_records().items() if v["is_control_domain"])
+    assert xapi.xenapi.VM.get_allowed_operations(dom0) == []
+    assert _fails(xapi.xenapi.VM.hard_shutdown, dom0)[0] == "OPERATION_NOT_ALLOWED"
+
+
+def test_blocked_operation_is_refused_with_its_code(xapi):
+    vm = guest_vm(xapi, "Running")
+    xapi.xenapi.VM.add_to_blocked_operations(vm, "pause", "maintenance")
+    assert "pause" not in xapi.xenapi.VM.get_allowed_operations(vm)
+    assert _fails(xapi.xenapi.VM.pause, vm) == ["OPERATION_BLOCKED", vm, "maintenance"]
+
+
+def test_create_defines_a_halted_domain_in_libvirt_with_every_field(running, xapi):
+    vm = xapi.xenapi.VM.create(_record(name_label="made"))
+    rec = xapi.xenapi.VM.get_record(vm)
+    assert rec["power_state"] == "Halted" and rec["VCPUs_max"] == "2" and rec["other_config"] == {"owner": "tests"}
+    assert set(rec) == set(xapi.xenapi.VM.get_record(guest_vm(xapi, "Running")))
+    xml = running.server.hosts.connection(running.server.master_ref).xml(rec["uuid"], inactive=True)
+    assert "<title>made</title>" in xml
+
+
+def test_create_without_a_required_field_fails_and_creates_nothing(xapi):
+    before = set(xapi.xenapi.VM.get_all())
+    record = _record()
+    del record["PV_args"]
+    assert _fails(xapi.xenapi.VM.create, record) == ["INTERNAL_ERROR", 'Dispatcher_FieldNotFound("PV_args")']
+    assert set(xapi.xenapi.VM.get_all()) == before
+
+
+def test_create_that_libvirt_refuses_leaves_no_half_written_vm(xapi):
+    before = set(xapi.xenapi.VM.get_all())
+    details = _fails(xapi.xenapi.VM.create, _record(memory_static_max="0", memory_dynamic_max="0"))
+    assert details[0] in ("BACKEND_FAILURE", "VALUE_NOT_SUPPORTED", "MEMORY_CONSTRAINT_VIOLATION")
+    assert set(xapi.xenapi.VM.get_all()) == before
+
+
+def test_clone_copies_settings_with_a_new_identity_and_template_stays_template(xapi):
+    vm = xapi.xenapi.VM.create(_record(name_label="tmpl", is_a_template=True))
+    xapi.xenapi.VM.add_profiles(vm, "web-server")
+    clone = xapi.xenapi.VM.clone(vm, "from-tmpl")
+    src, dst = xapi.xenapi.VM.get_record(vm), xapi.xenapi.VM.get_record(clone)
+    assert dst["uuid"] != src["uuid"] and dst["name_label"] == "from-tmpl"
+    assert dst["is_a_template"] and dst["profiles"] == ["web-server"] and dst["other_config"] == src["other_config"]
+    assert _fails(xapi.xenapi.VM.start, clone, False, False) == ["VM_IS_TEMPLATE", clone, "start"]
+    xapi.xenapi.VM.provision(clone)
+    assert not xapi.xenapi.VM.get_is_a_template(clone)
+    xapi.xenapi.VM.start(clone, False, False)
+    assert xapi.xenapi.VM.get_power_state(clone) == "Running"
+
+
+def test_destroy_removes_vm_and_metrics(xapi):
+    vm = guest_vm(xapi, "Halted")
+    metrics = xapi.xenapi.VM.get_metrics(vm)
+    xapi.xenapi.VM.destroy(vm)
+    assert _fails(xapi.xenapi.VM.get_record, vm) == ["HANDLE_INVALID", "VM", vm]
+    assert _fails(xapi.xenapi.VM_metrics.get_record, metrics)[0] == "HANDLE_INVALID"
+
+
+def test_destroy_of_a_running_vm_is_refused(xapi):
+    vm = guest_vm(xapi, "Running")
+    assert _fails(xapi.xenapi.VM.destroy, vm) == ["VM_BAD_POWER_STATE", vm, "halted, suspended", "running"]
+
+
+def test_set_memory_limits_checks_the_constraint_and_reaches_libvirt(running, xapi):
+    vm = guest_vm(xapi, "Halted")
+    assert _fails(xapi.xenapi.VM.set_memory_limits, vm, str(512 * MiB), str(256 * MiB), str(256 * MiB),
+                  str(256 * MiB))[0] == "MEMORY_CONSTRAINT_VIOLATION"
+    xapi.xenapi.VM.set_memory_limits(vm, str(128 * MiB), str(512 * MiB), str(384 * MiB), str(384 * MiB))
+    rec = xapi.xenapi.VM.get_record(vm)
+    assert (rec["memory_static_min"], rec["memory_static_max"], rec["memory_dynamic_max"]) == (
+        str(128 * MiB), str(512 * MiB), str(384 * MiB))
+
+
+def test_vcpus_change_only_while_halted(xapi):
+    running_vm = guest_vm(xapi, "Running")
+    assert _fails(xapi.xenapi.VM.set_VCPUs_max, running_vm, "4")[0] == "VM_BAD_POWER_STATE"
+    vm = guest_vm(xapi, "Halted")
+    xapi.xenapi.VM.set_VCPUs_max(vm, "4")
+    xapi.xenapi.VM.set_VCPUs_at_startup(vm, "3")
+    assert (xapi.xenapi.VM.get_VCPUs_max(vm), xapi.xenapi.VM.get_VCPUs_at_startup(vm)) == ("4", "3")
+    assert _fails(xapi.xenapi.VM.set_VCPUs_at_startup, vm, "5")[0] == "VALUE_NOT_SUPPORTED"
+
+
+def test_name_label_is_written_to_libvirt_title(running, xapi):
+    vm = guest_vm(xapi, "Running")
+    xapi.xenapi.VM.set_name_label(vm, "renamed")
+    uuid = xapi.xenapi.VM.get_uuid(vm)
+    assert "<title>renamed</title>" in running.server.hosts.connection(running.server.master_ref).xml(uuid)
+    assert xapi.xenapi.VM.get_by_name_label("renamed") == [vm]
+
+
+def test_profiles_hold_any_value_and_select_vms(xapi):
+    pool = xapi.xenapi.pool.get_all()[0]
+    assert xapi.xenapi.pool.get_suggested_profiles(pool) == [
+        "web-server", "sendmail-switch", "dbms-host", "devel-workstation"]
+    vm = guest_vm(xapi, "Running")
+    xapi.xenapi.VM.add_profiles(vm, "web-server")
+    xapi.xenapi.VM.add_profiles(vm, "my own profile")
+    xapi.xenapi.VM.add_profiles(vm, "web-server")          # idempotent, as xapi's add_<set>
+    assert xapi.xenapi.VM.get_profiles(vm) == ["web-server", "my own profile"]
+    selected = xapi.xenapi.VM.get_all_records_where('"web-server" in field "profiles"')
+    assert list(selected) == [vm]
+    xapi.xenapi.VM.remove_profiles(vm, "web-server")
+    assert xapi.xenapi.VM.get_all_records_where('"web-server" in field "profiles"') == {}
+
+
+def test_where_uses_xapi_syntax(xapi):
+    running_refs = xapi.xenapi.VM.get_all_records_where(
+        'field "power_state"="Running" and field "is_control_domain"="false"')
+    assert running_refs and all(v["power_state"] == "Running" for v in running_refs.values())
+
+
+def test_async_start_failure_lands_in_the_task(xapi):
+    import time
+    vm = guest_vm(xapi, "Running")
+    task = xapi.xenapi.Async.VM.start(vm, False, False)
+    while xapi.xenapi.task.get_status(task) == "pending":
+        time.sleep(0.02)
+    rec = xapi.xenapi.task.get_record(task)
+    assert rec["status"] == "failure" and rec["error_info"] == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
+    xapi.xenapi.task.destroy(task)
+    assert _fails(xapi.xenapi.task.get_record, task)[0] == "HANDLE_INVALID"
+
+
+def test_clean_shutdown_that_never_completes_times_out_and_leaves_vm_consistent(tmp_path):
+    from tests.conftest import start_server, stop_server
+    running = start_server(tmp_path, clean_shutdown_timeout=0.3)
+    try:
+        xapi = running.session()
+        vm = guest_vm(xapi, "Running")
+        conn = running.server.hosts.connection(running.server.master_ref)
+        conn.shutdown = lambda uuid: None                 # a guest that ignores the power button
+        assert _fails(xapi.xenapi.VM.clean_shutdown, vm) == ["VM_SHUTDOWN_TIMEOUT", vm, "0.3"]
+        rec = xapi.xenapi.VM.get_record(vm)
+        assert rec["power_state"] == "Running" and rec["current_operations"] == {}
+        assert "clean_shutdown" in rec["allowed_operations"]
+        xapi.xenapi.VM.shutdown(vm)                       # clean, then hard after the timeout
+        assert xapi.xenapi.VM.get_power_state(vm) == "Halted"
+    finally:
+        stop_server(running)
