@@ -17,6 +17,7 @@ from xenapi import errors as E
 from xenapi.backend import domxml
 from xenapi.backend.connection import ERR_NO_DOMAIN
 from xenapi.errors import XenAPIError
+from xenapi import lifecycle
 from xenapi.lifecycle import allowed_operations
 from xenapi.model.types import NULL_REF
 from xenapi.store import add, delete, derived_ref, derived_uuid, mod
@@ -119,13 +120,13 @@ class Reconciler:
 
     def refresh(self, host: str, uuid: str) -> None:
         conn = self.server.hosts.connection(host)
-        try:
-            state = conn.domain_state(uuid)
-        except XenAPIError as e:
-            if not _no_such_domain(e):
-                raise
-            state = None
-        with self._lock:
+        with self._lock:            # read and apply together: a slower, older read must not land last
+            try:
+                state = conn.domain_state(uuid)
+            except XenAPIError as e:
+                if not _no_such_domain(e):
+                    raise
+                state = None
             if state is None:
                 self._forget(vm_ref(uuid))
             else:
@@ -153,7 +154,16 @@ class Reconciler:
             log.warning("event=unparsable-domain uuid=%s error=%s", state.uuid, e)
             return
         ref = vm_ref(state.uuid)
-        current = self.store.find("VM", ref)
+        with lifecycle.guard():     # allowed_operations must see the current_operations of this instant
+            current = self.store.find("VM", ref)
+            self._apply_observation(host, ref, state, parsed, current)
+        running = state.power_state in _RUNS
+        self.homes[ref] = host
+        was_resident = current is not None and current["resident_on"] != NULL_REF
+        if was_resident != running:
+            self._update_resident(host)
+
+    def _apply_observation(self, host, ref, state, parsed, current) -> None:
         running = state.power_state in _RUNS
         derived = {k: parsed[k] for k in FROM_XML}
         derived.update(
@@ -175,10 +185,6 @@ class Reconciler:
         ops += self._metrics_ops(state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current, derived["consoles"])
         self.store.apply(ops)
-        self.homes[ref] = host
-        was_resident = current is not None and current["resident_on"] != NULL_REF
-        if was_resident != running:
-            self._update_resident(host)
 
     def _metrics_ops(self, state, parsed, current) -> list:
         ref = derived_ref("VM_metrics", state.uuid)
