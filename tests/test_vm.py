@@ -190,3 +190,29 @@ def test_clean_shutdown_that_never_completes_times_out_and_leaves_vm_consistent(
         assert xapi.xenapi.VM.get_power_state(vm) == "Halted"
     finally:
         stop_server(running)
+
+
+def test_cancelling_a_waiting_clean_shutdown_ends_its_task_cancelled(tmp_path):
+    import time
+    from tests.conftest import start_server, stop_server
+    running = start_server(tmp_path, clean_shutdown_timeout=30)
+    try:
+        xapi = running.session()
+        vm = guest_vm(xapi, "Running")
+        running.server.hosts.connection(running.server.master_ref).shutdown = lambda uuid: None
+        task = xapi.xenapi.Async.VM.clean_shutdown(vm)
+        deadline = time.monotonic() + 10
+        while "cancel" not in xapi.xenapi.task.get_allowed_operations(task):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        assert xapi.xenapi.VM.get_current_operations(vm) == {task: "clean_shutdown"}
+        xapi.xenapi.task.cancel(task)
+        while xapi.xenapi.task.get_status(task) in ("pending", "cancelling"):
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        rec = xapi.xenapi.task.get_record(task)
+        assert rec["status"] == "cancelled" and rec["error_info"] == ["TASK_CANCELLED", task]
+        assert xapi.xenapi.VM.get_current_operations(vm) == {}
+        assert _fails(xapi.xenapi.task.cancel, task)[0] == "OPERATION_NOT_ALLOWED"
+    finally:
+        stop_server(running)
