@@ -199,9 +199,12 @@ class Hosts:
                 except XenAPIError:
                     continue
                 self._facts[host] = facts
-                self.store.update("host_metrics", derived_ref("host_metrics", conn.uri), {
-                    "memory_free": facts.memory_free, "memory_total": facts.memory_total, "live": True,
-                    "last_updated": DateTime.now()})
+                ref = derived_ref("host_metrics", conn.uri)
+                figures = {"memory_free": facts.memory_free, "memory_total": facts.memory_total, "live": True}
+                current = self.store.find("host_metrics", ref)
+                if current is not None and any(current[k] != v for k, v in figures.items()):
+                    # only real changes: an unchanged host makes no event every period
+                    self.store.update("host_metrics", ref, {**figures, "last_updated": DateTime.now()})
 
 
 def libvirt_name(label: str, uuid: str) -> str:
