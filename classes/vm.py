@@ -16,7 +16,7 @@ from xenapi.backend import rewrite
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
-from xenapi.model.roles import VM_ADMIN, VM_OP, VM_POWER_ADMIN
+from xenapi.model.roles import POOL_ADMIN, READ_ONLY, VM_ADMIN, VM_OP, VM_POWER_ADMIN
 
 VM_FIELDS = fields("""
     uuid:s allowed_operations:vm_operations[] current_operations:{s:vm_operations} name_label*:s
@@ -52,6 +52,9 @@ VM_FIELDS = fields("""
     docs={"profiles": "The VM's profiles (from the Xen-API draft): any strings, e.g. those the pool suggests.",
           "resident_on": "the host the VM runs on (OpaqueRef:NULL when halted)"},
     writers={"tags": VM_OP, "profiles": VM_ADMIN, "affinity": VM_POWER_ADMIN},
+    # xapi's protected keys: a folder or custom field is the operator's; PCI passthrough is the admin's
+    key_roles={"other_config": {"folder": VM_OP, "XenCenter.CustomFields.*": VM_OP,
+                                "pci": POOL_ADMIN, "hvm_serial": POOL_ADMIN}},
 )
 
 _VM = param(T.Ref("VM"), "vm", "The VM")
@@ -233,7 +236,7 @@ VM = declare_class(
              [_SELF], destroy, roles=VM_ADMIN, errors=_POWER_ERRORS),
         _msg("assert_operation_valid", "Check to see whether this operation is acceptable in the current state of the system, raising an error if the operation is invalid for some reason.",
              [_SELF, param(ENUMS["vm_operations"], "op", "proposed operation")], assert_operation_valid,
-             roles=VM_OP, errors=_POWER_ERRORS, is_async=True),
+             roles=READ_ONLY, errors=_POWER_ERRORS, is_async=True),
     ],
     writer_roles=VM_ADMIN, constructor=True, ctor_roles=VM_ADMIN, persisted=True,
     # what xapi's VM.create insists on (the datamodel defaults every other field)

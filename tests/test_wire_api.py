@@ -247,6 +247,25 @@ def test_jsonrpc_ints_are_json_numbers(wire, session):
     assert b'"memory_static_max":268435456' in wire.json("VM.get_record", [session, vm]).body
 
 
+@pytest.mark.parametrize("encoded, number", [
+    ("<i4>7</i4>", 7), ("<int>8</int>", 8), ("<i8>4294967296</i8>", 4294967296), ("<string>9</string>", 9), ("10", 10),
+])
+def test_int_parameters_are_accepted_in_every_xmlrpc_form(wire, session, encoded, number):
+    vm = guest_vm_ref(wire, session, "Halted")
+    body = (f"<?xml version='1.0'?><methodCall><methodName>VM.set_user_version</methodName><params>"
+            f"<param><value>{session}</value></param><param><value>{vm}</value></param>"
+            f"<param><value>{encoded}</value></param></params></methodCall>").encode()
+    assert ok(wire.post("/", body)) == ""
+    assert wire.value("VM.get_user_version", session, vm) == str(number)
+
+
+@pytest.mark.parametrize("value", [11, "11"])
+def test_int_parameters_are_accepted_as_json_numbers_and_strings(wire, session, value):
+    vm = guest_vm_ref(wire, session, "Halted")
+    assert wire.json("VM.set_user_version", [session, vm, value]).json()["result"] == ""
+    assert wire.json("VM.get_user_version", [session, vm]).json()["result"] == 11
+
+
 def test_bools_and_floats_have_their_xmlrpc_types(wire, session):
     vm = guest_vm_ref(wire, session, "Halted")
     body = wire.xml("VM.get_record", session, vm).body
@@ -313,12 +332,13 @@ def test_success_envelope_is_status_and_value_and_void_is_empty_string(wire, ses
 
 @pytest.mark.parametrize("method, params, code", [
     ("VM.get_all", ["OpaqueRef:nope"], "SESSION_INVALID"),
-    ("VM.frobnicate", None, "MESSAGE_METHOD_UNKNOWN"),
-    ("VM.start", None, "MESSAGE_PARAMETER_COUNT_MISMATCH"),
-    ("VM.get_record", ["OpaqueRef:00000000-0000-0000-0000-000000000000"], "HANDLE_INVALID"),
+    ("VM.frobnicate", ["{session}"], "MESSAGE_METHOD_UNKNOWN"),
+    ("VM.start", ["{session}"], "MESSAGE_PARAMETER_COUNT_MISMATCH"),
+    ("VM.get_record", ["{session}", "OpaqueRef:00000000-0000-0000-0000-000000000000"], "HANDLE_INVALID"),
+    ("session.login_with_password", ["root", "wrong"], "SESSION_AUTHENTICATION_FAILED"),
 ])
 def test_api_errors_are_failure_envelopes_never_faults(wire, session, method, params, code):
-    params = [session] if params is None else ([session, *params] if method != "VM.get_all" else params)
+    params = [session if p == "{session}" else p for p in params]
     reply = wire.xml(method, *params)
     assert reply.status == 200
     assert reply.body.startswith(FAILURE_HEAD)

@@ -58,6 +58,7 @@ class Dispatcher:
                 self.server.sessions.check(params[0])
             raise XenAPIError(E.MESSAGE_METHOD_UNKNOWN, call.method)
         msg, is_async = found
+        _check_text(params)
         if is_async and not msg.is_async:
             return Fault(f"No async mode for this operation (rpc: {call.method})"), None
         skip = 1 if msg.session else 0
@@ -69,10 +70,11 @@ class Dispatcher:
         identity = call.identity or Identity()
         if msg.session:
             ctx = self.server.sessions.context(params[0], identity)
-            if msg.permission not in ctx.permissions:
-                raise XenAPIError(E.RBAC_PERMISSION_DENIED, msg.permission,
+            permission, roles = msg.keyed(args[1]) if msg.key_roles else (msg.permission, msg.roles)
+            if permission not in ctx.permissions:
+                raise XenAPIError(E.RBAC_PERMISSION_DENIED, permission,
                                   "No permission in user session. (Roles with this permission: "
-                                  + ", ".join(msg.roles) + ")")
+                                  + ", ".join(roles) + ")")
         else:
             ctx = Context(self.server, identity=identity)
         ctx.method = msg.wire_name
@@ -92,6 +94,24 @@ class Dispatcher:
                 continue
             if cls in FORWARD_CLASSES or not self.store.exists(cls, value):
                 raise XenAPIError(E.HANDLE_INVALID, cls, value)
+
+
+def _check_text(value) -> None:
+    """xapi's first check: every string parameter must be valid Unicode (JSON can smuggle surrogates)."""
+    if isinstance(value, str):
+        if not value.isascii():
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise XenAPIError(E.INVALID_VALUE, "Invalid UTF-8 string in parameter",
+                                  value.encode("utf-8", "replace").decode()) from None
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _check_text(item)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key)
+            _check_text(item)
 
 
 def _is_read(method: str) -> bool:

@@ -30,6 +30,7 @@ class Field:
     default: Any = MISSING           # MISSING: the type's empty value; required in a constructor
     doc: str = ""
     writer_roles: tuple[str, ...] | None = None   # None: the class default
+    key_roles: dict[str, tuple[str, ...]] | None = None   # map keys with their own roles ("prefix*" allowed)
     lifecycle: str = "published"     # published | deprecated | removed (still in records)
 
     def empty(self) -> Any:
@@ -69,6 +70,14 @@ class Message:
     implicit: bool = False           # derived from the fields, not written by hand
     cls: str = ""                    # set when the class is registered
     hidden: bool = False             # not in system.listMethods (xapi hides get_all_records_where)
+    key_roles: dict[str, tuple[str, ...]] | None = None   # map accessors: keys with roles of their own
+
+    def keyed(self, key: str) -> tuple[str, tuple[str, ...]]:
+        """The permission and roles a call with this map key needs (xapi's ``/key:`` permissions)."""
+        for pattern, roles in (self.key_roles or {}).items():
+            if key == pattern or pattern.endswith("*") and key.startswith(pattern[:-1]):
+                return f"{self.permission}/key:{pattern}".lower(), roles
+        return self.permission, self.roles
 
     @property
     def wire_name(self) -> str:
@@ -145,8 +154,9 @@ def parse_type(text: str, enums: dict[str, T.Enum]) -> T.WireType:
 
 
 def fields(spec: str, enums: dict[str, T.Enum], defaults: dict[str, Any] | None = None,
-           docs: dict[str, str] | None = None, writers: dict[str, tuple[str, ...]] | None = None) -> list[Field]:
-    defaults, docs, writers = defaults or {}, docs or {}, writers or {}
+           docs: dict[str, str] | None = None, writers: dict[str, tuple[str, ...]] | None = None,
+           key_roles: dict[str, dict[str, tuple[str, ...]]] | None = None) -> list[Field]:
+    defaults, docs, writers, key_roles = defaults or {}, docs or {}, writers or {}, key_roles or {}
     out = []
     for token in spec.split():
         m = _FIELD.match(token)
@@ -156,10 +166,9 @@ def fields(spec: str, enums: dict[str, T.Enum], defaults: dict[str, Any] | None 
         out.append(Field(
             name, parse_type(type_text, enums),
             {"": RO, "^": CTOR, "*": RW}[qual],
-            defaults.get(name, MISSING), docs.get(name, ""), writers.get(name),
+            defaults.get(name, MISSING), docs.get(name, ""), writers.get(name), key_roles.get(name),
             {"": "published", "!": "deprecated", "~": "removed", "?": "prototyped"}[life]))
-    unknown = set(defaults) | set(docs) | set(writers) - {f.name for f in out}
-    unknown -= {f.name for f in out}
+    unknown = (set(defaults) | set(docs) | set(writers) | set(key_roles)) - {f.name for f in out}
     if unknown:
         raise ValueError(f"defaults/docs for undeclared fields: {sorted(unknown)}")
     return out

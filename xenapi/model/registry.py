@@ -79,11 +79,18 @@ class Registry:
     def list_methods(self) -> list[str]:
         return sorted(m.wire_name for m in self.messages.values() if not m.hidden)
 
+    def _grants(self):
+        """(permission, roles) of every message, and of every map key with roles of its own."""
+        for m in self.messages.values():
+            yield m.permission, m.roles
+            for key, roles in (m.key_roles or {}).items():
+                yield f"{m.permission}/key:{key}".lower(), roles
+
     def permissions(self) -> list[str]:
-        return sorted({m.permission for m in self.messages.values()})
+        return sorted({perm for perm, _ in self._grants()})
 
     def permissions_of(self, role: str) -> frozenset[str]:
-        return frozenset(m.permission for m in self.messages.values() if role in m.roles)
+        return frozenset(perm for perm, roles in self._grants() if role in roles)
 
 
 def _check_type(t: T.WireType, known: set[str], where: str) -> None:
@@ -174,9 +181,10 @@ def _field_messages(decl: ClassDecl, f: Field, self_param) -> list[Message]:
         out += [
             Message(f"add_to_{name}", f"Add the given key-value pair to the {name} field of the given {cls}.",
                     [self_param, param(f.type.key, "key", "key to add"), param(f.type.value, "value", "value to add")],
-                    roles=roles, errors=(E.MAP_DUPLICATE_KEY,), impl=add_to, implicit=True),
+                    roles=roles, errors=(E.MAP_DUPLICATE_KEY,), impl=add_to, implicit=True, key_roles=f.key_roles),
             Message(f"remove_from_{name}", f"Remove the given key and its value from the {name} field of the given {cls}; a missing key is not an error.",
-                    [self_param, param(f.type.key, "key", "key to remove")], roles=roles, impl=remove_from, implicit=True),
+                    [self_param, param(f.type.key, "key", "key to remove")], roles=roles, impl=remove_from, implicit=True,
+                    key_roles=f.key_roles),
         ]
     elif isinstance(f.type, T.Set):
         def add(ctx, ref, value):

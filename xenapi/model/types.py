@@ -48,19 +48,20 @@ class _String(WireType):
 
 class _Int(WireType):
     doc_name = "int"
+    _RANGE = range(-2**63, 2**63)          # every Xen-API int is an int64
 
     def convert(self, value, where):
         if isinstance(value, bool):
             raise _wrong(where)
-        if isinstance(value, int):
-            return value
         if isinstance(value, str):
             try:
-                return int(value.strip(), 10)
+                value = int(value.strip(), 10)
             except ValueError:
-                pass
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+                raise _wrong(where) from None
+        elif isinstance(value, float) and value.is_integer():
+            value = int(value)
+        if isinstance(value, int) and value in self._RANGE:
+            return value
         raise _wrong(where)
 
     def empty(self):

@@ -76,8 +76,8 @@ const scenarios = {
   // connect, initial sync through event.inject + get_all_records + event.from, list, disconnect
   async connect() {
     const xapi = await connected()
-    // the first event.from answers at once (event.inject touched the pool before the initial fetch)
-    await withTimeout(new Promise(resolve => xapi.once('eventFetchingSuccess', resolve)), 'the first event.from')
+    // a round trip through event.from: barrier() adds a pool other_config key and waits for its event
+    await withTimeout(xapi.barrier(), 'barrier()')
     const objects = Object.values(xapi.objects.all)
     const counts = {}
     for (const o of objects) counts[o.$type] = (counts[o.$type] ?? 0) + 1
