@@ -106,6 +106,9 @@ class Reconciler:
         """The store-owned fields of a domain about to be defined through the API."""
         self._expected[uuid] = fields
 
+    def unexpect(self, uuid: str) -> None:
+        self._expected.pop(uuid, None)
+
     def relist(self, host: str) -> None:
         conn = self.server.hosts.connection(host)
         seen = {state.uuid: state for state in conn.list_domains()}

@@ -47,10 +47,18 @@ class VMs:
         record["affinity"] = values.get("affinity", NULL_REF)
         xml = domxml.build({**record, "stamp": _stamp(record)}, self.hosts.virt_type(host),
                            uuid=uuid, name=libvirt_name(record["name_label"], uuid))
-        self.reconciler.expect(uuid, _store_owned(record))
-        conn.define(xml)
-        self.reconciler.refresh(host, uuid)
+        self._define(host, conn, uuid, xml, _store_owned(record))
         return vm_ref(uuid)
+
+    def _define(self, host: str, conn, uuid: str, xml: str, owned: dict) -> None:
+        """Define in libvirt, then observe; what the store alone keeps waits for the first observation."""
+        self.reconciler.expect(uuid, owned)
+        try:
+            conn.define(xml)
+        except Exception:
+            self.reconciler.unexpect(uuid)
+            raise
+        self.reconciler.refresh(host, uuid)
 
     def clone(self, ctx, vm: str, rec: dict, new_name: str) -> str:
         host = self.hosts.home_of(vm)
@@ -64,9 +72,7 @@ class VMs:
         xml = rewrite.clone(source, uuid=uuid, name=libvirt_name(new_name, uuid), title=new_name, stamp=_stamp(rec))
         owned = {k: v for k, v in _store_owned(rec).items()
                  if k not in ("blocked_operations", "is_default_template", "snapshots", "children")}
-        self.reconciler.expect(uuid, {**owned, "parent": NULL_REF})
-        conn.define(xml)
-        self.reconciler.refresh(host, uuid)
+        self._define(host, conn, uuid, xml, {**owned, "parent": NULL_REF})
         return vm_ref(uuid)
 
     def provision(self, ctx, vm: str, rec: dict) -> None:
