@@ -165,8 +165,8 @@ class Events:
         if canonical is None:
             raise XenAPIError(E.HANDLE_INVALID, cls, ref)
         self.store.get(canonical, ref)
-        self.store.touch(canonical, ref)
-        return self.token(self.store.last_id)
+        touched = self.store.touch(canonical, ref)
+        return self.token(touched - 1)     # as xapi: a token just before the injected event
 
     def forget(self, session_ref: str) -> None:
         with self._lock:

@@ -127,7 +127,12 @@ class Hosts:
             "live": conn.live, "last_updated": DateTime.now()}, derived_uuid("host_metrics", uri)))
         for n, ref in enumerate(cpus):
             ops.append(self._upsert("host_cpu", ref, self._cpu_fields(host, n, facts), derived_uuid("host_cpu", f"{uri}/{n}")))
-        ops.append(self._upsert("VM", control, self._control_domain(host, facts), derived_uuid("VM", f"control/{uri}")))
+        control_metrics = derived_ref("VM_metrics", f"control/{uri}")
+        ops.append(self._upsert("VM_metrics", control_metrics, {
+            "memory_actual": facts.memory_total if facts else 0, "VCPUs_number": facts.cpu_count if facts else 0,
+            "last_updated": DateTime.now()}, derived_uuid("VM_metrics", f"control/{uri}")))
+        ops.append(self._upsert("VM", control, {**self._control_domain(host, facts), "metrics": control_metrics},
+                                derived_uuid("VM", f"control/{uri}")))
         self.store.apply(ops)
 
     def _upsert(self, cls: str, ref: str, fields: dict, uuid: str):

@@ -144,9 +144,9 @@ class Store:
     def delete(self, cls: str, ref: str) -> None:
         self.apply([delete(cls, ref)])
 
-    def touch(self, cls: str, ref: str) -> None:
-        """A mod event with nothing changed (event.inject)."""
-        self.apply([Op("touch", cls, ref, {})])
+    def touch(self, cls: str, ref: str) -> int:
+        """A mod event with nothing changed (event.inject); returns its change id."""
+        return self.apply([Op("touch", cls, ref, {})])
 
     def apply(self, ops: Iterable[Op]) -> int:
         """Apply a batch atomically: all of it or, on a bad ref, none of it.  Returns the last id."""

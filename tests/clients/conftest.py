@@ -51,6 +51,10 @@ class CallLog:
     entries: list[Recorded] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
+    def clear(self) -> None:
+        with self.lock:
+            self.entries.clear()
+
     def methods(self) -> list[str]:
         with self.lock:
             return [e.method for e in self.entries]
@@ -59,9 +63,30 @@ class CallLog:
         with self.lock:
             return [e for e in self.entries if e.method == method]
 
+    def of_originator(self, originator: str) -> "CallLog":
+        """The calls of the sessions a client opened with this originator (its logins included)."""
+        with self.lock:
+            logins = [e for e in self.entries if e.method == "session.login_with_password"
+                      and e.params[3:4] == (originator,)]
+            sessions = {e.outcome.value for e in logins if type(e.outcome).__name__ == "Success"}
+            login_ids = {id(e) for e in logins}
+            mine = [e for e in self.entries
+                    if id(e) in login_ids or (e.params and isinstance(e.params[0], str) and e.params[0] in sessions)]
+        return CallLog(mine)
+
     def protocols(self) -> set[str]:
         with self.lock:
             return {e.protocol for e in self.entries}
+
+    def wait_in_flight(self, method: str, timeout: float = 10.0) -> Recorded:
+        """A call of ``method`` the server has received and not yet answered (a blocked long poll)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.named(method):
+                if e.outcome is None:
+                    return e
+            time.sleep(0.01)
+        raise AssertionError(f"no {method} call in flight within {timeout} s; calls: {self.methods()}")
 
     def wait_for(self, method: str, timeout: float = 10.0) -> Recorded:
         """The first answered call of ``method``; calls arrive from other processes, so poll."""
@@ -142,7 +167,6 @@ class XoClient:
             pytest.fail(f"xo_client.mjs {scenario} ({transport}) exited {proc.returncode}, not {exit_code}\n"
                         f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}", pytrace=False)
         return NodeRun(json.loads(lines[-1]), proc.stderr, seconds)
-
 
     def start(self, scenario: str, url: str, transport: str = "auto", **options) -> "NodeProcess":
         """Start a scenario that prints ``READY <ref>`` once connected and then waits for the test."""
