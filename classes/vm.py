@@ -219,7 +219,7 @@ VM = declare_class(
               param(T.Ref("SR"), "sr", "An SR to copy all the VM's disks into (OpaqueRef:NULL: the same SRs)", null_ok=True)],
              copy, roles=VM_ADMIN, result=T.Ref("VM"), errors=_POWER_ERRORS),
         _msg("provision", "Inspects the disk configuration contained within the VM's other_config, creates VDIs and VBDs and then executes any applicable post-install script.",
-             [_VM], provision, roles=VM_ADMIN, errors=(*_POWER_ERRORS, E.VALUE_NOT_SUPPORTED)),
+             [_VM], provision, roles=VM_ADMIN, errors=(*_POWER_ERRORS, E.ONLY_PROVISION_TEMPLATE, E.VALUE_NOT_SUPPORTED)),
         _msg("set_memory_limits", "Set the memory limits of this VM (only while halted).",
              [_SELF, param(T.Int, "static_min", "The new value of memory_static_min."),
               param(T.Int, "static_max", "The new value of memory_static_max."),

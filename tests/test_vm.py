@@ -46,6 +46,8 @@ def test_allowed_operations_follow_the_power_state(xapi):
     xapi.xenapi.VM.hard_shutdown(vm)
     ops = set(xapi.xenapi.VM.get_allowed_operations(vm))
     assert {"start", "clone", "destroy"} <= ops and "pause" not in ops
+    assert "provision" not in ops                      # only templates are provisioned
+    assert _fails(xapi.xenapi.VM.provision, vm) == ["ONLY_PROVISION_TEMPLATE"]
     assert xapi.xenapi.VM.get_current_operations(vm) == {}
 
 

@@ -55,6 +55,7 @@ MEMORY_CONSTRAINT_VIOLATION = _declare("MEMORY_CONSTRAINT_VIOLATION", "constrain
 # VMs and hosts
 VM_BAD_POWER_STATE = _declare("VM_BAD_POWER_STATE", "vm expected actual", "You attempted an operation on a VM that was not in an appropriate power state.")
 VM_IS_TEMPLATE = _declare("VM_IS_TEMPLATE", "vm op", "The operation attempted is not valid for a template VM.")
+ONLY_PROVISION_TEMPLATE = _declare("ONLY_PROVISION_TEMPLATE", "", "The provision call can only be invoked on templates, not regular VMs.")
 VM_IS_SNAPSHOT = _declare("VM_IS_SNAPSHOT", "vm op", "The operation attempted is not valid for a snapshot VM.")
 VM_SHUTDOWN_TIMEOUT = _declare("VM_SHUTDOWN_TIMEOUT", "vm timeout", "The VM did not complete its clean shutdown within the timeout.")
 VM_REBOOT_TIMEOUT = _declare("VM_REBOOT_TIMEOUT", "vm timeout", "The VM did not complete its clean reboot within the timeout.")

@@ -35,6 +35,8 @@ ALLOWED_IN: dict[str, frozenset[str]] = {
 
 # What a template may do: be copied, provisioned or destroyed; never run.
 TEMPLATE_OPS = frozenset({"clone", "copy", "provision", "destroy", "changing_memory_limits", "changing_VCPUs"})
+# ... and what only a template may do (xapi: ONLY_PROVISION_TEMPLATE).
+TEMPLATE_ONLY_OPS = frozenset({"provision"})
 
 _guard = threading.Lock()     # check-and-mark of current_operations must be atomic across threads
 
@@ -49,7 +51,7 @@ def allowed_operations(rec: dict) -> list[str]:
         return []
     state = rec["power_state"]
     blocked = rec["blocked_operations"]
-    ops = TEMPLATE_OPS if rec["is_a_template"] else ALLOWED_IN.keys()
+    ops = TEMPLATE_OPS if rec["is_a_template"] else ALLOWED_IN.keys() - TEMPLATE_ONLY_OPS
     return sorted(op for op in ops if state in ALLOWED_IN[op] and op not in blocked)
 
 
@@ -59,6 +61,8 @@ def check(rec: dict, ref: str, op: str) -> None:
         raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not allowed on the control domain")
     if rec["is_a_template"] and op not in TEMPLATE_OPS:
         raise XenAPIError(E.VM_IS_TEMPLATE, ref, op)
+    if not rec["is_a_template"] and op in TEMPLATE_ONLY_OPS:
+        raise XenAPIError(E.ONLY_PROVISION_TEMPLATE)
     if op in rec["blocked_operations"]:
         raise XenAPIError(E.OPERATION_BLOCKED, ref, rec["blocked_operations"][op])
     for task, running in rec["current_operations"].items():
