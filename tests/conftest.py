@@ -115,3 +115,16 @@ def wait_for_event(xapi, classes: list[str], token: str, predicate, timeout: flo
             if predicate(event):
                 return event
     raise AssertionError(f"no matching {classes} event within {timeout} s")
+
+
+@pytest.fixture
+def wire(running):
+    """Raw HTTP to the running server (tests/wire_client.py), for suites that assert bytes."""
+    from tests.wire_client import Wire
+    return Wire(running)
+
+
+@pytest.fixture
+def session(wire) -> str:
+    """A root session ref, logged in over the raw wire."""
+    return wire.login()

@@ -4,115 +4,18 @@ no response ever carries a Python traceback, nothing is half-written, and the se
 """
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 import time
 import uuid as _uuid
 import xmlrpc.client
-from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 
 from tests.conftest import start_server, stop_server
+from tests.wire_client import Wire
 from xenapi.model.declare import CTOR, RW
 
 NOT_A_REF = "OpaqueRef:00000000-0000-0000-0000-000000000000"
-PASSWD = Path("/etc/passwd").read_text() if Path("/etc/passwd").exists() else ""
-PASSWD_LINES = [line.encode() for line in PASSWD.splitlines() if len(line) > 8]
-
-
-class Reply:
-    def __init__(self, status: int, content_type: str | None, body: bytes):
-        self.status, self.content_type, self.body = status, content_type, body
-
-    def envelope(self) -> dict:
-        assert self.status == 200, (self.status, self.body)
-        (value,), _ = xmlrpc.client.loads(self.body)
-        return value
-
-    def json(self) -> dict:
-        assert self.status == 200, (self.status, self.body)
-        return json.loads(self.body)
-
-
-def clean(body: bytes) -> None:
-    """What no response may ever contain: a traceback or a local file's content."""
-    assert b"Traceback" not in body, body[:500]
-    assert b'File "' not in body, body[:500]
-    for line in PASSWD_LINES:
-        assert line not in body, "a local file leaked into a response"
-
-
-class Wire:
-    def __init__(self, running):
-        parts = urlsplit(running.url)
-        self.host, self.port = parts.hostname, parts.port
-        self.running = running
-
-    def post(self, path: str, body: bytes, content_type: str = "text/xml") -> Reply:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=15)
-        try:
-            conn.request("POST", path, body, {"Content-Type": content_type})
-            resp = conn.getresponse()
-            reply = Reply(resp.status, resp.getheader("Content-Type"), resp.read())
-        finally:
-            conn.close()
-        clean(reply.body)
-        return reply
-
-    def xml(self, method: str, *params) -> Reply:
-        return self.post("/", xmlrpc.client.dumps(params, method, allow_none=True).encode())
-
-    def json(self, method: str, params, call_id=1) -> Reply:
-        doc = {"jsonrpc": "2.0", "method": method, "params": params, "id": call_id}
-        return self.post("/jsonrpc", json.dumps(doc).encode(), "application/json")
-
-    def call(self, method: str, *params):
-        envelope = self.xml(method, *params).envelope()
-        assert envelope["Status"] == "Success", envelope
-        return envelope["Value"]
-
-    def error(self, method: str, *params) -> list[str]:
-        envelope = self.xml(method, *params).envelope()
-        assert envelope["Status"] == "Failure", envelope
-        return envelope["ErrorDescription"]
-
-    def json_error(self, method: str, params) -> list[str]:
-        reply = self.json(method, params).json()
-        assert "error" in reply, reply
-        return [reply["error"]["message"], *reply["error"].get("data", [])]
-
-    def login(self) -> str:
-        return self.call("session.login_with_password", "root", "admin-pw")
-
-    def assert_serving(self) -> None:
-        """A good call on a fresh connection, over both protocols."""
-        session = self.login()
-        assert self.call("VM.get_all", session)
-        assert self.json("VM.get_all", [session]).json()["result"]
-
-    def vm(self, session: str, power_state: str) -> str:
-        for ref, rec in self.call("VM.get_all_records", session).items():
-            if not rec["is_control_domain"] and rec["power_state"] == power_state:
-                return ref
-        raise LookupError(power_state)
-
-    def raw_socket(self) -> socket.socket:
-        return socket.create_connection((self.host, self.port), timeout=5)
-
-
-@pytest.fixture
-def wire(running) -> Wire:
-    return Wire(running)
-
-
-@pytest.fixture
-def session(wire) -> str:
-    return wire.login()
-
-
 def not_internal(description: list[str]) -> list[str]:
     assert description[0] != "INTERNAL_ERROR", description
     return description
@@ -165,12 +68,12 @@ def test_jsonrpc_notification_without_id_is_refused_with_http_500(wire, doc):
 
 def test_jsonrpc_batch_is_refused_whole_and_changes_nothing(wire, session):
     vm = wire.vm(session, "Halted")
-    before = wire.call("VM.get_name_label", session, vm)
+    before = wire.value("VM.get_name_label", session, vm)
     batch = [{"jsonrpc": "2.0", "method": "VM.set_name_label", "params": [session, vm, "renamed"], "id": 1},
              {"jsonrpc": "2.0", "method": "VM.start", "params": [session], "id": 2}]
     reply = wire.post("/jsonrpc", json.dumps(batch).encode(), "application/json")
     assert reply.status == 500
-    assert wire.call("VM.get_name_label", session, vm) == before
+    assert wire.value("VM.get_name_label", session, vm) == before
     wire.assert_serving()
 
 
@@ -238,7 +141,7 @@ def test_external_entities_never_read_local_files(wire, session):
     for name, body in xxe_bodies(session, vm).items():
         reply = wire.post("/", body)          # clean() checks no passwd line is in the reply
         assert reply.status in (400, 500), name
-    description = wire.call("VM.get_name_description", session, vm)
+    description = wire.value("VM.get_name_description", session, vm)
     assert "root:" not in description
     record = wire.xml("VM.get_record", session, vm)
     assert record.status == 200
@@ -255,7 +158,7 @@ def test_body_over_configured_limit_gets_413_in_both_protocols(tmp_path):
         padding = "x" * 4096
         assert wire.xml("VM.get_by_name_label", session, padding).status == 413
         assert wire.json("VM.get_by_name_label", [session, padding]).status == 413
-        assert wire.call("VM.get_by_name_label", session, "x" * 100) == []
+        assert wire.value("VM.get_by_name_label", session, "x" * 100) == []
         wire.assert_serving()
     finally:
         stop_server(running)
@@ -304,7 +207,7 @@ def test_non_bool_start_paused_gives_field_type_error_naming_it(wire, session):
     assert wire.json_error("VM.start", [session, vm, 5, False]) == ["FIELD_TYPE_ERROR", "start_paused"]
     assert wire.error("VM.start", session, vm, None, False) == ["FIELD_TYPE_ERROR", "start_paused"]
     assert wire.error("VM.start", session, vm, False, [True]) == ["FIELD_TYPE_ERROR", "force"]
-    assert wire.call("VM.get_power_state", session, vm) == "Halted"
+    assert wire.value("VM.get_power_state", session, vm) == "Halted"
     wire.assert_serving()
 
 
@@ -331,12 +234,12 @@ def test_type_check_comes_before_the_session_check(wire):
 
 def test_bad_enum_value_gives_invalid_value(wire, session):
     vm = wire.vm(session, "Halted")
-    before = wire.call("VM.get_actions_after_shutdown", session, vm)
+    before = wire.value("VM.get_actions_after_shutdown", session, vm)
     description = wire.error("VM.set_actions_after_shutdown", session, vm, "explode")
     assert description[0] == "INVALID_VALUE" and "explode" in description
-    assert wire.call("VM.get_actions_after_shutdown", session, vm) == before
-    assert wire.call("VM.set_actions_after_shutdown", session, vm, "RESTART") == ""   # enums: any case
-    assert wire.call("VM.get_actions_after_shutdown", session, vm) == "restart"
+    assert wire.value("VM.get_actions_after_shutdown", session, vm) == before
+    assert wire.value("VM.set_actions_after_shutdown", session, vm, "RESTART") == ""   # enums: any case
+    assert wire.value("VM.get_actions_after_shutdown", session, vm) == "restart"
     wire.assert_serving()
 
 
@@ -344,11 +247,11 @@ def test_int_beyond_int64_is_refused_not_an_internal_error(wire, session):
     """xapi's int is int64: a bigger number must fail with a Xen-API error, never reach libvirt."""
     vm = wire.vm(session, "Halted")
     huge = 10 ** 30
-    before = wire.call("VM.get_record", session, vm)
+    before = wire.value("VM.get_record", session, vm)
     description = wire.json_error("VM.set_memory_limits", [session, vm, huge, huge, huge, huge])
     not_internal(description)
     assert wire.json_error("VM.set_user_version", [session, vm, huge])[0] == "FIELD_TYPE_ERROR"
-    after = wire.call("VM.get_record", session, vm)
+    after = wire.value("VM.get_record", session, vm)
     assert after["memory_static_max"] == before["memory_static_max"]
     assert after["user_version"] == before["user_version"]
     wire.assert_serving()
@@ -363,7 +266,7 @@ def test_invalid_unicode_in_a_string_parameter_gives_invalid_value(wire, session
     reply = wire.post("/jsonrpc", body, "application/json").json()
     assert reply.get("error", {}).get("message") == "INVALID_VALUE", reply
     assert reply["error"]["data"][0] == "Invalid UTF-8 string in parameter"
-    assert wire.call("VM.get_other_config", session, vm) == {}
+    assert wire.value("VM.get_other_config", session, vm) == {}
     wire.assert_serving()
 
 
@@ -384,7 +287,7 @@ def test_login_with_one_or_five_arguments_gives_count_mismatch(wire):
     assert wire.error("session.login_with_password", "root", "admin-pw", "1.1", "x", "extra") == \
         ["MESSAGE_PARAMETER_COUNT_MISMATCH", "session.login_with_password", "2", "5"]
     for params in (("root", "admin-pw"), ("root", "admin-pw", "1.1"), ("root", "admin-pw", "1.1", "me")):
-        assert wire.call("session.login_with_password", *params).startswith("OpaqueRef:")
+        assert wire.value("session.login_with_password", *params).startswith("OpaqueRef:")
 
 
 def test_extra_argument_to_a_getter_gives_count_mismatch(wire, session):
@@ -431,26 +334,26 @@ def test_unknown_vm_ref_gives_handle_invalid_with_class_and_ref(wire, session, r
 
 
 def test_ref_of_another_class_gives_handle_invalid(wire, session):
-    host = wire.call("host.get_all", session)[0]
+    host = wire.value("host.get_all", session)[0]
     assert wire.error("VM.get_record", session, host) == ["HANDLE_INVALID", "VM", host]
 
 
 def test_destroyed_vm_ref_gives_handle_invalid_everywhere(wire, session):
-    clone = wire.call("VM.clone", session, wire.vm(session, "Halted"), "doomed")
-    wire.call("VM.destroy", session, clone)
+    clone = wire.value("VM.clone", session, wire.vm(session, "Halted"), "doomed")
+    wire.value("VM.destroy", session, clone)
     assert wire.error("VM.get_record", session, clone) == ["HANDLE_INVALID", "VM", clone]
     assert wire.error("VM.get_name_label", session, clone) == ["HANDLE_INVALID", "VM", clone]
     assert wire.error("VM.start", session, clone, False, False) == ["HANDLE_INVALID", "VM", clone]
     assert wire.error("VM.destroy", session, clone) == ["HANDLE_INVALID", "VM", clone]
-    assert clone not in wire.call("VM.get_all", session)
+    assert clone not in wire.value("VM.get_all", session)
     wire.assert_serving()
 
 
 def test_unknown_uuid_gives_uuid_invalid(wire, session):
     unknown = str(_uuid.uuid4())
     assert wire.error("VM.get_by_uuid", session, unknown) == ["UUID_INVALID", "VM", unknown]
-    host = wire.call("host.get_all", session)[0]
-    host_uuid = wire.call("host.get_uuid", session, host)
+    host = wire.value("host.get_all", session)[0]
+    host_uuid = wire.value("host.get_uuid", session, host)
     assert wire.error("VM.get_by_uuid", session, host_uuid) == ["UUID_INVALID", "VM", host_uuid]
 
 
@@ -477,7 +380,7 @@ def test_client_disconnecting_mid_body_leaves_server_serving(wire, session):
 
 
 def test_client_disconnecting_while_its_call_blocks_leaves_server_serving(wire, session):
-    token = wire.call("event.from", session, ["pool"], "", 0.0)["token"]
+    token = wire.value("event.from", session, ["pool"], "", 0.0)["token"]
     body = xmlrpc.client.dumps((session, ["pool"], token, 0.5), "event.from").encode()
     sock = wire.raw_socket()
     sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
@@ -485,14 +388,14 @@ def test_client_disconnecting_while_its_call_blocks_leaves_server_serving(wire, 
     sock.close()                         # the answer, 0.5 s later, has nowhere to go
     time.sleep(0.7)
     wire.assert_serving()
-    assert wire.call("VM.get_all", session)
+    assert wire.value("VM.get_all", session)
 
 
 # -- libvirt failures: a Xen-API error, never INTERNAL_ERROR; nothing half-written ----------------
 
 def _create_record(wire: Wire, running, session: str, **overrides) -> dict:
     """A complete constructor record (as clients build one from an existing VM's record)."""
-    source = wire.call("VM.get_record", session, wire.vm(session, "Halted"))
+    source = wire.value("VM.get_record", session, wire.vm(session, "Halted"))
     names = {f.name for f in running.server.registry.classes["VM"].fields if f.qualifier in (RW, CTOR)}
     return {**{k: v for k, v in source.items() if k in names}, **overrides}
 
@@ -505,54 +408,54 @@ XAPI_VM_CREATE_REQUIRED = """user_version is_a_template affinity memory_static_m
 
 
 def test_vm_create_with_only_xapis_required_keys_succeeds(wire, session):
-    source = wire.call("VM.get_record", session, wire.vm(session, "Halted"))
+    source = wire.value("VM.get_record", session, wire.vm(session, "Halted"))
     record = {k: source[k] for k in XAPI_VM_CREATE_REQUIRED}
     envelope = wire.xml("VM.create", session, record).envelope()
     assert envelope["Status"] == "Success", envelope
-    assert wire.call("VM.get_power_state", session, envelope["Value"]) == "Halted"
+    assert wire.value("VM.get_power_state", session, envelope["Value"]) == "Halted"
 
 
 def test_vm_create_missing_a_required_key_gives_field_not_found_and_no_vm(wire, session):
-    source = wire.call("VM.get_record", session, wire.vm(session, "Halted"))
+    source = wire.value("VM.get_record", session, wire.vm(session, "Halted"))
     record = {k: source[k] for k in XAPI_VM_CREATE_REQUIRED if k != "memory_static_max"}
-    before = set(wire.call("VM.get_all", session))
+    before = set(wire.value("VM.get_all", session))
     description = wire.error("VM.create", session, {**record, "name_label": "incomplete"})
     assert description[0] == "INTERNAL_ERROR"
     assert "memory_static_max" in description[1], description
-    assert set(wire.call("VM.get_all", session)) == before
+    assert set(wire.value("VM.get_all", session)) == before
     wire.assert_serving()
 
 
 def test_vm_create_with_a_record_libvirt_rejects_gives_backend_failure_and_no_vm(running, wire, session):
-    before = wire.call("VM.get_all_records", session)
+    before = wire.value("VM.get_all_records", session)
     domains_before = len(running.server.hosts.connection(running.server.master_ref).list_domains())
     record = _create_record(wire, running, session, name_label="rejected", VCPUs_max="100000",
                             VCPUs_at_startup="100000")
     description = not_internal(wire.error("VM.create", session, record))
     assert description[0] == "BACKEND_FAILURE"
-    assert wire.call("VM.get_all_records", session).keys() == before.keys()
-    assert wire.call("VM.get_by_name_label", session, "rejected") == []
+    assert wire.value("VM.get_all_records", session).keys() == before.keys()
+    assert wire.value("VM.get_by_name_label", session, "rejected") == []
     assert len(running.server.hosts.connection(running.server.master_ref).list_domains()) == domains_before
-    assert wire.call("VM.create", session, _create_record(wire, running, session, name_label="accepted"))
+    assert wire.value("VM.create", session, _create_record(wire, running, session, name_label="accepted"))
 
 
 @pytest.mark.parametrize("memory", ["0", "-1048576"])
 def test_vm_create_with_impossible_memory_gives_a_xenapi_error_and_no_vm(running, wire, session, memory):
-    before = set(wire.call("VM.get_all", session))
+    before = set(wire.value("VM.get_all", session))
     record = _create_record(wire, running, session, name_label="no-memory", memory_static_max=memory,
                             memory_dynamic_max=memory, memory_dynamic_min=memory, memory_static_min=memory)
     not_internal(wire.error("VM.create", session, record))
-    assert set(wire.call("VM.get_all", session)) == before
+    assert set(wire.value("VM.get_all", session)) == before
     wire.assert_serving()
 
 
 def test_libvirt_refusing_a_change_leaves_the_record_unchanged(wire, session):
     vm = wire.vm(session, "Halted")
-    before = wire.call("VM.get_record", session, vm)
+    before = wire.value("VM.get_record", session, vm)
     description = not_internal(wire.error("VM.set_VCPUs_max", session, vm, "100000"))
     assert description[0] == "BACKEND_FAILURE"
     assert description[2] == "set_vcpus"
-    after = wire.call("VM.get_record", session, vm)
+    after = wire.value("VM.get_record", session, vm)
     assert (after["VCPUs_max"], after["VCPUs_at_startup"]) == (before["VCPUs_max"], before["VCPUs_at_startup"])
     assert after["current_operations"] == {}
     assert "changing_VCPUs" in after["allowed_operations"]
@@ -561,10 +464,10 @@ def test_libvirt_refusing_a_change_leaves_the_record_unchanged(wire, session):
 
 def test_refused_memory_limits_leave_the_record_unchanged(wire, session):
     vm = wire.vm(session, "Halted")
-    before = wire.call("VM.get_record", session, vm)
+    before = wire.value("VM.get_record", session, vm)
     assert wire.error("VM.set_memory_limits", session, vm, "512", "256", "256", "256")[0] == \
         "MEMORY_CONSTRAINT_VIOLATION"
-    after = wire.call("VM.get_record", session, vm)
+    after = wire.value("VM.get_record", session, vm)
     for field in ("memory_static_min", "memory_static_max", "memory_dynamic_min", "memory_dynamic_max"):
         assert after[field] == before[field]
     assert after["current_operations"] == {}
@@ -572,7 +475,7 @@ def test_refused_memory_limits_leave_the_record_unchanged(wire, session):
 
 def test_domain_undefined_behind_the_servers_back_gives_a_clear_error_on_start(running, wire, session):
     vm = wire.vm(session, "Halted")
-    uuid = wire.call("VM.get_uuid", session, vm)
+    uuid = wire.value("VM.get_uuid", session, vm)
     running.server.hosts.connection(running.server.master_ref).undefine(uuid)
     description = not_internal(wire.error("VM.start", session, vm, False, False))
     assert description[0] in ("HANDLE_INVALID", "BACKEND_FAILURE", "OPERATION_NOT_ALLOWED")
@@ -581,14 +484,14 @@ def test_domain_undefined_behind_the_servers_back_gives_a_clear_error_on_start(r
 
 def test_domain_started_behind_the_servers_back_gives_a_clear_error_on_start(running, wire, session):
     vm = wire.vm(session, "Halted")
-    uuid = wire.call("VM.get_uuid", session, vm)
+    uuid = wire.value("VM.get_uuid", session, vm)
     running.server.hosts.connection(running.server.master_ref).start(uuid)
     description = not_internal(wire.error("VM.start", session, vm, False, False))
     assert description[0] in ("BACKEND_FAILURE", "VM_BAD_POWER_STATE")
     deadline = time.monotonic() + 5
-    while wire.call("VM.get_power_state", session, vm) != "Running" and time.monotonic() < deadline:
+    while wire.value("VM.get_power_state", session, vm) != "Running" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert wire.call("VM.get_power_state", session, vm) == "Running"
+    assert wire.value("VM.get_power_state", session, vm) == "Running"
 
 
 def test_lost_libvirt_connection_gives_host_error_and_reads_keep_working(running, wire, session):
@@ -596,6 +499,6 @@ def test_lost_libvirt_connection_gives_host_error_and_reads_keep_working(running
     running.server.hosts.connection(running.server.master_ref).close()
     description = not_internal(wire.error("VM.start", session, vm, False, False))
     assert description[0] in ("HOST_OFFLINE", "HOST_NOT_LIVE")
-    assert wire.call("VM.get_power_state", session, vm) == "Halted"
-    assert wire.call("VM.get_current_operations", session, vm) == {}
+    assert wire.value("VM.get_power_state", session, vm) == "Halted"
+    assert wire.value("VM.get_current_operations", session, vm) == {}
     wire.assert_serving()

@@ -3,15 +3,14 @@ about bytes (shared/reference/xenapi-wire-and-datamodel.md §1-§4, xenapi-clien
 """
 from __future__ import annotations
 
-import http.client
-import json
 import re
 import threading
 import time
 import xmlrpc.client
-from urllib.parse import urlsplit
 
 import pytest
+
+from tests.wire_client import Wire, failure, ok
 
 
 GAP = re.compile(rb">\s+<")
@@ -23,77 +22,6 @@ SUCCESS_HEAD = (b'<?xml version="1.0"?><methodResponse><params><param><value><st
 FAILURE_HEAD = (b'<?xml version="1.0"?><methodResponse><params><param><value><struct>'
                 b'<member><name>Status</name><value>Failure</value></member>'
                 b'<member><name>ErrorDescription</name>')
-
-
-class Reply:
-    def __init__(self, status: int, headers: http.client.HTTPMessage, body: bytes):
-        self.status = status
-        self.headers = headers
-        self.body = body
-
-    @property
-    def content_type(self) -> str | None:
-        return self.headers.get("Content-Type")
-
-    def xml(self):
-        (value,), _ = xmlrpc.client.loads(self.body)
-        return value
-
-    def json(self):
-        return json.loads(self.body)
-
-
-class Wire:
-    """Raw HTTP to the server under test; one new connection per call unless given one."""
-
-    def __init__(self, running):
-        parts = urlsplit(running.url)
-        self.host, self.port = parts.hostname, parts.port
-
-    def connect(self) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=15)
-
-    def post(self, path: str, body: bytes, content_type: str = "text/xml", conn=None) -> Reply:
-        own = conn is None
-        conn = conn or self.connect()
-        try:
-            conn.request("POST", path, body, {"Content-Type": content_type})
-            resp = conn.getresponse()
-            return Reply(resp.status, resp.headers, resp.read())
-        finally:
-            if own:
-                conn.close()
-
-    def xml(self, method: str, *params, path: str = "/", conn=None) -> Reply:
-        body = xmlrpc.client.dumps(params, method, allow_none=True).encode()
-        return self.post(path, body, conn=conn)
-
-    def json(self, method: str, params: list, *, call_id=1, version: str | None = "2.0", conn=None) -> Reply:
-        doc = {"method": method, "params": params, "id": call_id}
-        if version:
-            doc["jsonrpc"] = version
-        return self.post("/jsonrpc", json.dumps(doc).encode(), "application/json", conn=conn)
-
-    # -- conveniences ------------------------------------------------------------------------
-    def login(self) -> str:
-        reply = self.xml("session.login_with_password", "root", "admin-pw", "2.21", "pytest")
-        return ok(reply)
-
-    def value(self, method: str, *params):
-        return ok(self.xml(method, *params))
-
-
-def ok(reply: Reply):
-    envelope = reply.xml()
-    assert envelope["Status"] == "Success", envelope
-    return envelope["Value"]
-
-
-def failure(reply: Reply) -> list[str]:
-    assert reply.status == 200
-    envelope = reply.xml()
-    assert envelope["Status"] == "Failure", envelope
-    return envelope["ErrorDescription"]
 
 
 def nulls(value, path="") -> list[str]:
@@ -114,16 +42,6 @@ def wait_task(wire: Wire, session: str, task: str, timeout: float = 10.0) -> dic
         if rec["status"] != "pending" or time.monotonic() > deadline:
             return rec
         time.sleep(0.02)
-
-
-@pytest.fixture
-def wire(running) -> Wire:
-    return Wire(running)
-
-
-@pytest.fixture
-def session(wire) -> str:
-    return wire.login()
 
 
 # -- HTTP: content types, paths, keep-alive, concurrency -------------------------------------
