@@ -21,7 +21,7 @@ from common import PASSWORD, ROOT, free_port, wait_port
 import libvirt
 import XenAPI
 
-from tests.test_backend_connection import PrivateLibvirtd
+from tests.private_libvirtd import PrivateLibvirtd
 
 
 def main() -> int:

@@ -12,12 +12,12 @@ import re
 import sys
 import time
 
-from common import PASSWORD, XenapiServer, node_xml, report
+from common import PASSWORD, XenapiServer, compare, node_xml
 
 import libvirt
 import XenAPI
 
-from tests.test_backend_connection import PrivateLibvirtd
+from tests.private_libvirtd import PrivateLibvirtd
 
 
 def time_xenapi(url: str) -> float:
@@ -61,12 +61,8 @@ def main() -> int:
             if n < args.vms // 2:
                 dom.create()
         conn.close()
-        ours_ms, base_ms = [], []
-        for _ in range(args.rounds):
-            ours_ms.append(time_xenapi(ours.url))
-            base_ms.append(time_libvirt(daemon.uri))
-        ratio = report(f"list {args.vms} VMs", ours_ms, base_ms, "ms", higher_is_better=False)
-        print(f"target <= 1.0: {'met' if ratio <= 1.0 else 'NOT met'}")
+        compare(f"list {args.vms} VMs", args.rounds, lambda: time_xenapi(ours.url),
+                lambda: time_libvirt(daemon.uri), "ms", higher_is_better=False, target=1.0)
     finally:
         daemon.remove()
         ours.stop()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from common import PASSWORD, ROOT, XenapiServer, free_port, node_xml, report, wait_port
+from common import PASSWORD, XenapiServer, compare, free_port, node_xml, wait_port
 
 import XenAPI
 
@@ -58,12 +58,9 @@ def main() -> int:
     base = subprocess.Popen([sys.executable, "-c", BASELINE, str(port)])
     try:
         wait_port(port)
-        ours_rates, base_rates = [], []
-        for _ in range(args.rounds):
-            ours_rates.append(rate(ours.url, args.calls))
-            base_rates.append(rate(f"http://127.0.0.1:{port}", args.calls))
-        ratio = report("VM.get_power_state calls/s", ours_rates, base_rates, "calls/s", higher_is_better=True)
-        print(f"target >= 1.0: {'met' if ratio >= 1.0 else 'NOT met'}")
+        compare("VM.get_power_state calls/s", args.rounds, lambda: rate(ours.url, args.calls),
+                lambda: rate(f"http://127.0.0.1:{port}", args.calls), "calls/s",
+                higher_is_better=True, target=1.0)
     finally:
         base.terminate()
         ours.stop()

@@ -57,13 +57,21 @@ def node_xml(domains: int, running: int) -> str:
     return make(domains, running)
 
 
-def report(name: str, ours: list[float], base: list[float], unit: str, higher_is_better: bool) -> float:
-    """Print medians and the ratio ours/baseline; returns the ratio."""
-    mo, mb = statistics.median(ours), statistics.median(base)
+def compare(name: str, rounds: int, ours, base, unit: str, *, higher_is_better: bool,
+            target: float) -> float:
+    """Measure ``ours()`` and ``base()`` in alternating rounds (so a noisy neighbour hits both
+    alike), print medians, each round and the ratio ours/baseline against ``target``."""
+    ours_v, base_v = [], []
+    for _ in range(rounds):
+        ours_v.append(ours())
+        base_v.append(base())
+    mo, mb = statistics.median(ours_v), statistics.median(base_v)
     ratio = mo / mb
     better = "higher" if higher_is_better else "lower"
     print(f"{name}: xenapi median {mo:.1f} {unit}, baseline median {mb:.1f} {unit}, "
           f"ratio {ratio:.2f} ({better} is better)")
-    print(f"  rounds xenapi:   {', '.join(f'{v:.1f}' for v in ours)}")
-    print(f"  rounds baseline: {', '.join(f'{v:.1f}' for v in base)}")
+    print(f"  rounds xenapi:   {', '.join(f'{v:.1f}' for v in ours_v)}")
+    print(f"  rounds baseline: {', '.join(f'{v:.1f}' for v in base_v)}")
+    met = ratio >= target if higher_is_better else ratio <= target
+    print(f"target {'>=' if higher_is_better else '<='} {target}: {'met' if met else 'NOT met'}")
     return ratio
