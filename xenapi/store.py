@@ -25,7 +25,7 @@ import sqlite_utils
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model.declare import ClassDecl
-from xenapi.wire.values import DateTime
+from xenapi.wire.values import DateTime, FrozenRecord
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +155,7 @@ class Store:
             for op in ops:
                 current = self._objs[op.cls].get(op.ref)
                 if op.kind == "add":
-                    new = op.fields
+                    new = FrozenRecord(op.fields)
                 elif current is None:
                     if op.kind == "del":
                         continue                      # already gone: deleting twice is not an error
@@ -165,7 +165,7 @@ class Store:
                 elif op.kind == "mod":
                     if all(current.get(k) == v for k, v in op.fields.items()):
                         continue                      # no change, no event
-                    new = {**current, **op.fields}
+                    new = FrozenRecord({**current, **op.fields})
                 else:
                     new = None
                 staged.append((op, current, new))
@@ -227,7 +227,7 @@ class Store:
                     continue
                 rec = self.new_record(cls, json.loads(data, object_hook=_decode))
                 rec = {f.name: rec[f.name] for f in self._decls[cls].fields}   # drop fields no longer declared
-                self._install(cls, ref, None, rec)
+                self._install(cls, ref, None, FrozenRecord(rec))
                 n += 1
         return n
 

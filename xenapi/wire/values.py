@@ -44,3 +44,22 @@ NEVER = DateTime(0.0)   # xapi's "never": 19700101T00:00:00Z
 class I4(int):
     """An int that XML-RPC must send as <i4> (xapi does so only for event.from's valid_ref_counts)."""
     __slots__ = ()
+
+
+class FrozenRecord(dict):
+    """A record as the store holds it: never changed once installed (writes build a new one), so
+    the codecs may keep its wire form and send it again without re-encoding.  Reads of 1,000
+    records then cost a join, not a walk of 90,000 fields."""
+    __slots__ = ("xml",)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.xml: str | None = None            # filled by the XML-RPC codec on first encoding
+
+    def _frozen(self, *args, **kwargs):
+        raise TypeError("store records are copy-on-write: build a new dict instead")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _frozen
+
+    def __reduce__(self):
+        return dict, (dict(self),)

@@ -28,7 +28,7 @@ from defusedxml.xmlrpc import DefusedExpatParser
 
 from xenapi.errors import INTERNAL_ERROR
 from xenapi.wire import Bare, Call, Failure, Fault, Limits, Success, WireError
-from xenapi.wire.values import DateTime, I4
+from xenapi.wire.values import DateTime, FrozenRecord, I4
 
 log = logging.getLogger(__name__)
 
@@ -241,13 +241,15 @@ def _value(v, out) -> None:
     t = type(v)
     if t is str:
         out(f"<value>{_text(v)}</value>")
+    elif t is FrozenRecord:
+        xml = v.xml
+        if xml is None:
+            parts: list[str] = []
+            _struct(v, parts.append)
+            xml = v.xml = "".join(parts)
+        out(xml)
     elif t is dict:
-        out("<value><struct>")
-        for k, x in v.items():
-            out(f"<member><name>{_text(k if type(k) is str else map_key(k))}</name>")
-            _value(x, out)
-            out("</member>")
-        out("</struct></value>")
+        _struct(v, out)
     elif t is list or t is tuple:
         out("<value><array><data>")
         for x in v:
@@ -267,6 +269,15 @@ def _value(v, out) -> None:
         out(f"<value><i4>{int.__repr__(v)}</i4></value>")
     else:
         _other(v, out)
+
+
+def _struct(v: dict, out) -> None:
+    out("<value><struct>")
+    for k, x in v.items():
+        out(f"<member><name>{_text(k if type(k) is str else map_key(k))}</name>")
+        _value(x, out)
+        out("</member>")
+    out("</struct></value>")
 
 
 def _other(v, out) -> None:
