@@ -73,6 +73,13 @@ def test_create_defines_a_halted_domain_in_libvirt_with_every_field(running, xap
     assert "<title>made</title>" in xml
 
 
+def test_create_with_an_empty_name_label_keeps_it_empty(xapi):
+    vm = xapi.xenapi.VM.create(_record(name_label=""))
+    assert xapi.xenapi.VM.get_name_label(vm) == ""          # not libvirt's generated <name>
+    xapi.xenapi.VM.set_name_label(vm, "named later")
+    assert xapi.xenapi.VM.get_name_label(vm) == "named later"
+
+
 def test_create_without_a_required_field_fails_and_creates_nothing(xapi):
     before = set(xapi.xenapi.VM.get_all())
     record = _record()

@@ -111,7 +111,9 @@ def parse(xml: str) -> dict:
     fields = {
         "uuid": _text(root, "uuid"),
         "name": name,
-        "name_label": _text(root, "title") or name,
+        # ours always carry a stamp and keep name_label in <title> (absent when empty); a domain
+        # defined by someone else is labelled by its libvirt name
+        "name_label": _text(root, "title") or ("" if raw_stamp else name),
         "name_description": _text(root, "description"),
         "memory_static_max": _memory_bytes(root.find("memory")),
         "memory_dynamic_max": current_memory,
