@@ -1,6 +1,13 @@
-"""Local users: a name, one of xapi's roles, a scrypt password hash.  Kept in SQLite."""
+"""Local users: a name, one of xapi's roles (or ``none``: grant-only), groups, a scrypt password
+hash.  Kept in SQLite.
+
+A grant-only user (role ``none``) holds no role's permissions: what it may do comes from grants
+(auth/grants.py) naming it or one of its groups.  Groups are plain names, set by a pool-admin
+through the API (``user.set_groups``); they exist only as far as users and grants name them.
+"""
 from __future__ import annotations
 
+import json
 import secrets
 import threading
 import time
@@ -9,9 +16,17 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from auth.passwords import hash_password, verify_password
+from auth.rbac import NO_ROLE
 from xenapi.model.roles import LADDER
 
+ROLES = (*LADDER, NO_ROLE)
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
+_COLUMNS = "name, role, fullname, created, groups"
+
+
+def valid_name(name: str) -> bool:
+    """User and group names: letters, digits and . _ - @, at most 64."""
+    return isinstance(name, str) and 0 < len(name) <= 64 and not set(name) - _NAME_OK
 
 
 @dataclass(frozen=True)
@@ -20,6 +35,11 @@ class User:
     role: str
     fullname: str
     created: float
+    groups: tuple[str, ...] = ()
+
+    @classmethod
+    def of_row(cls, row: dict) -> "User":
+        return cls(row["name"], row["role"], row["fullname"], row["created"], tuple(json.loads(row["groups"] or "[]")))
 
 
 class UserError(ValueError):
@@ -30,21 +50,25 @@ class Users:
     def __init__(self, db: sqlite_utils.Database, lock: threading.RLock):
         self._db = db
         self._lock = lock           # the connection's lock: shared with the store
-        db["users"].create({"name": str, "role": str, "password": str, "fullname": str, "created": float},
-                           pk="name", if_not_exists=True)
+        with lock:
+            db["users"].create({"name": str, "role": str, "password": str, "fullname": str, "created": float,
+                                "groups": str}, pk="name", if_not_exists=True)
+            if "groups" not in db["users"].columns_dict:          # a database from before groups
+                db["users"].add_column("groups", str)
 
     def add(self, name: str, role: str, password: str, fullname: str = "") -> User:
-        if not name or set(name) - _NAME_OK or len(name) > 64:
+        if not valid_name(name):
             raise UserError(f"invalid user name {name!r}: use letters, digits and . _ - @ (at most 64)")
-        if role not in LADDER:
-            raise UserError(f"unknown role {role!r}; roles are: {', '.join(LADDER)}")
+        if role not in ROLES:
+            raise UserError(f"unknown role {role!r}; roles are: {', '.join(ROLES)}")
         if not password:
             raise UserError("the password must not be empty")
         hashed = hash_password(password)       # slow on purpose: outside the lock
         with self._lock:
             if self.get(name):
                 raise UserError(f"user {name!r} already exists")
-            row = {"name": name, "role": role, "password": hashed, "fullname": fullname, "created": time.time()}
+            row = {"name": name, "role": role, "password": hashed, "fullname": fullname, "created": time.time(),
+                   "groups": "[]"}
             self._db["users"].insert(row)
         return self.get(name)
 
@@ -61,14 +85,25 @@ class Users:
         with self._lock:
             self._db["users"].update(name, {"password": hashed})
 
+    def set_fullname(self, name: str, fullname: str) -> None:
+        with self._lock:
+            self._db["users"].update(name, {"fullname": fullname})
+
+    def set_groups(self, name: str, groups: list[str]) -> None:
+        bad = [g for g in groups if not valid_name(g)]
+        if bad:
+            raise UserError(f"invalid group name {bad[0]!r}: use letters, digits and . _ - @ (at most 64)")
+        with self._lock:
+            self._db["users"].update(name, {"groups": json.dumps(sorted(set(groups)))})
+
     def get(self, name: str) -> User | None:
         with self._lock:
-            rows = list(self._db.query("SELECT name, role, fullname, created FROM users WHERE name = ?", [name]))
-        return User(**rows[0]) if rows else None
+            rows = list(self._db.query(f"SELECT {_COLUMNS} FROM users WHERE name = ?", [name]))
+        return User.of_row(rows[0]) if rows else None
 
     def all(self) -> list[User]:
         with self._lock:
-            return [User(**r) for r in self._db.query("SELECT name, role, fullname, created FROM users ORDER BY name")]
+            return [User.of_row(r) for r in self._db.query(f"SELECT {_COLUMNS} FROM users ORDER BY name")]
 
     def authenticate(self, name: str, password: str) -> User | None:
         with self._lock:

@@ -1,6 +1,8 @@
 """The API's classes, one module each; ``REGISTRY`` is built (and checked) from them at import."""
+from classes.audit import audit
 from classes.console import console
 from classes.event import event
+from classes.grant import grant
 from classes.host import host
 from classes.host_cpu import host_cpu
 from classes.host_metrics import host_metrics
@@ -14,6 +16,6 @@ from classes.vm_metrics import VM_guest_metrics, VM_metrics
 from xenapi.model.registry import Registry
 
 DECLARATIONS = [session, pool, host, host_metrics, host_cpu, VM, VM_metrics, VM_guest_metrics, console, task,
-                event, role, user]
+                event, role, user, grant, audit]
 
 REGISTRY = Registry(DECLARATIONS)

@@ -1,10 +1,25 @@
-"""task: the record of a long-running or asynchronous call."""
+"""task: the record of a long-running or asynchronous call.
+
+As in xapi, anyone may create tasks, but only a task's owner (the user whose call or task.create
+made it: ``other_config["owner"]``) may destroy, cancel or update it; others need xapi's
+``task.destroy/any`` permission (pool-operator and up), else RBAC_PERMISSION_DENIED names it.
+The owner key is the server's record and keeps its value whatever other_config a caller sets.
+"""
+from auth.rbac import EXTRA_PERMISSIONS, TASK_ANY, denied
 from classes.enums import ENUMS
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
 
 _SELF = param(T.Ref("task"), "self", "Reference to the task object")
+OWNER = "owner"
+
+
+def _assert_may_change(ctx, task) -> dict:
+    rec = ctx.store.get("task", task)
+    if rec["other_config"].get(OWNER) != ctx.user and TASK_ANY not in ctx.permissions:
+        raise denied(TASK_ANY, EXTRA_PERMISSIONS[TASK_ANY])
+    return rec
 
 
 def create(ctx, label, description):
@@ -12,15 +27,26 @@ def create(ctx, label, description):
 
 
 def destroy(ctx, self):
+    _assert_may_change(ctx, self)
     ctx.store.delete("task", self)
 
 
 def cancel(ctx, task):
+    _assert_may_change(ctx, task)
     ctx.server.tasks.cancel(task)
 
 
 def _setter(field, convert=lambda v: v):
-    return lambda ctx, self, value: ctx.store.update("task", self, {field: convert(value)})
+    def set_field(ctx, self, value):
+        _assert_may_change(ctx, self)
+        ctx.store.update("task", self, {field: convert(value)})
+    return set_field
+
+
+def set_other_config(ctx, self, value):
+    owner = _assert_may_change(ctx, self)["other_config"].get(OWNER)
+    value = {k: v for k, v in value.items() if k != OWNER}
+    ctx.store.update("task", self, {"other_config": {**value, OWNER: owner} if owner is not None else value})
 
 
 task = declare_class(
@@ -46,5 +72,5 @@ task = declare_class(
         message("set_error_info", "Set the task error info.", params=[_SELF, param(T.Set(T.String), "value", "Task error info to be set")],
                 impl=_setter("error_info")),
     ],
-    persisted=True,
+    persisted=True, hooks={"set_other_config": set_other_config},
 )

@@ -63,31 +63,49 @@ _START_PAUSED = param(T.Bool, "start_paused", "Instantiate VM in paused state if
 _FORCE = param(T.Bool, "force", "Attempt to force the VM to start; ignored (there is no host-side check to override).")
 
 
-def _power(op: str, action, *, wait_for: str | None = None):
-    """A message body: guard ``op``, ask libvirt, re-observe, and optionally wait for a state."""
+def _power(op: str, action, *, until=None, timeout_code: str = ""):
+    """A message body: guard ``op``, ask libvirt, re-observe.  With ``until(ctx, vm)``, which reads
+    what "finished" means before libvirt is asked, wait for it (up to clean_shutdown_timeout, else
+    ``timeout_code``) unless the action returns False: it finished within the call."""
     def body(ctx, vm, *args):
         with lifecycle.operation(ctx, vm, op) as rec:
             hosts = ctx.server.hosts
             host = hosts.home_of(vm)
-            action(hosts.connection(host), rec["uuid"], *args)
+            conn = hosts.connection(host)
+            finished = until(ctx, vm) if until else None
+            pending = action(conn, rec["uuid"], *args)
             ctx.server.reconciler.refresh(host, rec["uuid"])
-            if wait_for:
-                _wait_for_state(ctx, vm, host, rec["uuid"], wait_for, op)
+            if finished and pending is not False:
+                _wait_until(ctx, vm, host, rec["uuid"], finished, timeout_code)
     body.__name__ = op
     return body
 
 
-def _wait_for_state(ctx, vm: str, host: str, uuid: str, state: str, op: str) -> None:
-    """Wait for a guest to finish what it was asked (a clean shutdown), within the configured time."""
+def _halted(ctx, vm):
+    return lambda: ctx.store.get("VM", vm)["power_state"] == "Halted"
+
+
+def _rebooted(ctx, vm):
+    """The guest was reset (the reconciler moves VM_metrics.start_time on libvirt's REBOOT event),
+    or it halted instead (actions_after_reboot = destroy)."""
+    metrics = ctx.store.get("VM", vm)["metrics"]
+    before = ctx.store.get("VM_metrics", metrics)["start_time"]
+    return lambda: (ctx.store.get("VM", vm)["power_state"] == "Halted"
+                    or ctx.store.get("VM_metrics", metrics)["start_time"] != before)
+
+
+def _wait_until(ctx, vm: str, host: str, uuid: str, finished, timeout_code: str) -> None:
+    """Wait for a guest to finish what it was asked (a clean shutdown or reboot), within the
+    configured time; after a timeout the VM is left as it is (still running), ready for the next
+    operation, e.g. a hard shutdown."""
     timeout = ctx.server.config.clean_shutdown_timeout
     deadline = time.monotonic() + timeout
     ctx.allow_cancel(True)
     try:
-        while ctx.store.get("VM", vm)["power_state"] != state:
+        while not finished():
             ctx.check_cancelled()
             if time.monotonic() >= deadline:
-                code = E.VM_SHUTDOWN_TIMEOUT if state == "Halted" else E.VM_REBOOT_TIMEOUT
-                raise XenAPIError(code, vm, f"{timeout:g}")
+                raise XenAPIError(timeout_code, vm, f"{timeout:g}")
             ctx.store.wait(ctx.store.generation, min(0.5, deadline - time.monotonic()))
             ctx.server.reconciler.refresh(host, uuid)     # events can be missed; re-read cheaply
     finally:
@@ -123,9 +141,11 @@ def shutdown(ctx, vm):
 
 
 start = _power("start", lambda conn, uuid, paused, force: conn.start(uuid, paused))
-clean_shutdown = _power("clean_shutdown", lambda conn, uuid: conn.shutdown(uuid), wait_for="Halted")
+clean_shutdown = _power("clean_shutdown", lambda conn, uuid: conn.shutdown(uuid), until=_halted,
+                        timeout_code=E.VM_SHUTDOWN_TIMEOUT)
 hard_shutdown = _power("hard_shutdown", _hard_shutdown)
-clean_reboot = _power("clean_reboot", lambda conn, uuid: conn.reboot(uuid))
+clean_reboot = _power("clean_reboot", lambda conn, uuid: conn.reboot(uuid), until=_rebooted,
+                      timeout_code=E.VM_REBOOT_TIMEOUT)
 hard_reboot = _power("hard_reboot", _hard_reboot)
 pause = _power("pause", lambda conn, uuid: conn.pause(uuid))
 unpause = _power("unpause", lambda conn, uuid: conn.unpause(uuid))
@@ -199,8 +219,8 @@ VM = declare_class(
              [_VM], shutdown, errors=_POWER_ERRORS),
         _msg("hard_shutdown", "Stop executing the specified VM without attempting a clean shutdown.",
              [_VM], hard_shutdown, errors=_POWER_ERRORS),
-        _msg("clean_reboot", "Attempt to cleanly reboot the specified VM (the guest is asked to reboot).",
-             [_VM], clean_reboot, errors=_POWER_ERRORS),
+        _msg("clean_reboot", "Attempt to cleanly reboot the specified VM (the guest is asked to reboot); returns once the guest has reset, or fails with VM_REBOOT_TIMEOUT if it does not within the configured time.",
+             [_VM], clean_reboot, errors=(*_POWER_ERRORS, E.VM_REBOOT_TIMEOUT, E.TASK_CANCELLED)),
         _msg("hard_reboot", "Stop executing the specified VM without attempting a clean shutdown and immediately restart the VM.",
              [_VM], hard_reboot, errors=_POWER_ERRORS),
         _msg("pause", "Pause the specified VM. This can only be called when the specified VM is in the Running state.",

@@ -4,7 +4,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from xenapi import exporter
 from xenapi.context import Identity
+from xenapi.transport import stdio
 from xenapi.transport.http import Request, Response
 from xenapi.wire import Limits, WireError, jsonrpc, xmlrpc
 
@@ -28,7 +30,11 @@ class Api:
 
     def __call__(self, request: Request) -> Response:
         if request.method == "POST":
+            if stdio.is_upgrade(request):    # `xenapi stdio` switching to the stream protocol
+                return stdio.accept(self.server, request, self.limits)
             return self.rpc(request)
+        if request.path == "/metrics":
+            return exporter.serve(self.server, request, identity_of(request))
         if request.method == "OPTIONS":
             return Response(200, "text/plain", b"", _PREFLIGHT)
         if request.method in ("GET", "HEAD") and request.path in ("/", "/index.html"):
@@ -44,10 +50,13 @@ class Api:
             log.info("event=bad-request via=%s addr=%s status=%d reason=%s", request.scheme,
                      _address(request.peer), e.status_hint, e)
             return Response(e.status_hint, "text/plain", f"{e}\n".encode(), _CORS)
-        via = "unix" if request.peer == "unix" else request.scheme
-        call = dataclasses.replace(call, identity=Identity(via=via, address=_address(request.peer)))
+        call = dataclasses.replace(call, identity=identity_of(request))
         outcome = self.server.dispatcher.dispatch(call)
         return Response(200, content_type, codec.encode(outcome, call), _CORS)
+
+
+def identity_of(request: Request) -> Identity:
+    return Identity(via="unix" if request.peer == "unix" else request.scheme, address=_address(request.peer))
 
 
 def _address(peer) -> str:

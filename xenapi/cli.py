@@ -29,6 +29,14 @@ def _config(args) -> configuration.Config:
         cfg.state = args.state
     if getattr(args, "unix_socket", None):
         cfg.unix_socket = args.unix_socket
+    if getattr(args, "ssh_listen", None):
+        cfg.ssh_listen = args.ssh_listen
+    if getattr(args, "tls_cert", None):
+        cfg.tls_cert = args.tls_cert
+    if getattr(args, "tls_key", None):
+        cfg.tls_key = args.tls_key
+    if getattr(args, "tls_self_signed", None):
+        cfg.tls_self_signed = True
     return cfg
 
 
@@ -41,13 +49,16 @@ def cmd_serve(args) -> int:
     """Run the server until SIGINT or SIGTERM.
 
     Example: xenapi serve --listen 127.0.0.1:8080 --libvirt test:///default --state /var/lib/xenapi
+    HTTPS:   xenapi serve --listen 0.0.0.0:443 --tls-self-signed --state /var/lib/xenapi
     """
     _logging(args.verbose)
+    from xenapi import tls
     from xenapi.api import Api
     from xenapi.server import Server
     from xenapi.transport.http import HTTPServer
 
     cfg = _config(args)
+    ssl_context = tls.context_for(cfg)       # before anything starts: a bad setting stops here
     server = Server(cfg)
     generated = server.users.ensure_admin(os.environ.get("XENAPI_ADMIN_PASSWORD"))
     if generated:
@@ -55,13 +66,23 @@ def cmd_serve(args) -> int:
     server.start()
     api = Api(server)
     listeners = [HTTPServer(cfg.listen_address(), api, max_body_bytes=cfg.max_body_bytes,
-                            max_connections=cfg.max_connections)]
-    if cfg.unix_socket:
-        listeners.append(HTTPServer(cfg.unix_socket, api, max_body_bytes=cfg.max_body_bytes,
-                                    max_connections=cfg.max_connections))
+                            max_connections=cfg.max_connections, ssl_context=ssl_context)]
+    if cfg.unix_socket_path():
+        try:
+            listeners.append(HTTPServer(cfg.unix_socket_path(), api, max_body_bytes=cfg.max_body_bytes,
+                                        max_connections=cfg.max_connections))
+        except OSError as e:
+            if cfg.unix_socket:              # asked for by name: a real error
+                raise
+            log.warning("event=unix-socket-skipped path=%s reason=%s (`xenapi stdio` needs it: set "
+                        "[server] unix_socket)", cfg.unix_socket_path(), e)
+    if cfg.ssh_listen:
+        from xenapi.transport.ssh import SSHServer, host_key
+        listeners.append(SSHServer(server, cfg.ssh_address(), host_key(cfg.ssh_host_key_path()),
+                                   allow_passwords=cfg.ssh_allow_passwords, max_connections=cfg.max_connections))
     for listener in listeners:
         listener.start()
-        log.info("event=listening address=%s", listener.address)
+        log.info("event=listening scheme=%s address=%s", listener.scheme, listener.address)
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
@@ -73,7 +94,9 @@ def cmd_serve(args) -> int:
     return 0
 
 
-def _users(args):
+def _auth(args):
+    """(Users, Keys) on the state's database: the command line writes it beside a running server."""
+    from auth.keys import Keys
     from auth.users import Users
     from xenapi.store import Store
     from classes import REGISTRY
@@ -81,11 +104,16 @@ def _users(args):
     if cfg.state != ":memory:":
         os.makedirs(cfg.state, exist_ok=True)
     store = Store(REGISTRY.classes, cfg.database)
-    return Users(store.db, store.db_lock)
+    return Users(store.db, store.db_lock), Keys(store.db, store.db_lock)
+
+
+def _users(args):
+    return _auth(args)[0]
 
 
 def cmd_user_add(args) -> int:
-    """Add a local user with one of xapi's roles.
+    """Add a local user with one of xapi's roles, or role none: a grant-only user, who may do only
+    what grants (grant.create) give it.
 
     Example: echo 's3cret' | xenapi user add alice --role vm-operator --password-stdin
     """
@@ -122,17 +150,76 @@ def cmd_user_del(args) -> int:
     Example: xenapi user del alice
     """
     from auth.users import UserError
+    users, keys = _auth(args)
     try:
-        _users(args).remove(args.name)
+        users.remove(args.name)
     except UserError as e:
         print(f"xenapi: {e}", file=sys.stderr)
         return 1
+    keys.remove_user(args.name)
     print(f"deleted {args.name}")
     return 0
 
 
+def cmd_user_key_add(args) -> int:
+    """Register the SSH public key(s) of FILE (OpenSSH format, - for stdin) for the built-in SSH server.
+
+    Example: xenapi user key add alice ~alice/.ssh/id_ed25519.pub
+    """
+    from auth.keys import SSHKeyError
+    text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    try:
+        added = _auth(args)[1].add(args.name, text)
+    except SSHKeyError as e:
+        print(f"xenapi: {args.file}: {e}", file=sys.stderr)
+        return 1
+    for key in added:
+        print(f"added {key.fingerprint} {key.type} {key.comment}".rstrip())
+    return 0
+
+
+def cmd_user_key_list(args) -> int:
+    """List a user's SSH keys: fingerprint, type, comment.
+
+    Example: xenapi user key list alice
+    """
+    for key in _auth(args)[1].of(args.name):
+        print(f"{key.fingerprint}\t{key.type}\t{key.comment}")
+    return 0
+
+
+def cmd_user_key_del(args) -> int:
+    """Revoke one of a user's SSH keys by its fingerprint (as `user key list` shows it).
+
+    Example: xenapi user key del alice SHA256:2KZxr5VZr0WKS9Xw1fOcWPUmfLQ7E7nEhr3cMEtOBJc
+    """
+    from auth.keys import SSHKeyError
+    try:
+        _auth(args)[1].remove(args.name, args.fingerprint)
+    except SSHKeyError as e:
+        print(f"xenapi: {e}", file=sys.stderr)
+        return 1
+    print(f"deleted {args.fingerprint}")
+    return 0
+
+
+def cmd_stdio(args) -> int:
+    """Bare Xen-API on stdin/stdout (docs/ssh.md): XML-RPC documents or JSON-RPC lines in, one
+    response per request out, relayed through the running server's unix socket.
+
+    Example: cat calls.xml | xenapi stdio --user alice --state /var/lib/xenapi
+    authorized_keys: command="/usr/local/bin/xenapi stdio --user alice",restrict ssh-ed25519 AAAA...
+    """
+    from xenapi.transport.stdio import relay
+    path = _config(args).unix_socket_path()
+    if not path:
+        print("xenapi stdio: the server has no unix socket (unix_socket = off)", file=sys.stderr)
+        return 1
+    return relay(path, args.user)
+
+
 def parser() -> argparse.ArgumentParser:
-    from xenapi.model.roles import LADDER
+    from auth.users import ROLES
     top = argparse.ArgumentParser(prog="xenapi", description="A Xen-API server for libvirt hosts.")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", metavar="FILE", help="settings file (see xenapi.conf)")
@@ -144,6 +231,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080)")
     serve.add_argument("--libvirt", metavar="URI", action="append", help="a libvirt host URI; repeat for more hosts")
     serve.add_argument("--unix-socket", metavar="PATH", help="also serve HTTP on this unix socket")
+    serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
+    serve.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")
+    serve.add_argument("--tls-self-signed", action="store_true",
+                       help="serve HTTPS with STATE/tls/server.{crt,key}, made on first start")
+    serve.add_argument("--ssh-listen", metavar="HOST:PORT", help="run the built-in SSH server (docs/ssh.md)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every call, reads too")
     serve.set_defaults(func=cmd_serve)
 
@@ -151,7 +243,7 @@ def parser() -> argparse.ArgumentParser:
     add = user.add_parser("add", parents=[common], help="add a user", description=cmd_user_add.__doc__,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
     add.add_argument("name")
-    add.add_argument("--role", required=True, choices=LADDER)
+    add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--fullname")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     add.set_defaults(func=cmd_user_add)
@@ -162,6 +254,20 @@ def parser() -> argparse.ArgumentParser:
                          formatter_class=argparse.RawDescriptionHelpFormatter)
     rm.add_argument("name")
     rm.set_defaults(func=cmd_user_del)
+    key = user.add_parser("key", help="manage users' SSH keys").add_subparsers(dest="key_command", required=True)
+    for name, func, positional in (("add", cmd_user_key_add, ("name", "file")), ("list", cmd_user_key_list, ("name",)),
+                                   ("del", cmd_user_key_del, ("name", "fingerprint"))):
+        cmd = key.add_parser(name, parents=[common], help=func.__doc__.split("\n")[0], description=func.__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        for arg in positional:
+            cmd.add_argument(arg)
+        cmd.set_defaults(func=func)
+
+    stdio = sub.add_parser("stdio", parents=[common], help="Xen-API requests on stdin, responses on stdout",
+                           description=cmd_stdio.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stdio.add_argument("--user", metavar="NAME", help="the stream's user, authenticated by the caller (SSH)")
+    stdio.add_argument("--unix-socket", metavar="PATH", help="the server's unix socket (default: as the server)")
+    stdio.set_defaults(func=cmd_stdio)
     return top
 
 

@@ -19,21 +19,49 @@ class Config:
     domain_type: str = "auto"
     idle_timeout: float = 86400.0
     max_per_user: int = 500
+    login_failures_per_user: int = 5
+    login_failures_per_source: int = 20
+    login_failure_window: float = 300.0
+    login_lockout: float = 60.0
+    audit_keep: int = 100_000
     clean_shutdown_timeout: float = 60.0
     task_keep_seconds: float = 3900.0
     task_keep_count: int = 200
     event_log_size: int = 50_000
     metrics_interval: float = 5.0
+    metrics_public: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_self_signed: bool = False
+    ssh_listen: str = ""
+    ssh_host_key: str = ""
+    ssh_allow_passwords: bool = False
 
     @property
     def database(self) -> str:
         return ":memory:" if self.state == ":memory:" else str(Path(self.state) / "xenapi.db")
 
     def listen_address(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        if not host or not port.isdigit():
-            raise ValueError(f"listen must be HOST:PORT, got {self.listen!r}")
-        return host.strip("[]"), int(port)
+        return _host_port("listen", self.listen)
+
+    def ssh_address(self) -> tuple[str, int]:
+        return _host_port("ssh listen", self.ssh_listen)
+
+    def unix_socket_path(self) -> str:
+        """The unix socket: unix_socket, by default <state>/xenapi.sock; "" for none (``off``)."""
+        if self.unix_socket == "off" or (not self.unix_socket and self.state == ":memory:"):
+            return ""
+        return self.unix_socket or str(Path(self.state) / "xenapi.sock")
+
+    def ssh_host_key_path(self) -> str:
+        return self.ssh_host_key or str(Path(self.state) / "ssh_host_ed25519_key")
+
+
+def _host_port(name: str, value: str) -> tuple[str, int]:
+    host, _, port = value.rpartition(":")
+    if not host or not port.isdigit():
+        raise ValueError(f"{name} must be HOST:PORT, got {value!r}")
+    return host.strip("[]"), int(port)
 
 
 # (section, key) in the file -> attribute; the type comes from the dataclass default.
@@ -42,9 +70,17 @@ _KEYS = {
     ("server", "max_body_bytes"): "max_body_bytes", ("server", "max_connections"): "max_connections",
     ("libvirt", "uri"): "libvirt_uris", ("libvirt", "domain_type"): "domain_type",
     ("sessions", "idle_timeout"): "idle_timeout", ("sessions", "max_per_user"): "max_per_user",
+    ("logins", "failures_per_user"): "login_failures_per_user",
+    ("logins", "failures_per_source"): "login_failures_per_source",
+    ("logins", "window"): "login_failure_window", ("logins", "lockout"): "login_lockout",
+    ("audit", "keep"): "audit_keep",
     ("vm", "clean_shutdown_timeout"): "clean_shutdown_timeout",
     ("tasks", "keep_seconds"): "task_keep_seconds", ("tasks", "keep_count"): "task_keep_count",
     ("events", "log_size"): "event_log_size", ("metrics", "interval"): "metrics_interval",
+    ("metrics", "public"): "metrics_public",
+    ("tls", "cert"): "tls_cert", ("tls", "key"): "tls_key", ("tls", "self_signed"): "tls_self_signed",
+    ("ssh", "listen"): "ssh_listen", ("ssh", "host_key"): "ssh_host_key",
+    ("ssh", "allow_passwords"): "ssh_allow_passwords",
 }
 
 
@@ -63,6 +99,11 @@ def load(path: str | None) -> Config:
                 raise ValueError(f"{path}: unknown setting [{section}] {key}")
             if types[attr] is list:
                 value = text.split()
+            elif types[attr] is bool:        # bool("false") is True: use configparser's words
+                try:
+                    value = parser.getboolean(section, key)
+                except ValueError:
+                    raise ValueError(f"{path}: [{section}] {key} = {text!r} is not yes/no/true/false/on/off/1/0") from None
             else:
                 try:
                     value = types[attr](text)

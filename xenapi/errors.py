@@ -34,6 +34,7 @@ MESSAGE_PARAMETER_COUNT_MISMATCH = _declare("MESSAGE_PARAMETER_COUNT_MISMATCH", 
 RBAC_PERMISSION_DENIED = _declare("RBAC_PERMISSION_DENIED", "permission message", "Your session's roles do not allow this call.")
 PERMISSION_DENIED = _declare("PERMISSION_DENIED", "message", "Caller not allowed to perform this operation.")
 USER_IS_NOT_LOCAL_SUPERUSER = _declare("USER_IS_NOT_LOCAL_SUPERUSER", "msg", "Only the local superuser can perform this operation.")
+XMLRPC_UNMARSHAL_FAILURE = _declare("XMLRPC_UNMARSHAL_FAILURE", "expected received", "The server failed to unmarshal the request; it was expecting one element and received something else (a broken document on a stdio or SSH stream).")
 INTERNAL_ERROR = _declare("INTERNAL_ERROR", "message", "The server failed to handle your request; the log has the details under the given id.")
 NOT_IMPLEMENTED = _declare("NOT_IMPLEMENTED", "function", "The function is not implemented.")
 TOO_BUSY = _declare("TOO_BUSY", "", "The request was rejected because the server is too busy.")

@@ -5,6 +5,14 @@ token from an earlier server run (another epoch) is answered as if it were "": e
 an add, which is how clients re-seed their caches anyway.  event.from coalesces to one event per
 object; event.next returns every change in order and reports EVENTS_LOST to a subscriber the
 bounded log has left behind.
+
+A session without the ``event.from`` (``event.next``) permission, that is a grant-only session,
+sees only the objects it may read (auth/grants.py), as if no other existed.  Its view moves with
+its grants: the server remembers, per session and class, which objects it has shown, so an object
+that becomes readable (a grant is created, a tag is set) arrives as an ``add`` and one that stops
+being readable, or is deleted, as a ``del``.  A token obtained without event.from (event.inject)
+starts from what the session may read now; objects deleted before its first event.from call are
+then not reported.
 """
 from __future__ import annotations
 
@@ -24,6 +32,10 @@ MAX_FROM_TIMEOUT = 3600.0
 class Registration:
     classes: set[str] = field(default_factory=set)
     cursor: int = 0
+
+
+# A restricted session's view: per class, the refs it has been shown.
+View = dict[str, set[str]]
 
 
 def parse_subscriptions(classes: list[str], known: dict[str, str]) -> tuple[set[str] | None, set[str]]:
@@ -49,6 +61,7 @@ class Events:
         self.store = server.store
         self._known = {c.lower(): c for c, d in server.registry.classes.items() if d.events}
         self._regs: dict[str, Registration] = {}
+        self._views: dict[str, View] = {}
         self._lock = threading.Lock()
 
     # -- tokens ------------------------------------------------------------------------------
@@ -71,25 +84,33 @@ class Events:
         names, objects = parse_subscriptions(classes, self._known)
         after = self.parse_token(token)
         deadline = time.monotonic() + max(0.0, min(float(timeout), MAX_FROM_TIMEOUT))
+        restricted = "event.from" not in ctx.permissions
         while True:
             generation = self.store.generation
-            events, last = self._collect(names, objects, after)
+            if restricted:
+                events, last = self._collect_restricted(ctx, names, objects, after)
+                counts = self._restricted_counts(ctx, names)
+            else:
+                events, last = self._collect(names, objects, after)
+                counts = self._counts(names)
             if events or time.monotonic() >= deadline:
-                return {"events": events, "valid_ref_counts": self._counts(names), "token": self.token(last)}
+                return {"events": events, "valid_ref_counts": counts, "token": self.token(last)}
             after = last
             self.store.wait(generation, deadline - time.monotonic())
             if ctx.session_ref and not self.server.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
 
+    def _touched(self, names, after: int) -> tuple[list[tuple[str, str, str]], int]:
+        """(cls, ref, op) of every object changed since ``after``, coalesced, and the last id."""
+        changes = self.store.changes_after(after)
+        if changes is None:       # older than the log: fall back to per-object change ids
+            return self.store.touched_after(after, names)
+        return _coalesce(changes, after), changes[-1].id if changes else after
+
     def _collect(self, names, objects, after: int | None) -> tuple[list[dict], int]:
         if after is None:
             return self._everything(names, objects)
-        changes = self.store.changes_after(after)
-        if changes is None:       # older than the log: fall back to per-object change ids
-            touched, last = self.store.touched_after(after, names)
-        else:
-            last = changes[-1].id if changes else after
-            touched = _coalesce(changes, after)
+        touched, last = self._touched(names, after)
         events = []
         for cls, ref, op in touched:
             if not _wanted(cls, ref, names, objects):
@@ -120,9 +141,57 @@ class Events:
         return {lower: I4(self.store.count(cls)) for lower, cls in self._known.items()
                 if names is None or lower in names}
 
+    # -- what a restricted (grant-only) session sees ----------------------------------------
+    def _collect_restricted(self, ctx, names, objects, after: int | None) -> tuple[list[dict], int]:
+        """Events that move the session's view to what it may read now: add what became
+        readable, del what stopped being readable, mod what changed and stays readable."""
+        if after is None:
+            touched, last = [], self.store.last_id
+        else:
+            touched, last = self._touched(names, after)
+        ops = {(cls, ref): op for cls, ref, op in touched}
+        view = self._view(ctx.session_ref)
+        events = []
+        for lower, cls in self._known.items():
+            if names is not None and lower not in names and not any(o.startswith(lower + "/") for o in objects):
+                continue
+            readable = {ref for ref in self.server.access.readable(ctx, cls) if _wanted(cls, ref, names, objects)}
+            if after is None:
+                old = set()
+            elif cls in view:
+                old = {ref for ref in view[cls] if _wanted(cls, ref, names, objects)}
+            else:                 # no view yet: take what is readable now, minus what was born since
+                old = {ref for ref in readable if ops.get((cls, ref)) != "add"}
+            for ref in sorted(readable - old):
+                self._add_event(events, cls, ref, "add", last)
+            for ref in sorted(readable & old):
+                if (cls, ref) in ops:
+                    self._add_event(events, cls, ref, "mod", last)
+            events += [self._event(cls, ref, "del", None, last) for ref in sorted(old - readable)]
+            kept = {ref for ref in view.get(cls, ()) if not _wanted(cls, ref, names, objects)}
+            view[cls] = kept | readable
+        return events, last
+
+    def _add_event(self, events: list, cls: str, ref: str, op: str, last: int) -> None:
+        rec = self.store.find(cls, ref)
+        if rec is not None:
+            events.append(self._event(cls, ref, op, rec, last))
+
+    def _restricted_counts(self, ctx, names) -> dict:
+        return {lower: I4(len(self.server.access.readable(ctx, cls))) for lower, cls in self._known.items()
+                if names is None or lower in names}
+
+    def _view(self, session_ref: str) -> View:
+        with self._lock:
+            return self._views.setdefault(session_ref, {})
+
     # -- legacy event.register / next ------------------------------------------------------
     def register(self, ctx, classes: list[str]) -> None:
         names, objects = parse_subscriptions(classes, self._known)
+        if "event.next" not in ctx.permissions:     # restricted: start from what it may read now
+            view = self._view(ctx.session_ref)
+            for cls in self._known.values():
+                view.setdefault(cls, set(self.server.access.readable(ctx, cls)))
         with self._lock:
             reg = self._regs.setdefault(ctx.session_ref, Registration(cursor=self.store.last_id))
             reg.classes |= {"*"} if names is None else names | objects
@@ -146,12 +215,31 @@ class Events:
                 raise XenAPIError(E.EVENTS_LOST)
             if changes:
                 reg.cursor = changes[-1].id
-                events = [self._next_event(c) for c in changes if _registered(c.cls, c.ref, reg.classes)]
+                wanted = [c for c in changes if _registered(c.cls, c.ref, reg.classes)]
+                if "event.next" not in ctx.permissions:
+                    wanted = self._visible_changes(ctx, wanted)
+                events = [self._next_event(c) for c in wanted]
                 if events:
                     return events
             self.store.wait(generation, 30.0)
             if not self.server.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
+
+    def _visible_changes(self, ctx, changes) -> list:
+        """For a restricted session: changes to objects it may read now, and deletions of objects
+        it was shown."""
+        view = self._view(ctx.session_ref)
+        out = []
+        for c in changes:
+            shown = view.setdefault(c.cls, set())
+            if c.op == "del":
+                if c.ref in shown:
+                    shown.discard(c.ref)
+                    out.append(c)
+            elif self.server.access.may_read(ctx, c.cls, c.ref):
+                shown.add(c.ref)
+                out.append(c)
+        return out
 
     @staticmethod
     def _next_event(c) -> dict:
@@ -171,6 +259,7 @@ class Events:
     def forget(self, session_ref: str) -> None:
         with self._lock:
             self._regs.pop(session_ref, None)
+            self._views.pop(session_ref, None)
 
 
 def _coalesce(changes, after: int) -> list[tuple[str, str, str]]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from urllib.parse import urlparse
 
 from xenapi import errors as E
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
 from xenapi.errors import XenAPIError
+from xenapi.sampler import Sampler
 from xenapi.store import add, derived_ref, derived_uuid, mod
 from xenapi.wire.values import DateTime
 
@@ -31,12 +31,12 @@ class Hosts:
         self._by_uri: dict[str, str] = {}
         self._conns: dict[str, HostConnection] = {}
         self._facts: dict[str, HostFacts] = {}
-        self._stop = threading.Event()
+        self.sampler = Sampler(self, server.config.metrics_interval)
         for uri in uris:
             ref = derived_ref("host", uri)
             self.refs.append(ref)
             self._by_uri[uri] = ref
-            self._conns[ref] = HostConnection(uri, server.reconciler.on_domain_event, server.reconciler.on_liveness)
+            self._conns[ref] = HostConnection(uri, self._domain_event, server.reconciler.on_liveness)
 
     @property
     def master(self) -> str:
@@ -84,10 +84,10 @@ class Hosts:
                 self.server.reconciler.relist(ref)
         if self.all_live():
             self.server.reconciler.drop_unclaimed()
-        threading.Thread(target=self._refresh_loop, name="host-metrics", daemon=True).start()
+        self.sampler.start()
 
     def stop(self) -> None:
-        self._stop.set()
+        self.sampler.stop()
         for conn in self._conns.values():
             conn.close()
 
@@ -194,22 +194,11 @@ class Hosts:
             "domain_type": "pv" if facts and facts.hypervisor == "Xen" else "unspecified",
         }
 
-    def _refresh_loop(self) -> None:
-        while not self._stop.wait(self.server.config.metrics_interval):
-            for host, conn in self._conns.items():
-                if not conn.live:
-                    continue
-                try:
-                    facts = conn.host_facts()
-                except XenAPIError:
-                    continue
-                self._facts[host] = facts
-                ref = derived_ref("host_metrics", conn.uri)
-                figures = {"memory_free": facts.memory_free, "memory_total": facts.memory_total, "live": True}
-                current = self.store.find("host_metrics", ref)
-                if current is not None and any(current[k] != v for k, v in figures.items()):
-                    # only real changes: an unchanged host makes no event every period
-                    self.store.update("host_metrics", ref, {**figures, "last_updated": DateTime.now()})
+    def _domain_event(self, uri: str, uuid: str, kind: str) -> None:
+        """libvirt's loop thread: the reconciler observes the domain; its figures follow soon after."""
+        self.server.reconciler.on_domain_event(uri, uuid, kind)
+        if kind.startswith("lifecycle:") or kind == "balloon":
+            self.sampler.poke(self._by_uri[uri])
 
 
 def libvirt_name(label: str, uuid: str) -> str:

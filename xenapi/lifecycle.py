@@ -74,15 +74,19 @@ def check(rec: dict, ref: str, op: str) -> None:
 
 @contextmanager
 def operation(ctx, ref: str, op: str):
-    """Run ``op`` on VM ``ref``: checked, shown in current_operations while it runs, cleared after."""
+    """Run ``op`` on VM ``ref``: checked, shown in current_operations while it runs, cleared after.
+
+    A power state that does not allow ``op`` is re-read from libvirt once before the call is
+    refused: a change made behind the server's back (virsh destroy, then VM.start at once) may be
+    an event's latency away from the store."""
     store = ctx.store
     marker = ctx.task_ref or f"OpaqueRef:NULL/{op}"
-    with _guard:
-        rec = store.get("VM", ref)
-        check(rec, ref, op)
-        busy = {**rec, "current_operations": {marker: op}}
-        store.update("VM", ref, {"current_operations": busy["current_operations"],
-                                 "allowed_operations": allowed_operations(busy)})
+    try:
+        rec = _mark(store, ref, op, marker)
+    except XenAPIError as e:
+        if e.code != E.VM_BAD_POWER_STATE or not _reobserved(ctx, ref):
+            raise
+        rec = _mark(store, ref, op, marker)
     try:
         yield rec
     finally:
@@ -91,3 +95,27 @@ def operation(ctx, ref: str, op: str):
             if rec is not None:
                 idle = {**rec, "current_operations": {}}
                 store.update("VM", ref, {"current_operations": {}, "allowed_operations": allowed_operations(idle)})
+
+
+def _mark(store, ref: str, op: str, marker: str) -> dict:
+    with _guard:
+        rec = store.get("VM", ref)
+        check(rec, ref, op)
+        busy = {**rec, "current_operations": {marker: op}}
+        store.update("VM", ref, {"current_operations": busy["current_operations"],
+                                 "allowed_operations": allowed_operations(busy)})
+    return rec
+
+
+def _reobserved(ctx, ref: str) -> bool:
+    """Re-read VM ``ref`` from libvirt (outside the guard, which the reconciler takes); False if
+    it cannot be (no host defines it, or the host is down)."""
+    rec = ctx.store.find("VM", ref)
+    host = ctx.server.reconciler.homes.get(ref)
+    if rec is None or host is None:
+        return False
+    try:
+        ctx.server.reconciler.refresh(host, rec["uuid"])
+    except XenAPIError:
+        return False
+    return True

@@ -84,6 +84,8 @@ class Reconciler:
                     self.server.hosts.set_live(host, False)
                 else:
                     self.refresh(host, uuid)
+                    if kind == "reboot":
+                        self._rebooted(uuid)
             except XenAPIError as e:
                 log.info("event=reconcile-skipped uri=%s uuid=%s kind=%s error=%s", uri, uuid, kind, e.code)
             except Exception:
@@ -134,6 +136,14 @@ class Reconciler:
                 self._forget(vm_ref(uuid))
             else:
                 self._observe(host, state)
+
+    def _rebooted(self, uuid: str) -> None:
+        """libvirt resets a rebooting guest in place (same process, same domid); xapi builds a new
+        domain then, so start_time moves to now, as xapi's does.  clean_reboot waits on this."""
+        ref = derived_ref("VM_metrics", uuid)
+        with self._lock:
+            if self.store.exists("VM_metrics", ref):
+                self.store.update("VM_metrics", ref, {"start_time": DateTime.now(), "last_updated": DateTime.now()})
 
     def forget(self, uuid: str) -> None:
         with self._lock:

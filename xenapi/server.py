@@ -10,6 +10,10 @@ import logging
 import threading
 from pathlib import Path
 
+from auth.audit import AuditLog
+from auth.grants import Access
+from auth.keys import Keys
+from auth.rbac import all_permissions, role_permissions
 from auth.users import Users
 from xenapi.backend.events import ensure_event_loop
 from xenapi.config import Config
@@ -40,10 +44,13 @@ class Server:
             Path(config.state).mkdir(parents=True, exist_ok=True)
         self.store = Store(registry.classes, config.database, config.event_log_size)
         self.users = Users(self.store.db, self.store.db_lock)
+        self.keys = Keys(self.store.db, self.store.db_lock)
         self.metrics = Metrics()
         self.reconciler = Reconciler(self)
         self.hosts = Hosts(self, config.libvirt_uris)
         self.master_ref = self.hosts.master
+        self.access = Access(self)
+        self.audit = AuditLog(self.store.db, self.store.db_lock, config.audit_keep)
         self.sessions = Sessions(self, config.idle_timeout, config.max_per_user)
         self.tasks = Tasks(self, config.task_keep_seconds, config.task_keep_count)
         self.events = Events(self)
@@ -53,6 +60,15 @@ class Server:
 
     def user_ref(self, name: str) -> str:
         return derived_ref("user", name)
+
+    def _user_record(self, user) -> dict:
+        return self.store.new_record("user", {"uuid": derived_uuid("user", user.name), "short_name": user.name,
+                                              "fullname": user.fullname, "groups": list(user.groups)})
+
+    def publish_user(self, user) -> None:
+        """The user object of a user added (by the CLI) after start, at its first login."""
+        if not self.store.exists("user", self.user_ref(user.name)):
+            self.store.apply([add("user", self.user_ref(user.name), self._user_record(user))])
 
     def start(self) -> None:
         ensure_event_loop()
@@ -71,6 +87,8 @@ class Server:
         self._stop.set()
         self.hosts.stop()
         self.reconciler.stop()
+        with self.store.db_lock:
+            self.store.db.conn.close()      # its files (db, wal, shm) are released now, not at exit
 
     def _publish_static(self) -> None:
         """The pool, the roles and the users: objects that exist because the server does."""
@@ -81,7 +99,7 @@ class Server:
                 "uuid": derived_uuid("pool", "pool"), "master": self.master_ref})))
         elif pool["master"] != self.master_ref:
             ops.append(mod("pool", POOL_REF, {"master": self.master_ref}))
-        permissions = self.registry.permissions()
+        permissions = all_permissions(self.registry)
         for name in permissions:
             ops.append(add("role", role_ref(name), self.store.new_record("role", {
                 "uuid": role_uuid(name), "name_label": name, "is_internal": True,
@@ -89,11 +107,9 @@ class Server:
         for name in LADDER:
             ops.append(add("role", role_ref(name), self.store.new_record("role", {
                 "uuid": role_uuid(name), "name_label": name, "name_description": DESCRIPTIONS[name],
-                "subroles": sorted(role_ref(p) for p in self.registry.permissions_of(name))})))
+                "subroles": sorted(role_ref(p) for p in role_permissions(self.registry, name))})))
         for user in self.users.all():
-            ref = self.user_ref(user.name)
-            ops.append(add("user", ref, self.store.new_record("user", {
-                "uuid": derived_uuid("user", user.name), "short_name": user.name, "fullname": user.fullname})))
+            ops.append(add("user", self.user_ref(user.name), self._user_record(user)))
         self.store.apply(ops)
 
     def _housekeeping(self) -> None:

@@ -9,7 +9,16 @@
   ``.kernel``, ``.initrd``, ``.cmdline``, ``.domain_xml(name, serial_log, virt_type='qemu',
   ignore_acpi=False, ...)``, ``.wait_for_serial(path, text, timeout)``.
 - ``make_domain`` (function): ``make_domain(xml)`` defines a persistent domain and destroys and
-  undefines it after the test, whatever happened; ``make_domain.name("x")`` gives a unique name.
+  undefines it after the test, whatever happened; ``make_domain.name("x")`` gives a unique name;
+  ``make_domain.track(name)`` adds one defined otherwise (e.g. with virsh) to the clean-up.
+- ``start_xenapi`` (function): ``start_xenapi(**config)`` runs a server on that libvirt (in this
+  process, HTTP on loopback) and returns an ``E2EServer`` with a logged-in official XenAPI
+  session; stopped after the test, with the VMs it created (``.created``) shut down and destroyed.
+Plain helpers (virsh, EventWatch, wait_task, tiny_vm_record) are in ``qemu_e2e.py``.
+
+Tests marked ``libvirtd_restart`` stop and start the system libvirtd; they run after every other
+test of the session (``pytest_collection_modifyitems`` below), so no other fixture has to live
+through the restart.
 """
 
 from __future__ import annotations
@@ -28,9 +37,19 @@ if str(HERE) not in sys.path:  # guest.py sits beside this file (any pytest impo
     sys.path.insert(0, str(HERE))
 
 import guest  # noqa: E402
+from qemu_e2e import SYSTEM_URI, E2EServer, libvirt_uri_in_use  # noqa: E402
 
-SYSTEM_URI = "qemu:///system"
 NAME_PREFIX = "xe2e-"  # domains made by make_domain: xe2e-<pid>-<n>-<hint>
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "libvirtd_restart: stops and restarts the system libvirtd; "
+                                       "runs after every other test")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """The libvirtd restart tests last (a stable sort keeps every other order)."""
+    items.sort(key=lambda item: item.get_closest_marker("libvirtd_restart") is not None)
 
 
 def _answers(uri: str) -> tuple[bool, str]:
@@ -46,7 +65,7 @@ def _answers(uri: str) -> tuple[bool, str]:
 
 @pytest.fixture(scope="session")
 def libvirt_uri() -> str:
-    uri = os.environ.get("XENAPI_E2E_LIBVIRT_URI", SYSTEM_URI)
+    uri = libvirt_uri_in_use()
     ok, out = _answers(uri)
     if not ok and uri == SYSTEM_URI:
         if os.geteuid() != 0:
@@ -137,14 +156,35 @@ class _DomainMaker:
         self.domains.append(dom)
         return dom
 
+    def track(self, name: str):
+        """Clean up a domain defined some other way (virsh); returns it."""
+        dom = self.conn.lookupByName(name)
+        self.domains.append(dom)
+        return dom
+
     def cleanup(self) -> None:
         import libvirt
+        conn = _alive_or_reopened(self.conn)   # the test may have restarted libvirtd
         seen = set()
         for dom in reversed(self.domains):
             uuid = dom.UUIDString()
             if uuid not in seen:  # redefinitions return the same domain again
                 seen.add(uuid)
-                _drop(dom, libvirt)
+                try:
+                    _drop(conn.lookupByUUIDString(uuid), libvirt)
+                except libvirt.libvirtError:
+                    pass       # already gone
+        if conn is not self.conn:
+            conn.close()
+
+
+def _alive_or_reopened(conn):
+    import libvirt
+    try:
+        conn.getLibVersion()
+        return conn
+    except libvirt.libvirtError:
+        return libvirt.open(libvirt_uri_in_use())
 
 
 @pytest.fixture
@@ -152,3 +192,45 @@ def make_domain(libvirt_conn):
     maker = _DomainMaker(libvirt_conn)
     yield maker
     maker.cleanup()
+
+
+@pytest.fixture
+def start_xenapi(libvirt_uri, tmp_path):
+    import XenAPI
+    from tests.conftest import ADMIN_PASSWORD
+    from xenapi.api import Api
+    from xenapi.config import Config
+    from xenapi.server import Server
+    from xenapi.transport.http import HTTPServer
+
+    started: list[E2EServer] = []
+
+    def start(**settings) -> E2EServer:
+        settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30, **settings}
+        server = Server(Config(listen="127.0.0.1:0", state=str(tmp_path / f"state-{len(started)}"),
+                               libvirt_uris=[libvirt_uri], **settings))
+        server.users.ensure_admin(ADMIN_PASSWORD)
+        server.start()
+        http = HTTPServer(("127.0.0.1", 0), Api(server))
+        http.start()
+        url = f"http://127.0.0.1:{http.address[1]}"
+        session = XenAPI.Session(url)
+        session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
+        started.append(E2EServer(server, http, url, session))
+        return started[-1]
+
+    yield start
+    for s in started:
+        for ref in s.created:              # whatever the test left, even on failure
+            try:
+                if s.x.VM.get_power_state(ref) != "Halted":
+                    s.x.VM.hard_shutdown(ref)
+                s.x.VM.destroy(ref)
+            except XenAPI.Failure:
+                pass
+        try:
+            s.x.session.logout()
+        except Exception:
+            pass
+        s.http.shutdown()
+        s.server.stop()

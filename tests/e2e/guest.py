@@ -9,7 +9,10 @@ every 2 s, and answers the ACPI power button with ``poweroff`` -- so libvirt's `
 
 With ``ignore_acpi=1`` on the kernel command line (``TinyGuest.domain_xml(...,
 ignore_acpi=True)``) the same initrd logs ``power button: ignored`` and keeps running, to test
-clean-shutdown timeouts and their fallbacks.
+clean-shutdown timeouts and their fallbacks.  With ``poweroff_after=N``
+(``domain_xml(..., poweroff_after=N)``) it powers itself off N seconds after it is up, a change
+nobody asked libvirt for.  Every domain gets a VNC display on 127.0.0.1 (``vnc=False`` drops it),
+as the server's own VMs do, so console records can be checked against what libvirt assigned.
 
 Facts this relies on (found the hard way, see shared/lab/README.md):
 - ``button.ko`` and ``evdev.ko`` are modules in this kernel; load ``button`` first so that
@@ -55,13 +58,16 @@ REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XENAPI_GUEST_CACHE", REPO / ".cache" / "guest"))
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
+OLD_BUILD_KEEP_SECONDS = 86400  # superseded builds are removed after a day
 BUILD_FORMAT = 1  # bump when the build procedure changes (the init text is hashed anyway)
 
 READY_TEXT = "tiny guest up"
 POWEROFF_TEXT = "power button: powering off"
 IGNORED_TEXT = "power button: ignored"
+SELF_POWEROFF_TEXT = "powering off by itself"
 CMDLINE = "console=ttyS0 panic=-1 nokaslr"
 IGNORE_ACPI_ARG = "ignore_acpi=1"
+VNC_XML = "    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>\n"
 
 INIT = r"""#!/bin/busybox sh
 # /init of the xenapi e2e tiny guest (tests/e2e/guest.py)
@@ -86,6 +92,10 @@ acpid -f -c /etc/acpi &
 # ready only once acpid holds the input devices: a press before that would be lost
 while ! ls -l /proc/$!/fd 2>/dev/null | grep -q input; do sleep 0.1; done
 echo "tiny guest up (power button: $mode)"
+# poweroff_after=N: the guest powers itself off N seconds after it is up (no request from outside)
+for arg in $(cat /proc/cmdline); do
+  case "$arg" in poweroff_after=*) (sleep "${arg#*=}"; echo "powering off by itself"; poweroff -f) & ;; esac
+done
 while true; do echo "uptime $(cut -d' ' -f1 /proc/uptime)"; sleep 2; done
 """
 
@@ -289,16 +299,23 @@ class TinyGuest:
                    ignore_acpi: bool = False, memory_mib: int = 256, vcpus: int = 1,
                    uuid: str | None = None, extra_devices: str = "",
                    on_poweroff: str = "destroy", on_reboot: str = "restart",
-                   on_crash: str = "destroy") -> str:
+                   on_crash: str = "destroy", vnc: bool = True,
+                   poweroff_after: float | None = None) -> str:
         """libvirt domain XML booting this guest; serial console written to ``serial_log``.
 
         ``virt_type`` 'qemu' (TCG) is the one that works for Linux guests under this sandbox's
         nested KVM (see the module docstring). ``ignore_acpi`` selects the init that ignores
-        the power button. ``extra_devices`` is raw XML put inside <devices>.
+        the power button. ``extra_devices`` is raw XML put inside <devices>. ``vnc`` adds a VNC
+        display (autoport, 127.0.0.1); ``poweroff_after`` makes the guest power itself off that
+        many seconds after it is up.
         """
         if memory_mib < 256:
             raise ValueError("the tiny guest needs >= 256 MiB (the kernel may fail below)")
         cmdline = self.cmdline_ignore_acpi if ignore_acpi else self.cmdline
+        if poweroff_after is not None:
+            cmdline += f" poweroff_after={float(poweroff_after):g}"
+        if vnc:
+            extra_devices = VNC_XML + extra_devices
         uuid_xml = f"\n  <uuid>{escape(uuid)}</uuid>" if uuid else ""
         return f"""<domain type={quoteattr(virt_type)}>
   <name>{escape(name)}</name>{uuid_xml}
@@ -388,7 +405,8 @@ def build(cache: Path = CACHE, download: bool = True) -> TinyGuest:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         for old in cache.glob("build-*"):
-            if old != out:
+            # a test session started before this build may still boot from an older one
+            if old != out and time.time() - old.stat().st_mtime > OLD_BUILD_KEEP_SECONDS:
                 shutil.rmtree(old, ignore_errors=True)
         _log(f"built {out} from {kdeb.name}, {bdeb.name} in {time.monotonic() - t0:.1f} s")
     return guest

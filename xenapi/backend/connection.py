@@ -79,6 +79,10 @@ _CLOSE_REASONS = {libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
                   libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "keepalive",
                   libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "client"}
 
+# Drivers whose dom.reboot() only asks the guest, then send VIR_DOMAIN_EVENT_ID_REBOOT when it resets
+# (QEMU's ACPI reboot: the guest powers off, libvirt resets it in the same process).
+REBOOT_EVENT_DRIVERS = frozenset({"QEMU"})
+
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 _CONFIG, _LIVE = libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_AFFECT_LIVE
 _STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
@@ -401,9 +405,14 @@ class HostConnection:
         """Ask the guest to shut down (the driver's default: ACPI, agent, PV protocol); returns at once."""
         self._on_domain("shutdown", uuid, lambda dom: dom.shutdownFlags(0))
 
-    def reboot(self, uuid: str) -> None:
-        """Ask the guest to reboot; returns at once."""
-        self._on_domain("reboot", uuid, lambda dom: dom.reboot(0))
+    def reboot(self, uuid: str) -> bool:
+        """Ask the guest to reboot; returns at once.  True when the reboot is still to happen and
+        the driver will report it with a REBOOT event once the guest has reset (QEMU); False when
+        the driver has finished it within the call (test) or reports nothing one could wait for."""
+        def reboot(dom: libvirt.virDomain) -> bool:
+            dom.reboot(0)
+            return dom.connect().getType() in REBOOT_EVENT_DRIVERS
+        return self._on_domain("reboot", uuid, reboot)
 
     def destroy(self, uuid: str) -> None:
         self._on_domain("destroy", uuid, lambda dom: dom.destroy())

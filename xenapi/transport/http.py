@@ -21,6 +21,7 @@ import re
 import selectors
 import socket
 import stat
+import struct
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ class Request:
     peer: tuple | str                # (host, port), or "unix" on a unix socket
     scheme: str                      # "http" or "https"
     query: str = ""                  # after "?", undecoded
+    peer_uid: int | None = None      # on a unix socket: the peer process's uid (SO_PEERCRED)
 
 
 @dataclass(slots=True)
@@ -50,6 +52,9 @@ class Response:
     content_type: str
     body: bytes
     headers: Sequence[tuple[str, str]] = ()
+    # With status 101: called with the socket and any bytes already read past the request once
+    # the response is sent; it owns the connection until it returns (then the socket closes).
+    upgrade: Callable[[socket.socket, bytes], None] | None = None
 
 
 _RECV = 65536
@@ -210,6 +215,7 @@ class _Connection:
         self.server = server
         self.sock = sock
         self.peer = peer
+        self.peer_uid = _peer_uid(sock) if peer == "unix" else None
         self.buf = b""                   # received but not yet consumed (pipelined requests too)
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
 
@@ -249,13 +255,20 @@ class _Connection:
             self._linger()
             return False
         path, _, query = target.partition("?")
-        request = Request(method, path, headers, body, self.peer, self.server.scheme, query)
+        request = Request(method, path, headers, body, self.peer, self.server.scheme, query, self.peer_uid)
+        upgrade = None
         try:
-            out = _serialize(self.server.handler(request), keep_alive, minor, method == "HEAD")
+            response = self.server.handler(request)
+            out = _serialize(response, keep_alive, minor, method == "HEAD")
+            upgrade = response.upgrade if response.status == 101 else None
         except Exception:
             log.exception("handler failed method=%s path=%s peer=%s", method, path, self.peer)
             out = _serialize(_plain(500, "internal server error"), keep_alive, minor, False)
         self.sock.sendall(out)
+        if upgrade is not None:
+            self.sock.settimeout(None)   # the upgraded protocol decides when the connection ends
+            upgrade(self.sock, self.buf)
+            return False
         return keep_alive
 
     def _linger(self) -> None:
@@ -476,11 +489,22 @@ def _bind_unix(path: str) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.bind(path)
+        os.chmod(path, 0o600)            # the server's own user (and root) only
         sock.listen(socket.SOMAXCONN)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def _peer_uid(sock: socket.socket) -> int | None:
+    """The uid of the process at the other end of a unix socket (Linux SO_PEERCRED)."""
+    try:
+        _pid, uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                              struct.calcsize("3i")))
+    except (OSError, AttributeError):    # AttributeError: a platform without SO_PEERCRED
+        return None
+    return uid
 
 
 def _unlink_quietly(path: str) -> None:

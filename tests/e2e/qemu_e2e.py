@@ -1,0 +1,191 @@
+"""Helpers for the end-to-end tests (plain functions and classes; the fixtures are in conftest.py):
+``virsh(...)`` against the suite's libvirt, ``E2EServer`` (a server under test with its logged-in
+official XenAPI session), ``EventWatch`` (follow event.from), ``wait_task`` and ``tiny_vm_record``
+(a VM.create record booting the tiny guest), ``define_guest`` (a tiny guest with a serial log,
+defined behind the server's back and adopted by it), ``EventRecorder`` (events seen while a call
+runs).
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SYSTEM_URI = "qemu:///system"
+MiB = 1024 * 1024
+
+
+def libvirt_uri_in_use() -> str:
+    return os.environ.get("XENAPI_E2E_LIBVIRT_URI", SYSTEM_URI)
+
+
+def virsh(*args: str, timeout: float = 60) -> str:
+    """Run ``virsh -c <suite's URI> args...``; raise with virsh's message if it fails."""
+    r = subprocess.run(["virsh", "-q", "-c", libvirt_uri_in_use(), *args], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        raise AssertionError(f"virsh {' '.join(args)} failed: {(r.stdout + r.stderr).strip()}")
+    return r.stdout.strip()
+
+
+@dataclass
+class E2EServer:
+    server: object             # xenapi.server.Server
+    http: object               # xenapi.transport.http.HTTPServer
+    url: str
+    session: object            # XenAPI.Session, logged in as root
+    created: list = field(default_factory=list)   # VM refs to shut down and destroy after the test
+
+    @property
+    def x(self):
+        return self.session.xenapi
+
+    def vm_of(self, dom, timeout: float = 30.0) -> str:
+        """The ref of the VM the server shows for libvirt domain ``dom`` (defined behind its back,
+        so it arrives through libvirt's events): waits until it does."""
+        import XenAPI
+        uuid = dom.UUIDString() if hasattr(dom, "UUIDString") else str(dom)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.x.VM.get_by_uuid(uuid)
+            except XenAPI.Failure as e:
+                if e.details[0] != "UUID_INVALID" or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+
+    def events(self, *classes: str) -> "EventWatch":
+        return EventWatch(self.x, list(classes) or ["vm"])
+
+    def new_session(self):
+        """Another logged-in session (an XenAPI.Session is not for two threads at once)."""
+        import XenAPI
+        from tests.conftest import ADMIN_PASSWORD
+        session = XenAPI.Session(self.url)
+        session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
+        return session
+
+
+@dataclass
+class Guest:
+    vm: str                   # the VM's ref on the server
+    dom: object               # the libvirt domain
+    log: Path                 # its serial console
+    tiny_guest: object
+
+    @property
+    def name(self) -> str:
+        return self.dom.name()
+
+    def wait_up(self, count: int = 1, timeout: float = 90) -> None:
+        """Until the guest has printed its ready line ``count`` times (ready for the power button)."""
+        self.tiny_guest.wait_for_serial(self.log, self.tiny_guest.ready_text, timeout, count=count)
+
+    def libvirt_id(self) -> int:
+        """The domain's ID now (a virDomain object keeps the one it was looked up with)."""
+        return self.dom.connect().lookupByUUIDString(self.dom.UUIDString()).ID()
+
+    def serial(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def define_guest(server: E2EServer, make_domain, tiny_guest, directory: Path, hint: str, **xml) -> Guest:
+    """A tiny guest defined in libvirt (with a serial log file, which VM.create does not give),
+    seen by the server through libvirt's events; ``xml``: options of ``domain_xml``."""
+    log = directory / f"{hint}-serial.log"
+    dom = make_domain(tiny_guest.domain_xml(make_domain.name(hint), log, **xml))
+    return Guest(server.vm_of(dom), dom, log, tiny_guest)
+
+
+class EventRecorder:
+    """Records every event of ``classes`` on its own session and thread while a ``with`` block runs,
+    so the states a call passes through are seen one by one (event.from coalesces what piles up)."""
+
+    def __init__(self, server: E2EServer, *classes: str):
+        self.session = server.new_session()
+        self.classes = list(classes) or ["vm"]
+        self.token = self.session.xenapi.event_from(self.classes, "", 0.0)["token"]
+        self.events: list[dict] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            batch = self.session.xenapi.event_from(self.classes, self.token, 0.2)
+            self.token = batch["token"]
+            self.events.extend(batch["events"])
+
+    def __enter__(self) -> "EventRecorder":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        time.sleep(0.3)               # what the call's last change made still arrives
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self.session.xenapi.session.logout()
+
+    def of(self, ref: str) -> list[dict]:
+        return [e for e in self.events if e["ref"] == ref]
+
+
+class EventWatch:
+    """event.from from now on: ``wait(predicate)`` returns the first later event matching it and
+    keeps the token, so successive waits see successive changes."""
+
+    def __init__(self, x, classes: list[str]):
+        self.x, self.classes = x, classes
+        self.token = x.event_from(classes, "", 0.0)["token"]
+        self.seen: list[dict] = []
+        self._pending: list[dict] = []     # the rest of a batch, for the next wait
+
+    def wait(self, predicate, timeout: float = 60.0, what: str = "") -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            while self._pending:
+                event = self._pending.pop(0)
+                self.seen.append(event)
+                if predicate(event):
+                    return event
+            if time.monotonic() >= deadline:
+                raise AssertionError(f"no {what or 'matching'} {self.classes} event within {timeout} s; saw "
+                                     f"{[(e['class'], e['operation'], e['ref']) for e in self.seen[-20:]]}")
+            batch = self.x.event_from(self.classes, self.token, max(0.1, deadline - time.monotonic()))
+            self.token = batch["token"]
+            self._pending = list(batch["events"])
+
+    def vm(self, ref: str, operation: str = "mod", timeout: float = 60.0, **fields) -> dict:
+        """Wait for an event on VM ``ref`` with that operation and (for add/mod) snapshot fields."""
+        def match(e):
+            return (e["class"] == "vm" and e["ref"] == ref and e["operation"] == operation
+                    and all(e["snapshot"].get(k) == v for k, v in fields.items()))
+        return self.wait(match, timeout, f"{operation} {fields}")
+
+
+
+def wait_task(x, task: str, timeout: float = 120.0, *, poll: float = 0.1) -> dict:
+    """Poll task.get_status as clients do until the task is no longer pending; its record."""
+    deadline = time.monotonic() + timeout
+    while x.task.get_status(task) == "pending":
+        assert time.monotonic() < deadline, f"task {task} still pending after {timeout} s"
+        time.sleep(poll)
+    return x.task.get_record(task)
+
+
+def tiny_vm_record(tiny_guest, label: str) -> dict:
+    """A complete VM.create record for the tiny guest (direct kernel boot)."""
+    return {
+        "name_label": label, "name_description": "tiny real guest", "user_version": "1",
+        "is_a_template": False, "affinity": "OpaqueRef:NULL",
+        "memory_static_max": str(256 * MiB), "memory_dynamic_max": str(256 * MiB),
+        "memory_dynamic_min": str(256 * MiB), "memory_static_min": str(256 * MiB),
+        "VCPUs_params": {}, "VCPUs_max": "1", "VCPUs_at_startup": "1",
+        "actions_after_shutdown": "destroy", "actions_after_reboot": "restart", "actions_after_crash": "destroy",
+        "PV_bootloader": "", "PV_kernel": str(tiny_guest.kernel), "PV_ramdisk": str(tiny_guest.initrd),
+        "PV_args": tiny_guest.cmdline, "PV_bootloader_args": "", "PV_legacy_args": "",
+        "HVM_boot_policy": "", "HVM_boot_params": {}, "platform": {"acpi": "true"}, "PCI_bus": "",
+        "other_config": {}, "recommendations": "",
+    }

@@ -1,0 +1,195 @@
+"""Failed-login throttling (auth/throttle.py): the throttle alone with a clock the test moves, then
+through a real server over HTTP from two source addresses (127.0.0.1 and 127.0.0.2)."""
+from __future__ import annotations
+
+import http.client
+import xmlrpc.client
+from urllib.parse import urlsplit
+
+import pytest
+
+from auth.throttle import LoginThrottle
+from tests.conftest import ADMIN_PASSWORD, start_server, stop_server
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def fail(throttle: LoginThrottle, user: str, source: str, times: int = 1) -> None:
+    for _ in range(times):
+        assert throttle.attempt(user, source) == 0.0
+        throttle.done(user, source, ok=False)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def throttle(clock):
+    return LoginThrottle(per_user=3, per_source=5, window=300, lockout=60, clock=clock)
+
+
+# -- the throttle itself ------------------------------------------------------------------------
+
+def test_a_user_name_is_locked_after_its_limit_until_the_lockout_ends(throttle, clock):
+    fail(throttle, "alice", "10.0.0.1", 3)
+    assert throttle.attempt("alice", "10.0.0.2") == 60.0         # from anywhere
+    clock.now += 59
+    assert throttle.attempt("alice", "10.0.0.3") == pytest.approx(1.0)
+    clock.now += 1
+    assert throttle.attempt("alice", "10.0.0.3") == 0.0
+
+
+def test_a_locked_name_does_not_lock_other_names(throttle):
+    fail(throttle, "alice", "10.0.0.1", 3)
+    assert throttle.attempt("bob", "10.0.0.9") == 0.0
+
+
+def test_a_source_is_locked_after_its_limit_whatever_the_names(throttle):
+    for name in ("a", "b", "c", "d", "e"):
+        fail(throttle, name, "10.0.0.1")
+    assert throttle.attempt("root", "10.0.0.1") == 60.0
+    assert throttle.attempt("root", "10.0.0.2") == 0.0
+
+
+def test_success_clears_the_names_failures_but_not_the_sources(throttle):
+    fail(throttle, "alice", "10.0.0.1", 2)
+    assert throttle.attempt("alice", "10.0.0.1") == 0.0
+    throttle.done("alice", "10.0.0.1", ok=True)
+    fail(throttle, "alice", "10.0.0.1", 2)
+    assert throttle.attempt("alice", "10.0.0.7") == 0.0          # 2 + 2 failures, a success between
+    throttle.done("alice", "10.0.0.7", ok=True)
+    fail(throttle, "bob", "10.0.0.1", 1)                          # the source's fifth failure
+    assert throttle.attempt("carol", "10.0.0.1") == 60.0
+
+
+def test_failures_older_than_the_window_are_forgotten(throttle, clock):
+    fail(throttle, "alice", "10.0.0.1", 2)
+    clock.now += 301
+    fail(throttle, "alice", "10.0.0.1", 2)
+    assert throttle.attempt("alice", "10.0.0.1") == 0.0
+
+
+def test_attempts_in_flight_count_toward_the_limit(throttle):
+    for _ in range(3):
+        assert throttle.attempt("alice", "10.0.0.1") == 0.0      # three passwords being checked
+    assert throttle.attempt("alice", "10.0.0.2") > 0
+    for _ in range(3):
+        throttle.done("alice", "10.0.0.1", ok=False)
+    assert throttle.attempt("alice", "10.0.0.2") == 60.0
+
+
+def test_the_tables_stay_bounded(clock):
+    throttle = LoginThrottle(per_user=3, per_source=1000, window=300, lockout=60, clock=clock, max_keys=50)
+    for n in range(500):
+        fail(throttle, f"made-up-{n}", "10.0.0.1")
+    assert len(throttle._counts) <= 50
+
+
+def test_a_zero_limit_turns_that_half_off(clock):
+    throttle = LoginThrottle(per_user=0, per_source=2, window=300, lockout=60, clock=clock)
+    for n in range(10):
+        fail(throttle, "alice", f"10.0.0.{n}")
+    assert throttle.attempt("alice", "10.0.0.99") == 0.0        # no per-user limit
+    fail(throttle, "x", "10.0.0.0")
+    assert throttle.attempt("y", "10.0.0.0") == 60.0            # the per-source one still holds
+
+
+# -- through the server -----------------------------------------------------------------------
+
+class Peer:
+    """XML-RPC from a chosen local source address (the server sees it as the client's address)."""
+
+    def __init__(self, url: str, source: str):
+        parts = urlsplit(url)
+        self.conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=15, source_address=(source, 0))
+
+    def login(self, user: str, password: str) -> dict:
+        self.conn.request("POST", "/", xmlrpc.client.dumps((user, password), "session.login_with_password").encode(),
+                          {"Content-Type": "text/xml"})
+        return xmlrpc.client.loads(self.conn.getresponse().read())[0][0]
+
+
+@pytest.fixture
+def server(tmp_path):
+    running = start_server(tmp_path, login_failures_per_user=3, login_failures_per_source=6, login_lockout=60)
+    running.add_user("alice", "read-only", "right")
+    running.add_user("bob", "read-only", "right")
+    here, there = Peer(running.url, "127.0.0.1"), Peer(running.url, "127.0.0.2")
+    yield running, here, there
+    stop_server(running)
+
+
+LOCKED = ["SESSION_AUTHENTICATION_FAILED", "alice", "Authentication failure: too many failed logins; try again in 60 s"]
+
+
+def test_after_three_failures_even_the_right_password_is_refused(server):
+    running, here, _ = server
+    for _ in range(3):
+        assert here.login("alice", "wrong")["ErrorDescription"] == \
+            ["SESSION_AUTHENTICATION_FAILED", "alice", "Authentication failure"]
+    assert here.login("alice", "right")["ErrorDescription"] == LOCKED
+
+
+def test_a_locked_user_does_not_lock_others_and_is_locked_from_every_source(server):
+    running, here, there = server
+    for _ in range(3):
+        here.login("alice", "wrong")
+    assert here.login("bob", "right")["Status"] == "Success"
+    assert there.login("alice", "right")["ErrorDescription"] == LOCKED
+
+
+def test_a_source_that_failed_too_often_is_refused_but_others_are_not(server):
+    running, here, there = server
+    for name in ("u1", "u2", "u3", "u4", "u5", "u6"):
+        here.login(name, "guess")
+    refused = here.login("root", ADMIN_PASSWORD)
+    assert refused["ErrorDescription"][:2] == ["SESSION_AUTHENTICATION_FAILED", "root"]
+    assert "too many failed logins" in refused["ErrorDescription"][2]
+    assert there.login("root", ADMIN_PASSWORD)["Status"] == "Success"
+
+
+def test_unknown_and_real_names_are_throttled_alike(server):
+    running, here, there = server
+    for _ in range(3):
+        there.login("nosuchuser", "x")
+        here.login("alice", "x")
+    assert there.login("nosuchuser", "x")["ErrorDescription"][2] == here.login("alice", "x")["ErrorDescription"][2]
+
+
+def test_a_success_resets_the_users_count(server):
+    running, here, _ = server
+    for _ in range(2):
+        here.login("alice", "wrong")
+    assert here.login("alice", "right")["Status"] == "Success"
+    for _ in range(2):
+        here.login("alice", "wrong")
+    assert here.login("alice", "right")["Status"] == "Success"
+
+
+def test_the_lock_ends_after_the_lockout(server):
+    running, here, _ = server
+    clock = Clock()
+    running.server.sessions.throttle.clock = clock
+    for _ in range(3):
+        here.login("alice", "wrong")
+    clock.now += 30
+    assert here.login("alice", "right")["ErrorDescription"][2].endswith("try again in 30 s")
+    clock.now += 30
+    assert here.login("alice", "right")["Status"] == "Success"
+
+
+def test_refused_logins_are_in_the_audit_log(server):
+    running, here, there = server
+    for _ in range(4):
+        here.login("alice", "wrong")
+    rows = running.session().xenapi.audit.get_records("0", "100")
+    mine = [(r["user"], r["outcome"], r["address"].split(":")[0]) for r in rows if r["user"] == "alice"]
+    assert mine == [("alice", "SESSION_AUTHENTICATION_FAILED", "127.0.0.1")] * 4
