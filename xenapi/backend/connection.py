@@ -85,16 +85,9 @@ REBOOT_EVENT_DRIVERS = frozenset({"QEMU"})
 
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 _CONFIG, _LIVE = libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_AFFECT_LIVE
-_STATS_GROUPS = (libvirt.VIR_DOMAIN_STATS_CPU_TOTAL | libvirt.VIR_DOMAIN_STATS_BALLOON
-                 | libvirt.VIR_DOMAIN_STATS_VCPU | libvirt.VIR_DOMAIN_STATS_INTERFACE
-                 | libvirt.VIR_DOMAIN_STATS_BLOCK)
-# NOWAIT: skip a domain whose job lock is held instead of blocking on its monitor.
-_STATS_FLAGS = (libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_RUNNING
-                | libvirt.VIR_CONNECT_GET_ALL_DOMAINS_STATS_NOWAIT)
 _UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 _UNDEFINE_FLAGS_IF_SUPPORTED = (libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
-
 _reconnect_thread_numbers = itertools.count(1)
 
 
@@ -119,7 +112,7 @@ def _state_text(state: int, reason: int) -> str:
     return _STATE_TEXTS.get((state, reason)) or f"{_STATE_NAMES.get(state, state)}:{reason}"
 
 
-def _is_unsupported(error: libvirt.libvirtError) -> bool:
+def is_unsupported(error: libvirt.libvirtError) -> bool:
     return error.get_error_code() in _UNSUPPORTED_CODES
 
 
@@ -297,6 +290,12 @@ class HostConnection:
             raise XenAPIError(BACKEND_FAILURE, self.uri, operation, e.get_error_code(),
                               e.get_error_message()) from e
 
+    def read(self, operation: str, reader: Callable[[libvirt.virConnect], T]) -> T:
+        """``reader(conn)`` on the live connection, under the liveness and error translation of
+        every other call: for backend modules that read in bulk (stats)."""
+        with self._using(operation) as conn:
+            return reader(conn)
+
     def _on_domain(self, operation: str, uuid: str, action: Callable[[libvirt.virDomain], T]) -> T:
         with self._using(operation) as conn:
             return action(conn.lookupByUUIDString(uuid))
@@ -311,7 +310,7 @@ class HostConnection:
                 states = [(dom, s["state.state"], s["state.reason"])
                           for dom, s in conn.getAllDomainStats(libvirt.VIR_DOMAIN_STATS_STATE)]
             except libvirt.libvirtError as e:
-                if not _is_unsupported(e):
+                if not is_unsupported(e):
                     raise
                 states = [(dom, *state) for dom in conn.listAllDomains(0)
                           if (state := _unless_gone(dom.state)) is not None]
@@ -333,30 +332,20 @@ class HostConnection:
         with self._using("host_facts") as conn:
             return read_host_facts(conn, self.uri)
 
-    def stats(self) -> dict[str, dict]:
-        """Raw bulk statistics of running domains by uuid ({} where the driver has none)."""
-        with self._using("stats") as conn:
-            try:
-                records = conn.getAllDomainStats(_STATS_GROUPS, _STATS_FLAGS)
-            except libvirt.libvirtError as e:
-                if _is_unsupported(e):
-                    return {}
-                raise
-            return {dom.UUIDString(): stats for dom, stats in records if stats}
 
     # ---- definition ---------------------------------------------------------------------------
 
     def define(self, xml: str) -> str:
         """Define (or redefine, same uuid) a persistent domain; returns its uuid."""
         with self._using("define") as conn:
-            dom = _with_optional_flags(lambda flags: conn.defineXMLFlags(xml, flags),
+            dom = with_optional_flags(lambda flags: conn.defineXMLFlags(xml, flags),
                                        0, libvirt.VIR_DOMAIN_DEFINE_VALIDATE)
             log.info("event=domain_defined uri=%s uuid=%s", self.uri, dom.UUIDString())
             return dom.UUIDString()
 
     def undefine(self, uuid: str) -> None:
         """Forget the domain with its managed save, snapshot metadata (and NVRAM where supported)."""
-        self._on_domain("undefine", uuid, lambda dom: _with_optional_flags(
+        self._on_domain("undefine", uuid, lambda dom: with_optional_flags(
             dom.undefineFlags, _UNDEFINE_FLAGS, _UNDEFINE_FLAGS_IF_SUPPORTED))
 
     def set_title(self, uuid: str, text: str) -> None:
@@ -460,18 +449,18 @@ def _create(dom: libvirt.virDomain, paused: bool) -> None:
     try:
         dom.createWithFlags(libvirt.VIR_DOMAIN_START_PAUSED)
     except libvirt.libvirtError as e:
-        if not _is_unsupported(e):                # the test driver refuses START_PAUSED
+        if not is_unsupported(e):                # the test driver refuses START_PAUSED
             raise
         dom.create()
         dom.suspend()
 
 
-def _with_optional_flags(call: Callable[[int], T], required: int, optional: int) -> T:
+def with_optional_flags(call: Callable[[int], T], required: int, optional: int) -> T:
     """call(required | optional), retried with the required flags alone if the driver refuses."""
     try:
         return call(required | optional)
     except libvirt.libvirtError as e:
-        if not _is_unsupported(e):
+        if not is_unsupported(e):
             raise
         return call(required)
 
@@ -509,7 +498,7 @@ def _enable_keepalive(conn: libvirt.virConnect) -> None:
     try:
         conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
     except libvirt.libvirtError as e:
-        if not _is_unsupported(e):               # in-process drivers have no keep-alive
+        if not is_unsupported(e):               # in-process drivers have no keep-alive
             raise
 
 

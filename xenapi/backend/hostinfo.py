@@ -71,10 +71,10 @@ def read_host_facts(conn: libvirt.virConnect, uri: str) -> HostFacts:
     cell_memory = _cell_totals(caps)
     hypervisor = conn.getType()
     return HostFacts(
-        hostname=_optional(conn.getHostname, default=""),
+        hostname=optional(conn.getHostname, default=""),
         uuid=_text(caps, "host/uuid") or str(uuidlib.uuid5(uuidlib.NAMESPACE_URL, uri)),
         hypervisor=hypervisor,
-        hypervisor_version=_optional(lambda: version_text(conn.getVersion()), default=""),
+        hypervisor_version=optional(lambda: version_text(conn.getVersion()), default=""),
         libvirt_version=version_text(conn.getLibVersion()),
         arch=_text(caps, "host/cpu/arch") or arch,
         cpu_vendor=_text(caps, "host/cpu/vendor"),
@@ -87,10 +87,10 @@ def read_host_facts(conn: libvirt.virConnect, uri: str) -> HostFacts:
         cpu_count=cpus,
         numa_cells=len(cell_memory) or nodes,
         numa_cell_memory=cell_memory,
-        numa_cell_free=_optional(lambda: list(conn.getCellsFreeMemory(0, len(cell_memory))), default=[])
+        numa_cell_free=optional(lambda: list(conn.getCellsFreeMemory(0, len(cell_memory))), default=[])
         if cell_memory else [],
         memory_total=memory_mib * MIB,
-        memory_free=_optional(conn.getFreeMemory, default=0),
+        memory_free=optional(conn.getFreeMemory, default=0),
         capabilities=_guest_capabilities(caps),
         virt_types=sorted({d.get("type") for d in caps.findall("guest/arch/domain") if d.get("type")}),
         tpm=_tpm_available(conn, uri, hypervisor),
@@ -139,7 +139,7 @@ def default_uri(hypervisor: str) -> str:
 
 # ---- helpers --------------------------------------------------------------------------------
 
-def _optional(call: Callable[[], T], *, default: T) -> T:
+def optional(call: Callable[[], T], *, default: T) -> T:
     try:
         return call()
     except libvirt.libvirtError as e:

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from xenapi.backend.connection import HostConnection, _is_unsupported, _with_optional_flags
-from xenapi.backend.hostinfo import MIB, _optional
+from xenapi.backend.connection import HostConnection, is_unsupported, with_optional_flags
+from xenapi.backend.hostinfo import MIB, optional
 
 KIB = 1024
 # Utilisation is rounded to 0.1 %, so jitter below that changes no record and makes no event.
@@ -64,12 +64,15 @@ class HostSample:
 
 def read(host: HostConnection) -> HostSample:
     """One sample of the host; HOST_NOT_LIVE or BACKEND_FAILURE when libvirt fails."""
-    with host._using("metrics") as conn:          # the connection's liveness and error translation
-        taken = time.monotonic_ns()
-        domains = {dom.UUIDString(): parse_domain(raw) for dom, raw in _domain_stats(conn)}
-        _arch, memory_mib, cpus, *_ = conn.getInfo()
-        return HostSample(taken, domains, memory_mib * MIB, _optional(conn.getFreeMemory, default=0),
-                          _cpu_times(conn, cpus))
+    return host.read("metrics", _sample)
+
+
+def _sample(conn: libvirt.virConnect) -> HostSample:
+    taken = time.monotonic_ns()
+    domains = {dom.UUIDString(): parse_domain(raw) for dom, raw in _domain_stats(conn)}
+    _arch, memory_mib, cpus, *_ = conn.getInfo()
+    return HostSample(taken, domains, memory_mib * MIB, optional(conn.getFreeMemory, default=0),
+                      _cpu_times(conn, cpus))
 
 
 def parse_domain(raw: dict) -> DomainSample:
@@ -113,9 +116,9 @@ def cpu_utilisation(before: CpuTimes, after: CpuTimes) -> float | None:
 
 def _domain_stats(conn: libvirt.virConnect) -> list:
     try:
-        return _with_optional_flags(lambda flags: conn.getAllDomainStats(_GROUPS, flags), _ACTIVE, _NOWAIT)
+        return with_optional_flags(lambda flags: conn.getAllDomainStats(_GROUPS, flags), _ACTIVE, _NOWAIT)
     except libvirt.libvirtError as e:
-        if not _is_unsupported(e):
+        if not is_unsupported(e):
             raise
         return []                                  # no bulk statistics: no domain figures (never one call each)
 
@@ -123,7 +126,7 @@ def _domain_stats(conn: libvirt.virConnect) -> list:
 def _cpu_times(conn: libvirt.virConnect, cpus: int) -> dict[int, CpuTimes]:
     times = {}
     for n in range(cpus):
-        raw = _optional(lambda: conn.getCPUStats(n), default={})
+        raw = optional(lambda: conn.getCPUStats(n), default={})
         if "idle" not in raw:
             if n == 0:
                 return {}                          # the driver keeps no per-CPU times
