@@ -436,3 +436,24 @@ def test_plain_http_to_tls_port_ends_quietly(tls_context, caplog):
         assert connection.getresponse().read() == b"still up"
         connection.close()
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- switching protocols -----------------------------------------------------------------------
+
+def test_an_upgraded_connection_belongs_to_the_handler_and_its_101_has_no_body_headers():
+    def upgrading(request: Request) -> Response:
+        def echo_upper(sock: socket.socket, early: bytes) -> None:
+            data = early or sock.recv(100)
+            sock.sendall(data.upper())
+        return Response(101, "", b"", [("Upgrade", "shout"), ("Connection", "Upgrade")], upgrade=echo_upper)
+
+    with serving(upgrading) as server, connect(server) as sock:
+        sock.sendall(post(b"", extra=b"Upgrade: shout\r\nConnection: Upgrade\r\n") + b"hello")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        head, _, rest = head.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Content-Length" not in head and b"Content-Type" not in head
+        assert (rest or sock.recv(100)) == b"HELLO"
+        assert read_until_closed(sock) == b""        # the handler returned: the server closes

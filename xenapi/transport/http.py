@@ -441,9 +441,9 @@ def _serialize(response: Response, keep_alive: bool, minor: int, head_only: bool
     if not isinstance(body, (bytes, bytearray)):
         raise TypeError(f"response body must be bytes, not {type(body).__name__}")
     lines = [f"HTTP/1.1 {int(response.status)} {_REASONS.get(response.status, '')}\r\n"
-             f"Date: {_http_date(int(time.time()))}\r\n"
-             f"Content-Type: {response.content_type}\r\n"
-             f"Content-Length: {len(body)}\r\n"]
+             f"Date: {_http_date(int(time.time()))}\r\n"]
+    if response.status >= 200:           # a 1xx carries neither (RFC 9110 8.6, 15.2)
+        lines += [f"Content-Type: {response.content_type}\r\n", f"Content-Length: {len(body)}\r\n"]
     for name, value in response.headers:
         lines.append(f"{name}: {value}\r\n")
     if not keep_alive:
@@ -452,7 +452,7 @@ def _serialize(response: Response, keep_alive: bool, minor: int, head_only: bool
         lines.append("Connection: keep-alive\r\n")
     lines.append("\r\n")
     head = "".join(lines)
-    crlf = len(lines) + 3                # the first element holds four lines
+    crlf = len(lines) + 1                # the first element holds two lines
     if head.count("\n") != crlf or head.count("\r") != crlf:
         raise ValueError("CR or LF inside a response header")   # the handler's own fault
     head_bytes = head.encode("latin-1")
