@@ -36,7 +36,6 @@ that object.  Scopes are per user, so a user's many sessions share one.
 from __future__ import annotations
 
 import fnmatch
-import logging
 import threading
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -48,8 +47,6 @@ from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.where import WhereFieldError, WhereSyntaxError, compile_where
-
-log = logging.getLogger(__name__)
 
 # Classes whose objects no grant may name.
 UNGRANTABLE = frozenset({"user", "role", "grant", "session", "task"})

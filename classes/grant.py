@@ -8,6 +8,10 @@ Example: Alice may start and stop the VMs tagged or profiled web-server, and not
 
 A grant is created and destroyed by a pool-admin, is kept across restarts, and takes effect on the
 subject's next call.  What it selects and allows cannot be changed afterwards: destroy and create.
+
+A class of its own rather than xapi's subject/role extended: those give a subject permissions on
+every object, and clients (XenCenter, XO) read their records with that meaning; a grant is about
+some objects, so it says so in its own records.
 """
 from classes.enums import ENUMS
 from xenapi.model.declare import declare_class, fields

@@ -13,6 +13,30 @@ API_VERSION_MAJOR, API_VERSION_MINOR = 2, 21
 _HOST = param(T.Ref("host"), "host", "The host")
 
 
+_FACTS = "see docs/host-facts.md"
+_DOCS = {
+    "software_version": "Versions (map): xapi's product_* keys; hypervisor and hypervisor_version (libvirt getType/"
+                        "getVersion), libvirt (the daemon's getLibVersion), libvirt_uri, virt_types (capabilities' "
+                        "guest domain types, e.g. \"kvm qemu\"), kvm_usable, detected_hypervisor (this machine: "
+                        f"xen, kvm or qemu; empty for other hosts); {_FACTS}",
+    "capabilities": "Guest ABIs, xapi style (hvm-3.0-x86_64, hvm-3.0-x86_32p, xen-3.0-x86_64), from libvirt's "
+                    f"guest capabilities (os_type, arch, PAE); {_FACTS}",
+    "cpu_info": "CPU and NUMA facts as strings: xapi's cpu_count, socket_count, threads_per_core, nr_nodes, vendor "
+                "(GenuineIntel...), speed (MHz), modelname (brand string), family, model, stepping, flags "
+                "(libvirt feature names, space separated); plus cores_per_socket, libvirt_model, arch and per NUMA "
+                f"node numa_nodeN_memory, numa_nodeN_free (bytes), numa_nodeN_cpus; {_FACTS}",
+    "chipset_info": "iommu (capabilities), tpm (true when a guest can have a TPM) and tpm_backends (emulator: "
+                    f"swtpm; passthrough: a host TPM); {_FACTS}",
+    "nic_speeds": "Physical NIC name -> link speed in Mbit/s, or unknown (libvirt's node devices, else this "
+                  f"machine's /sys/class/net); a server fact, unlike other_config; {_FACTS}",
+    "host_CPUs": "One host_cpu per logical CPU (libvirt's node info)",
+    "metrics": "Memory figures (host_metrics), refreshed every [metrics] interval",
+    "hostname": "libvirt's getHostname",
+    "address": "The host part of the libvirt URI, 127.0.0.1 for a local one",
+    "API_version_vendor_implementation": "libvirt_uri: the host's libvirt URI",
+}
+
+
 def compute_free_memory(ctx, host):
     return ctx.server.hosts.free_memory(host)
 
@@ -50,14 +74,14 @@ host = declare_class(
               control_domain:@VM updates_requiring_reboot:@pool_update[] features:@Feature[] iscsi_iqn^:s
               multipathing^:b uefi_certificates:s certificates:@Certificate[] editions:s[]
               pending_guidances:update_guidances[] tls_verification_enabled:b last_software_update:dt
-              https_only:b latest_synced_updates_applied:latest_synced_updates_applied_state""", ENUMS,
+              https_only:b latest_synced_updates_applied:latest_synced_updates_applied_state nic_speeds:s2s""", ENUMS,
            defaults={"API_version_major": API_VERSION_MAJOR, "API_version_minor": API_VERSION_MINOR,
                      "API_version_vendor": "xenapi", "enabled": True, "edition": "xenapi", "editions": ["xenapi"],
                      "display": "enabled", "sched_policy": "credit", "power_on_mode": "",
                      "virtual_hardware_platform_versions": [0], "latest_synced_updates_applied": "unknown",
-                     "license_server": {"address": "localhost", "port": "27000"}}),
+                     "license_server": {"address": "localhost", "port": "27000"}}, docs=_DOCS),
     [
-        message("compute_free_memory", "Computes the amount of free memory on the host, in bytes.",
+        message("compute_free_memory", "Computes the amount of free memory on the host, in bytes (libvirt's getFreeMemory, read now).",
                 params=[_HOST], result=T.Int, impl=compute_free_memory),
         message("compute_memory_overhead", "Computes the virtualization memory overhead of a host.",
                 params=[_HOST], result=T.Int, impl=compute_memory_overhead),

@@ -7,9 +7,11 @@ named domains and removes them; state-mapping tests use a generated node file in
 from __future__ import annotations
 
 import shutil
+import signal
 import threading
 import time
 import uuid as uuidlib
+from contextlib import contextmanager
 
 import pytest
 
@@ -321,6 +323,20 @@ def libvirtd():
         daemon.remove()
 
 
+@contextmanager
+def frozen(daemon: PrivateLibvirtd):
+    """The daemon stopped (SIGSTOP): it still accepts connections but answers nothing."""
+    daemon.process.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        daemon.process.send_signal(signal.SIGCONT)
+
+
+def _open_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("libvirt-open-")]
+
+
 def wait_for_log(caplog, text: str, timeout: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -411,5 +427,62 @@ def test_every_death_and_return_is_reported_once_and_in_order(libvirtd, recorder
             assert recorder.wait_for(lambda: len(recorder.liveness) == 2 * cycle, timeout=15)
         assert recorder.liveness == [(libvirtd.uri, False), (libvirtd.uri, True)] * 2
         assert connection.live
+    finally:
+        connection.close()
+
+
+# ---- a frozen daemon: bounded waits ------------------------------------------------------------
+
+def test_open_of_a_frozen_daemon_gives_up_at_the_deadline_and_connects_once_it_thaws(libvirtd, recorder):
+    libvirtd.start()
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live, open_timeout=0.3,
+                                backoff_initial=0.05, backoff_max=0.2)
+    try:
+        with frozen(libvirtd):
+            started = time.monotonic()
+            with pytest.raises(XenAPIError) as raised:
+                connection.open(keep_trying=True)
+            assert raised.value.code == HOST_NOT_LIVE and time.monotonic() - started < 3
+            with pytest.raises(XenAPIError) as raised:
+                connection.list_domains()
+            assert raised.value.code == HOST_NOT_LIVE
+            time.sleep(1.0)                    # several deadlines pass: still the one attempt, no pile-up
+            assert len(_open_threads()) == 1 and recorder.liveness == []
+        assert recorder.wait_for(lambda: recorder.liveness == [(libvirtd.uri, True)], timeout=15)
+        assert [d.name for d in connection.list_domains()] == ["test"]
+        assert _open_threads() == []
+    finally:
+        connection.close()
+
+
+def test_close_abandons_an_open_held_by_a_frozen_daemon(libvirtd, recorder):
+    libvirtd.start()
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live, open_timeout=0.3)
+    with frozen(libvirtd):
+        with pytest.raises(XenAPIError):
+            connection.open(keep_trying=True)
+        started = time.monotonic()
+        connection.close()
+        assert time.monotonic() - started < 3
+        [attempt] = _open_threads()
+    attempt.join(timeout=15)                   # the daemon answers it now; its connection is closed unused
+    assert not attempt.is_alive() and not connection.live and recorder.liveness == []
+
+
+def test_a_call_to_a_daemon_that_freezes_fails_within_the_keepalive_bound(libvirtd, recorder):
+    libvirtd.start()
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live, keepalive=(1, 2),
+                                backoff_initial=0.05, backoff_max=0.2)
+    connection.open()
+    try:
+        with frozen(libvirtd):
+            started = time.monotonic()
+            with pytest.raises(XenAPIError) as raised:
+                connection.list_domains()
+            assert raised.value.code == HOST_NOT_LIVE
+            assert time.monotonic() - started < 1 * (2 + 1) + 3      # interval * (count + 1), and slack
+            assert recorder.wait_for(lambda: recorder.liveness == [(libvirtd.uri, False)])
+        assert recorder.wait_for(lambda: recorder.liveness[-1:] == [(libvirtd.uri, True)], timeout=15)
+        assert [d.name for d in connection.list_domains()] == ["test"]
     finally:
         connection.close()

@@ -1,12 +1,15 @@
-"""domxml: build() output is schema-valid per hypervisor, and parse(build(record)) gives the record back."""
+"""domxml: build() output is schema-valid per hypervisor, and parse(build(record)) gives the record back,
+disks and NICs included; the per-hypervisor device table (virtio, xen bus, emulated IDE + PV, LXC mounts)."""
 from __future__ import annotations
 
 import shutil
 import subprocess
+import xml.etree.ElementTree as ET
 
 import pytest
 
-from xenapi.backend import domxml
+from xenapi import config
+from xenapi.backend import devices, domxml
 
 UUID = "b71e58c7-aa05-415c-baa7-5296a4b6720a"
 MIB = 1024 * 1024
@@ -24,23 +27,108 @@ BASE = {
 }
 DIRECT_KERNEL = {"PV_kernel": "/boot/vmlinuz", "PV_ramdisk": "/boot/initrd.img",
                  "PV_args": "console=ttyS0 root=/dev/vda", "HVM_boot_policy": "", "HVM_boot_params": {}}
+PV_PYGRUB = {"PV_bootloader": "pygrub", "PV_bootloader_args": "-q", "HVM_boot_policy": "", "HVM_boot_params": {},
+             "platform": {}}
+LXC = {"HVM_boot_policy": "", "HVM_boot_params": {}, "PV_args": "--verbose 'two words'",
+       "platform": {"init": "/usr/sbin/init", "lxc-root": "/srv/containers/web1"}}
+
+
+def disk(path: str, **options) -> dict:
+    return {"kind": "disk", "path": path, **options}
+
+
+def parsed_disk(path: str, **options) -> dict:
+    """What parse reports for a disk: the neutral form with every default filled in."""
+    return {"kind": "disk", **devices.DISK_DEFAULTS, "path": path, **options}
+
+
+def nic(**options) -> dict:
+    return {"kind": "nic", **options}
+
+
+def parsed_nic(**options) -> dict:
+    return {"kind": "nic", "mac": "", **options}
+
+
+# Disks and NICs of every flavour: (devices given, devices parse reports).
+VIRTIO_DEVICES = (
+    [disk("/images/root.qcow2", format="qcow2"), disk("/dev/vg0/data", type="block", readonly=True),
+     disk("", device="cdrom"), disk("/images/scratch.raw", userdevice=5),
+     nic(network="default", mac="52:54:00:AA:BB:01"), nic(bridge="br0"), nic()],
+    [parsed_disk("/images/root.qcow2", format="qcow2", userdevice=0),
+     parsed_disk("/dev/vg0/data", type="block", readonly=True, userdevice=1),
+     parsed_disk("", device="cdrom", readonly=True, userdevice=2),
+     parsed_disk("/images/scratch.raw", userdevice=5),
+     parsed_nic(network="default", mac="52:54:00:aa:bb:01"), parsed_nic(bridge="br0"), parsed_nic()])
+Q35_DEVICES = (
+    [disk("/isos/install.iso", device="cdrom"), disk("/images/root.qcow2", format="qcow2")],
+    [parsed_disk("/isos/install.iso", device="cdrom", readonly=True, userdevice=0),
+     parsed_disk("/images/root.qcow2", format="qcow2", userdevice=1)])
+XEN_PV_DEVICES = (
+    [disk("/images/root.qcow2", format="qcow2"), disk("/dev/vg0/data", type="block"),
+     disk("/isos/tools.iso", device="cdrom"), nic(bridge="xenbr0", mac="00:16:3e:00:00:01")],
+    [parsed_disk("/images/root.qcow2", format="qcow2", userdevice=0),
+     parsed_disk("/dev/vg0/data", type="block", userdevice=1),
+     parsed_disk("/isos/tools.iso", device="cdrom", readonly=True, userdevice=2),
+     parsed_nic(bridge="xenbr0", mac="00:16:3e:00:00:01")])
+XEN_HVM_DEVICES = (   # xapi's layout: CD in slot 3, disks fill 0-2 (emulated IDE + PV), then 4, 5 (PV only)
+    [disk("/isos/install.iso", device="cdrom", userdevice=3)]
+    + [disk(f"/images/d{n}.raw") for n in range(5)] + [nic(network="default")],
+    [parsed_disk("/isos/install.iso", device="cdrom", readonly=True, userdevice=3)]
+    + [parsed_disk(f"/images/d{n}.raw", userdevice=slot) for n, slot in enumerate((0, 1, 2, 4, 5))]
+    + [parsed_nic(network="default")])
+LXC_DEVICES = (
+    [disk("/srv/shared", type="dir", mount="/srv", readonly=True), disk("/images/data.raw", mount="/data"),
+     disk("/images/tools.qcow2", format="qcow2", mount="/opt/tools"),
+     disk("/dev/vg0/logs", type="block", mount="/var/log"), nic(bridge="br0"), nic()],
+    [parsed_disk("/srv/shared", type="dir", mount="/srv", readonly=True),
+     parsed_disk("/images/data.raw", mount="/data"),
+     parsed_disk("/images/tools.qcow2", format="qcow2", mount="/opt/tools"),
+     parsed_disk("/dev/vg0/logs", type="block", mount="/var/log"), parsed_nic(bridge="br0"), parsed_nic()])
+
+
+def with_devices(given_and_parsed: tuple[list, list], overrides: dict, expected: dict) -> tuple[dict, dict]:
+    given, parsed = given_and_parsed
+    return overrides | {"devices": given}, expected | {"devices": parsed}
+
 
 # name -> (hypervisor, record overrides, fields expected on parse beyond the record's own)
 CASES = {
     "kvm-direct-kernel": ("kvm", DIRECT_KERNEL, {"domain_type": "hvm", "virt_type": "kvm"}),
-    "qemu-bios-order": ("qemu", {}, {"domain_type": "hvm", "virt_type": "qemu"}),
+    "qemu-bios-order": ("qemu", {}, {"domain_type": "hvm", "virt_type": "qemu", "devices": []}),
     "test": ("test", DIRECT_KERNEL, {"domain_type": "hvm", "virt_type": "test"}),
     "xen-pv-kernel": ("xen", DIRECT_KERNEL | {"platform": {}}, {"domain_type": "pv"}),
-    "xen-pv-pygrub": ("xen", {"PV_bootloader": "pygrub", "PV_bootloader_args": "-q", "HVM_boot_policy": "",
-                              "HVM_boot_params": {}, "platform": {}}, {"domain_type": "pv"}),
+    "xen-pv-pygrub": ("xen", PV_PYGRUB, {"domain_type": "pv"}),
     "xen-pvh": ("xen", DIRECT_KERNEL | {"platform": {}, "domain_type": "pvh"}, {"domain_type": "pvh"}),
     "xen-hvm": ("xen", {"platform": {"acpi": "true", "apic": "true", "pae": "true", "hap": "true",
                                      "viridian": "true"}}, {"domain_type": "hvm", "virt_type": "xen"}),
-    "lxc": ("lxc", {"HVM_boot_policy": "", "HVM_boot_params": {}, "PV_args": "--verbose 'two words'",
-                    "platform": {"init": "/usr/sbin/init", "lxc-root": "/srv/containers/web1"}},
-            {"domain_type": "unspecified", "virt_type": "lxc"}),
+    "lxc": ("lxc", LXC, {"domain_type": "unspecified", "virt_type": "lxc", "devices": []}),
+    "kvm-devices": ("kvm", *with_devices(VIRTIO_DEVICES, DIRECT_KERNEL, {"domain_type": "hvm"})),
+    "qemu-q35-devices": ("qemu", *with_devices(Q35_DEVICES, {"platform": BASE["platform"] | {"machine": "q35"}},
+                                               {"domain_type": "hvm"})),
+    "test-devices": ("test", *with_devices(VIRTIO_DEVICES, {}, {"domain_type": "hvm"})),
+    "xen-pv-devices": ("xen", *with_devices(XEN_PV_DEVICES, PV_PYGRUB, {"domain_type": "pv"})),
+    "xen-hvm-devices": ("xen", *with_devices(XEN_HVM_DEVICES, {"platform": {"acpi": "true", "apic": "true"}},
+                                             {"domain_type": "hvm"})),
+    "lxc-devices": ("lxc", *with_devices(LXC_DEVICES, LXC, {"domain_type": "unspecified"})),
 }
-ROUND_TRIP_FIELDS = [k for k in BASE] + ["domain_type"]
+ROUND_TRIP_FIELDS = [k for k in BASE] + ["domain_type", "devices"]
+
+# device case -> what each device element must say: disks (target dev, bus, driver name),
+# mounts (filesystem type, driver type, target dir), NICs (interface type, model or None).
+DEVICE_ELEMENTS = {
+    "kvm-devices": [("vda", "virtio", "qemu"), ("vdb", "virtio", "qemu"), ("hdc", "ide", "qemu"),
+                    ("vdf", "virtio", "qemu"), ("network", "virtio"), ("bridge", "virtio"), ("ethernet", "virtio")],
+    "qemu-q35-devices": [("sda", "sata", "qemu"), ("vdb", "virtio", "qemu")],
+    "test-devices": [("vda", "virtio", "qemu"), ("vdb", "virtio", "qemu"), ("hdc", "ide", "qemu"),
+                     ("vdf", "virtio", "qemu"), ("network", "virtio"), ("bridge", "virtio"), ("ethernet", "virtio")],
+    "xen-pv-devices": [("xvda", "xen", "qemu"), ("xvdb", "xen", "phy"), ("xvdc", "xen", "qemu"),
+                       ("bridge", "netfront")],
+    "xen-hvm-devices": [("hdd", "ide", "qemu"), ("hda", "ide", "qemu"), ("hdb", "ide", "qemu"), ("hdc", "ide", "qemu"),
+                        ("xvde", "xen", "qemu"), ("xvdf", "xen", "qemu"), ("network", None)],
+    "lxc-devices": [("mount", None, "/"), ("mount", None, "/srv"), ("file", "loop", "/data"),
+                    ("file", "nbd", "/opt/tools"), ("block", None, "/var/log"), ("bridge", None), ("ethernet", None)],
+}
 
 
 def record_for(case: str) -> tuple[str, dict, dict]:
@@ -48,14 +136,39 @@ def record_for(case: str) -> tuple[str, dict, dict]:
     return hypervisor, BASE | overrides, expected_extra
 
 
-@pytest.mark.skipif(shutil.which("virt-xml-validate") is None, reason="virt-xml-validate not installed")
+def validate(tmp_path, name: str, xml: str) -> None:
+    """libvirt's own RelaxNG schemas, through virt-xml-validate (libvirt-clients, scripts/setup.sh)."""
+    if shutil.which("virt-xml-validate") is None:
+        pytest.fail("virt-xml-validate is not installed: run scripts/setup.sh (Debian package libvirt-clients)")
+    path = tmp_path / f"{name}.xml"
+    path.write_text(xml)
+    result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr + xml
+
+
 @pytest.mark.parametrize("case", CASES)
 def test_build_validates_against_libvirt_domain_schema(case, tmp_path):
     hypervisor, record, _ = record_for(case)
-    path = tmp_path / f"{case}.xml"
-    path.write_text(domxml.build(record, hypervisor, uuid=UUID, name=f"vm-{case}"))
-    result = subprocess.run(["virt-xml-validate", str(path), "domain"], capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr + path.read_text()
+    validate(tmp_path, case, domxml.build(record, hypervisor, uuid=UUID, name=f"vm-{case}"))
+
+
+def device_elements(xml: str) -> list[tuple]:
+    out = []
+    for element in ET.fromstring(xml).find("devices"):
+        driver, target, model = element.find("driver"), element.find("target"), element.find("model")
+        if element.tag == "disk":
+            out.append((target.get("dev"), target.get("bus"), driver.get("name")))
+        elif element.tag == "filesystem":
+            out.append((element.get("type"), driver.get("type") if driver is not None else None, target.get("dir")))
+        elif element.tag == "interface":
+            out.append((element.get("type"), model.get("type") if model is not None else None))
+    return out
+
+
+@pytest.mark.parametrize("case", DEVICE_ELEMENTS)
+def test_each_hypervisor_gets_its_own_buses_drivers_and_nic_models(case):
+    hypervisor, record, _ = record_for(case)
+    assert device_elements(domxml.build(record, hypervisor, uuid=UUID, name="d")) == DEVICE_ELEMENTS[case]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -123,6 +236,10 @@ LIVE_XML = """<domain type='kvm' id='7'>
   <devices>
     <interface type='network'><mac address='52:54:00:aa:bb:cc'/><source network='default'/></interface>
     <interface type='bridge'><mac address='52:54:00:dd:ee:ff'/><source bridge='br0'/></interface>
+    <interface type='user'/>
+    <disk type='network' device='disk'><driver name='qemu' type='raw'/>
+      <source protocol='rbd' name='pool/web1'/><target dev='sdb' bus='scsi'/></disk>
+    <disk type='file' device='floppy'><source file='/srv/boot.img'/><target dev='fda'/></disk>
     <graphics type='vnc' port='5901' autoport='yes' listen='127.0.0.1'><listen type='address' address='127.0.0.1'/></graphics>
     <graphics type='vnc' port='-1' autoport='yes'/>
     <graphics type='vnc' port='5902'><listen type='address' address='::1'/></graphics>
@@ -141,6 +258,10 @@ def test_parse_reads_a_foreign_live_definition():
     assert parsed["HVM_boot_policy"] == "BIOS order" and parsed["HVM_boot_params"] == {"order": "nc"}
     assert parsed["platform"] == {"acpi": "false", "apic": "false", "machine": "pc-i440fx-7.2"}
     assert parsed["macs"] == ["52:54:00:aa:bb:cc", "52:54:00:dd:ee:ff"]
+    assert parsed["devices"] == [
+        parsed_nic(mac="52:54:00:aa:bb:cc", network="default"), parsed_nic(mac="52:54:00:dd:ee:ff", bridge="br0"),
+        parsed_nic(type="user"), parsed_disk("pool/web1", type="network", userdevice=1),
+        parsed_disk("/srv/boot.img", device="floppy", userdevice=0)]
     assert parsed["consoles"] == [{"protocol": "rfb", "location": "vnc://127.0.0.1:5901"},
                                   {"protocol": "rfb", "location": "vnc://[::1]:5902"}]
 
@@ -155,3 +276,113 @@ def test_parse_rejects_broken_foreign_and_entity_laden_xml(text):
 def test_parse_rejects_unknown_memory_unit():
     with pytest.raises(domxml.DomainXMLError):
         domxml.parse("<domain type='kvm'><name>x</name><memory unit='parsecs'>3</memory></domain>")
+
+
+# ---- devices the table cannot express --------------------------------------------------------
+
+@pytest.mark.parametrize("hypervisor, overrides, bad, message", [
+    ("kvm", {}, [disk("/a.iso", device="cdrom", userdevice=4)], "slot 4 does not exist"),
+    ("kvm", {}, [disk(f"/{n}.iso", device="cdrom") for n in range(5)], "no free slot on the ide bus"),
+    ("kvm", {}, [disk("/a", userdevice=1), disk("/b", userdevice="1")], "two disks in slot 1"),
+    ("kvm", {}, [disk("/a", userdevice=-1)], "userdevice must be a slot"),
+    ("kvm", {}, [disk("/a", size=3)], "unknown disk keys ['size']"),
+    ("kvm", {}, [disk("/a", format="vmdk")], "disk format must be one of"),
+    ("kvm", {}, [disk("images/a.raw")], "absolute host path"),
+    ("kvm", {}, [disk("/images/a\nb.raw")], "absolute host path"),
+    ("kvm", {}, [disk("")], "a disk needs a path"),
+    ("kvm", {}, [disk("/a", readonly="yes")], "readonly must be a bool"),
+    ("kvm", {}, [disk("/srv", type="dir")], "disk type must be 'file' or 'block'"),
+    ("kvm", {}, [nic(network="default", bridge="br0")], "not both"),
+    ("kvm", {}, [nic(mac="52:54:00:zz:00:01")], "mac must look like"),
+    ("kvm", {}, [nic(bridge=["br0"])], "nic bridge must be a string"),
+    ("kvm", {}, [{"kind": "usb"}], "kind 'disk' or 'nic'"),
+    ("kvm", {}, {"kind": "disk"}, "devices must be a list"),
+    ("lxc", LXC, [disk("/a.iso", device="cdrom", mount="/cd")], "no CD drive"),
+    ("lxc", LXC, [disk("/images/a.raw")], "needs 'mount'"),
+    ("lxc", LXC, [disk("/images/a.raw", mount="data")], "needs 'mount'"),
+    ("lxc", LXC, [disk("/srv", type="dir", format="qcow2", mount="/srv")], "cannot mount a qcow2 dir"),
+    ("lxc", LXC, [disk("/a", mount="/a", userdevice=0)], "unknown disk keys ['userdevice']"),
+])
+def test_build_refuses_devices_it_cannot_express(hypervisor, overrides, bad, message):
+    with pytest.raises(domxml.DomainXMLError) as caught:
+        domxml.build(BASE | overrides | {"devices": bad}, hypervisor, uuid=UUID, name="bad")
+    assert message in str(caught.value)
+
+
+def test_device_xml_alone_is_what_build_puts_in_the_domain():
+    given, _ = VIRTIO_DEVICES
+    whole = domxml.build(BASE | {"devices": given}, "qemu", uuid=UUID, name="d")
+    alone = ET.fromstring(f"<devices>{devices.to_xml(given, 'virtio')}</devices>")
+    canonical = [ET.canonicalize(ET.tostring(e), strip_text=True) for e in ET.fromstring(whole).find("devices")]
+    assert [ET.canonicalize(ET.tostring(e), strip_text=True) for e in alone] == canonical[:len(given)]
+
+
+# ---- how a Xen guest boots when it does not say ----------------------------------------------
+
+NO_BOOT = {"HVM_boot_policy": "", "HVM_boot_params": {}, "PV_bootloader": "", "PV_kernel": "", "platform": {}}
+
+
+@pytest.mark.parametrize("xen_boot, expected", [
+    ("pv", {"domain_type": "pv", "PV_bootloader": "pygrub", "HVM_boot_policy": ""}),
+    ("hvm", {"domain_type": "hvm", "PV_bootloader": "", "HVM_boot_policy": "BIOS order"}),
+])
+def test_a_xen_vm_naming_no_boot_method_follows_xen_boot(xen_boot, expected, tmp_path):
+    xml = domxml.build(BASE | NO_BOOT, "xen", uuid=UUID, name="nb", xen_boot=xen_boot)
+    parsed = domxml.parse(xml)
+    assert {k: parsed[k] for k in expected} == expected
+    validate(tmp_path, f"xen-default-{xen_boot}", xml)
+
+
+@pytest.mark.parametrize("says, domain_type", [
+    ({"PV_kernel": "/boot/vmlinuz"}, "pv"), ({"PV_bootloader": "/usr/bin/pvgrub"}, "pv"),
+    ({"HVM_boot_policy": "BIOS order"}, "hvm"), ({"domain_type": "pvh", "PV_kernel": "/boot/vmlinuz"}, "pvh")])
+def test_a_xen_vm_that_names_its_boot_keeps_it_whatever_xen_boot_says(says, domain_type):
+    for xen_boot in domxml.XEN_BOOTS:
+        parsed = domxml.parse(domxml.build(BASE | NO_BOOT | says, "xen", uuid=UUID, name="b", xen_boot=xen_boot))
+        assert parsed["domain_type"] == domain_type
+        assert parsed["PV_bootloader"] == says.get("PV_bootloader", "")
+        assert all(parsed[k] == v for k, v in says.items())
+
+
+def test_xen_boot_must_be_pv_or_hvm():
+    with pytest.raises(domxml.DomainXMLError, match="xen_boot"):
+        domxml.build(BASE | NO_BOOT, "xen", uuid=UUID, name="x", xen_boot="pvh")
+
+
+def test_xenapi_conf_sets_xen_boot_and_refuses_other_words(tmp_path):
+    path = tmp_path / "xenapi.conf"
+    assert config.load(None).xen_boot == "pv"
+    path.write_text("[libvirt]\nxen_boot = hvm\n")
+    assert config.load(str(path)).xen_boot == "hvm"
+    path.write_text("[libvirt]\nxen_boot = pvh\n")
+    with pytest.raises(ValueError, match="xen_boot = 'pvh' is not one of pv, hvm"):
+        config.load(str(path))
+
+
+# ---- LXC never shares the host's root --------------------------------------------------------
+
+@pytest.mark.parametrize("root", [None, "", "/", "//", "relative/dir"])
+def test_an_lxc_container_without_a_root_of_its_own_is_refused(root):
+    platform = {"init": "/sbin/init"} | ({"lxc-root": root} if root is not None else {})
+    with pytest.raises(domxml.DomainXMLError, match="lxc-root"):
+        domxml.build(BASE | LXC | {"platform": platform}, "lxc", uuid=UUID, name="c")
+
+
+def test_libvirt_test_driver_takes_the_devices_and_gives_them_back():
+    """A real libvirt driver parses what the builder wrote and reports it in the same neutral form
+    (with the MACs libvirt generated for the NICs that had none; libvirt keeps disks sorted by bus)."""
+    import libvirt
+    import uuid as uuidlib
+    given, expected = VIRTIO_DEVICES
+    conn = libvirt.open("test:///default")
+    xml = domxml.build(BASE | {"devices": given}, "test", uuid=str(uuidlib.uuid4()), name="devices-back")
+    dom = conn.defineXML(xml)
+    try:
+        back = domxml.parse(dom.XMLDesc())["devices"]
+    finally:
+        dom.undefine()
+        conn.close()
+    assert all(d["mac"].startswith("52:54:00:") for d in back if d["kind"] == "nic")
+    nics = [n for n in expected if n["kind"] == "nic"]
+    assert [n | {"mac": ""} if not e["mac"] else n for n, e in zip(back[-len(nics):], nics)] == nics
+    assert sorted(back[:-len(nics)], key=repr) == sorted(expected[:-len(nics)], key=repr)

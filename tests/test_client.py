@@ -3,22 +3,27 @@ XenAPI package's interface (compared call for call with the official client on t
 Async calls and tasks, the events iterator and the listener."""
 from __future__ import annotations
 
+import contextlib
 import queue
 import ssl
 import threading
 import time
 import xmlrpc.client
 
+import paramiko
 import pytest
 import XenAPI
 
 from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
-from tests.doors import open_door
+from tests.doors import new_key, open_door, ssh_door
+from tests.streams import guest
+from tests.test_ssh import keys, served, sshd  # noqa: F401  (fixtures: a real sshd with forced commands)
 from xenapi.api import Api
 from xenapi.client import Failure, Session
 from xenapi.transport.http import HTTPServer
 
-DOORS = ["http", "https", "unix"]
+DOORS = ["http", "https", "unix", "ssh"]
+PASSWORD_DOORS = ["http", "https", "unix"]     # where a login checks the password (ssh: the key did)
 GiB = 1 << 30
 
 
@@ -42,6 +47,8 @@ def client(door):
     session = Session(door.url, **door.options)
     session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "pytest-client")
     yield session
+    with contextlib.suppress(Failure):
+        session.logout()                         # also ends a listener's event.from on the server
     session.close()
 
 
@@ -79,7 +86,9 @@ def test_login_returns_the_session_that_calls_then_carry_until_logout(running, d
     ref = session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "pytest-client")
 
     assert ref == session.handle and running.server.sessions.is_live(ref)
-    assert running.server.store.get("session", ref)["originator"] == "pytest-client"
+    record = running.server.store.get("session", ref)
+    # a stream's session was opened when the stream started (docs/ssh.md), for the key's user
+    assert record["originator"] == ("ssh" if door.kind == "ssh" else "pytest-client")
     records = session.xenapi.VM.get_all_records()
     assert len(records) == 4 and sum(r["is_control_domain"] for r in records.values()) == 1
     session.xenapi.session.logout()
@@ -107,47 +116,62 @@ def test_every_call_form(client):
     assert client.handle is None
 
 
-@pytest.mark.parametrize("case", [
-    "handle_invalid", "parameter_count", "unknown_method", "bad_power_state", "field_type", "bad_login",
-])
-def test_failures_carry_the_official_clients_details(client, official, case):
-    vm = guest_vm(official, "Running")
-    calls = {
-        "handle_invalid": lambda api: api.VM.get_record("OpaqueRef:no-such-vm"),
-        "parameter_count": lambda api: api.VM.get_all_records("one too many"),
-        "unknown_method": lambda api: api.VM.no_such_message(vm),
-        "bad_power_state": lambda api: api.VM.start(vm, False, False),
-        "field_type": lambda api: api.VM.set_name_label(vm, ["not", "a", "string"]),
-        "bad_login": lambda api: api.session.login_with_password("root", "wrong", "2.21", "x"),
-    }
-    with pytest.raises(XenAPI.Failure) as theirs:
-        (calls[case](official.xenapi) if case != "bad_login"
-         else official.xenapi.login_with_password("root", "wrong", "2.21", "x"))
-    with pytest.raises(Failure) as ours:
-        calls[case](client.xenapi)
+FAILING_CALLS = {
+    "handle_invalid": lambda api, vm: api.VM.get_record("OpaqueRef:no-such-vm"),
+    "parameter_count": lambda api, vm: api.VM.get_all_records("one too many"),
+    "unknown_method": lambda api, vm: api.VM.no_such_message(vm),
+    "bad_power_state": lambda api, vm: api.VM.start(vm, False, False),
+    "field_type": lambda api, vm: api.VM.set_name_label(vm, ["not", "a", "string"]),
+}
 
+
+def assert_same_failure(ours: pytest.ExceptionInfo, theirs: pytest.ExceptionInfo) -> None:
     assert ours.value.details == theirs.value.details
     assert str(ours.value) == str(theirs.value)
     assert ours.value._details_map() == theirs.value._details_map()
 
 
-def test_role_is_enforced_with_the_official_clients_details(running, door, official):
+@pytest.mark.parametrize("case", list(FAILING_CALLS))
+def test_failures_carry_the_official_clients_details(client, official, case):
+    vm = guest_vm(official, "Running")
+    with pytest.raises(XenAPI.Failure) as theirs:
+        FAILING_CALLS[case](official.xenapi, vm)
+    with pytest.raises(Failure) as ours:
+        FAILING_CALLS[case](client.xenapi, vm)
+    assert_same_failure(ours, theirs)
+
+
+@pytest.mark.parametrize("door", PASSWORD_DOORS, indirect=True)
+def test_bad_password_gets_the_official_clients_failure(running, door):
+    with pytest.raises(XenAPI.Failure) as theirs:
+        XenAPI.Session(running.url).xenapi.login_with_password("root", "wrong", "2.21", "x")
+    with pytest.raises(Failure) as ours:
+        Session(door.url, **door.options).xenapi.login_with_password("root", "wrong", "2.21", "x")
+    assert_same_failure(ours, theirs)
+    assert ours.value.details[0] == "SESSION_AUTHENTICATION_FAILED"
+
+
+def test_role_is_enforced_with_the_official_clients_details(running, door, official, tmp_path):
     running.add_user("reader", "read-only")
     vm = guest_vm(official, "Running")
     theirs = running.session("reader", "pw")
-    ours = Session(door.url, **door.options)
-    ours.xenapi.login_with_password("reader", "pw", "2.21", "pytest-client")
+    with (open_door("ssh", running, tmp_path, "reader") if door.kind == "ssh"   # a key of the reader's
+          else contextlib.nullcontext(door)) as door:
+        ours = Session(door.url, **door.options)
+        ours.xenapi.login_with_password("reader", "pw", "2.21", "pytest-client")
 
-    with pytest.raises(XenAPI.Failure) as expected:
-        theirs.xenapi.VM.hard_shutdown(vm)
-    with pytest.raises(Failure) as got:
-        ours.xenapi.VM.hard_shutdown(vm)
+        with pytest.raises(XenAPI.Failure) as expected:
+            theirs.xenapi.VM.hard_shutdown(vm)
+        with pytest.raises(Failure) as got:
+            ours.xenapi.VM.hard_shutdown(vm)
 
-    assert got.value.details == expected.value.details
-    assert got.value.details[0] == "RBAC_PERMISSION_DENIED"
-    assert ours.xenapi.VM.get_power_state(vm) == "Running"
+        assert got.value.details == expected.value.details
+        assert got.value.details[0] == "RBAC_PERMISSION_DENIED"
+        assert ours.xenapi.VM.get_power_state(vm) == "Running"
+        ours.close()
 
 
+@pytest.mark.parametrize("door", PASSWORD_DOORS, indirect=True)
 def test_call_without_login_gets_the_servers_session_invalid(door):
     with pytest.raises(Failure) as e:
         Session(door.url, **door.options).xenapi.VM.get_all()
@@ -242,6 +266,27 @@ def test_wait_for_a_failed_task_raises_its_error_info(client):
     assert e.value.details[0] == "VM_BAD_POWER_STATE"
 
 
+def test_wait_for_task_waits_for_whoever_finishes_the_task(client, official):
+    task = client.xenapi.task.create("by hand", "finished by another client")
+    with pytest.raises(TimeoutError):
+        client.wait_for_task(task, timeout=0.2)
+    result: queue.Queue = queue.Queue()
+    waiter = threading.Thread(target=lambda: result.put(client.wait_for_task(task, timeout=30)))
+    waiter.start()
+
+    official.xenapi.task.set_result(task, "<value>done</value>")
+    official.xenapi.task.set_status(task, "success")
+
+    assert result.get(timeout=30) == "done"
+    waiter.join(10)
+
+
+def test_wait_for_a_task_that_does_not_exist_is_handle_invalid(client):
+    with pytest.raises(Failure) as e:
+        client.wait_for_task("OpaqueRef:no-such-task", timeout=5)
+    assert e.value.details == ["HANDLE_INVALID", "task", "OpaqueRef:no-such-task"]
+
+
 # ------------------------------------------------------------------------------ events
 
 def test_events_start_with_every_object_then_follow_changes(client):
@@ -284,24 +329,31 @@ def test_events_stream_closed_from_another_thread_ends_its_wait(client):
 
 def test_listener_calls_back_on_its_own_thread_while_the_session_works_on(running, client):
     vm = guest_vm(client, "Running")
-    in_flight = threading.Semaphore(0)
+    waiting = []                                           # event.from calls the server is in
+    polling = threading.Event()
     overlapped = []
     dispatch = running.server.dispatcher.dispatch
 
-    def spy(call):                                         # was an event.from waiting when this came?
-        if call.method == "event.from":
-            in_flight.release()
-        elif call.method == "VM.hard_shutdown":
-            overlapped.append(in_flight.acquire(timeout=10))
-        return dispatch(call)
+    def spy(call):
+        if call.method != "event.from":
+            if call.method == "VM.hard_shutdown":
+                overlapped.append(len(waiting))
+            return dispatch(call)
+        waiting.append(call)
+        polling.set()
+        try:
+            return dispatch(call)
+        finally:
+            waiting.remove(call)
 
+    token = client.xenapi.event_from(["VM"], "", 0.0)["token"]
     running.server.dispatcher.dispatch = spy
     got: queue.Queue = queue.Queue()
     stop = threading.Event()
-    token = client.xenapi.event_from(["VM"], "", 0.0)["token"]
     listener = client.listen(["VM"], lambda e: got.put((threading.current_thread().name, e)), stop,
                              timeout=60, token=token)
     try:
+        assert polling.wait(10)
         client.xenapi.VM.hard_shutdown(vm)                 # while the listener waits in event.from
         thread, event = got.get(timeout=20)
         while not halted(vm)(event):
@@ -310,7 +362,7 @@ def test_listener_calls_back_on_its_own_thread_while_the_session_works_on(runnin
         stop.set()
         listener.join(10)
 
-    assert overlapped == [True]
+    assert overlapped == [1]
     assert thread == "xenapi-listener"
     assert not listener.is_alive() and listener.error is None
 
@@ -344,7 +396,7 @@ def test_listener_and_calls_carry_on_after_the_server_restarts_its_listener(runn
     vm = guest_vm(session, "Running")
     got: queue.Queue = queue.Queue()
     token = session.xenapi.event_from(["VM"], "", 0.0)["token"]
-    listener = session.listen(["VM"], got.put, timeout=60, token=token)
+    listener = session.listen(["VM"], got.put, timeout=1, token=token)   # short: shutdown waits for it
     time.sleep(0.2)
 
     uuid = session.xenapi.VM.get_uuid(vm)
@@ -360,7 +412,95 @@ def test_listener_and_calls_carry_on_after_the_server_restarts_its_listener(runn
         assert session.xenapi.VM.get_power_state(vm) == "Halted"     # the idle connection was remade
     finally:
         listener.stop(10)
+        session.logout()
     assert listener.error is None
+
+
+# ------------------------------------------------------------------------------ ssh://
+
+@pytest.fixture
+def ssh(running, tmp_path):
+    d = open_door("ssh", running, tmp_path, "root")
+    yield d
+    d.close()
+
+
+def stream_sessions(running) -> list[dict]:
+    return [r for r in running.server.store.records("session").values() if r["originator"] == "ssh"]
+
+
+def test_ssh_key_gives_a_session_without_login(running, ssh):
+    session = Session(ssh.url, **ssh.options)
+
+    assert session.handle == ""                                    # docs/ssh.md: the stream's session
+    assert len(session.xenapi.VM.get_all()) == 4
+    (record,) = stream_sessions(running)
+    assert record["auth_user_name"] == "root"
+    session.close()
+
+
+def test_ssh_login_as_the_keys_user_returns_the_stream_session_and_another_user_is_refused(running, ssh):
+    running.add_user("reader", "read-only")
+    session = Session(ssh.url, **ssh.options)
+
+    ref = session.xenapi.login_with_password("root", "the key counts, not this", "2.21", "x")
+    assert [r["uuid"] for r in stream_sessions(running)] == [running.server.store.get("session", ref)["uuid"]]
+    with pytest.raises(Failure) as e:
+        session.xenapi.login_with_password("reader", "pw", "2.21", "x")
+    assert e.value.details == ["SESSION_AUTHENTICATION_FAILED", "reader", "Authentication failure"]
+    session.close()
+
+
+def test_ssh_host_key_not_in_known_hosts_is_refused(ssh, tmp_path):
+    stranger = tmp_path / "other_known_hosts"
+    stranger.write_text("")
+    options = {**ssh.options, "known_hosts": str(stranger)}
+
+    with pytest.raises(paramiko.SSHException, match="not found in known_hosts"):
+        Session(ssh.url, **options).xenapi.VM.get_all()
+    assert Session(ssh.url, **{**options, "verify_host_key": False}).xenapi.VM.get_all()
+
+
+def test_ssh_unregistered_key_is_refused(ssh, tmp_path):
+    key = tmp_path / "id_unregistered"
+    new_key(key)
+    with pytest.raises(paramiko.AuthenticationException):
+        Session(ssh.url, **{**ssh.options, "key_filename": str(key)}).xenapi.VM.get_all()
+
+
+def test_ssh_session_carries_on_over_a_new_stream_after_the_server_restarts(running, ssh, tmp_path):
+    session = Session(ssh.url, **ssh.options)
+    session.xenapi.login_with_password("root", "", "2.21", "x")
+    first = session.handle
+    address = ssh.listener.address
+
+    ssh.listener.shutdown()                                 # the stream and its session end
+    ssh.listener = ssh_door(running, tmp_path / "ssh-root", "root", address).listener
+
+    assert len(session.xenapi.VM.get_all()) == 4            # a new stream, and a login on it
+    assert session.handle not in ("", first) and not running.server.sessions.is_live(first)
+    session.close()
+
+
+def test_ssh_through_openssh_and_a_forced_xenapi_stdio(sshd, served, keys, tmp_path):
+    """The other way in (docs/ssh.md): a real sshd whose authorized_keys line runs `xenapi stdio
+    --user bob`; the client's exec of `xenapi` is allowed through as the forced command's."""
+    host_key = (tmp_path / "sshd" / "host_key.pub").read_text().split()
+    known_hosts = tmp_path / "known_hosts"
+    known_hosts.write_text(f"[127.0.0.1]:{sshd.port} {host_key[0]} {host_key[1]}\n")
+    session = Session(f"ssh://root@127.0.0.1:{sshd.port}", key_filename=str(keys["bob"][0]),
+                      known_hosts=str(known_hosts))
+    vm = guest(served)
+
+    session.wait_for_task(session.xenapi.Async.VM.start(vm, False, False), timeout=20)   # bob: vm-operator
+
+    assert session.xenapi.VM.get_power_state(vm) == "Running"
+    with pytest.raises(Failure) as e:
+        session.xenapi.VM.destroy(vm)
+    assert e.value.details[:2] == ["RBAC_PERMISSION_DENIED", "vm.destroy"]
+    (record,) = stream_sessions(served.running)
+    assert record["auth_user_name"] == "bob"
+    session.close()
 
 
 # ------------------------------------------------------------------------------ URLs and TLS

@@ -7,6 +7,7 @@ and may read vm1.  Everyone logs in with the real XenAPI client over HTTP.
 from __future__ import annotations
 
 import time
+import xmlrpc.client
 
 import pytest
 import XenAPI
@@ -262,18 +263,26 @@ def test_only_a_pool_admin_creates_and_destroys_grants(pool, admin, vm):
     assert hal.xenapi.grant.get_all() == [ref]          # read-only and up read grants, as xapi's subjects
 
 
-def test_grants_survive_a_restart(tmp_path):
+def test_grants_groups_and_grant_only_sessions_survive_a_restart(tmp_path):
     first = start_server(tmp_path, domains=2, running=1)
     admin = first.session()
     halted = next(ref for ref, rec in admin.xenapi.VM.get_all_records().items() if rec["name_label"] == "vm1")
     first.add_user("ivy", "none", "pw")
-    grant(admin, "ivy", ["start"], target=halted)
+    grant(admin, "group:ops", ["start"], target=halted)
+    ivy = first.session("ivy", "pw")
+    user = ivy.xenapi.session.get_this_user(ivy._session)
+    admin.xenapi.user.set_groups(user, ["ops"])
+    admin.xenapi.user.set_fullname(user, "Ivy")
     stop_server(first)
     again = start_server(tmp_path, uris=[first.uri])
     try:
-        ivy = again.session("ivy", "pw")
-        assert ivy.xenapi.VM.get_all() == [halted]
-        ivy.xenapi.VM.start(halted, False, False)
+        proxy = xmlrpc.client.ServerProxy(again.url)      # ivy's session, on the restarted server
+        assert proxy.VM.get_all(ivy._session)["Value"] == [halted]
+        assert proxy.VM.hard_shutdown(ivy._session, halted)["ErrorDescription"][:2] == \
+            ["RBAC_PERMISSION_DENIED", "vm.hard_shutdown"]
+        assert proxy.VM.start(ivy._session, halted, False, False)["Status"] == "Success"
+        record = again.session().xenapi.user.get_record(user)
+        assert (record["groups"], record["fullname"]) == (["ops"], "Ivy")
     finally:
         stop_server(again)
 

@@ -49,6 +49,7 @@ def cmd_serve(args) -> int:
     """Run the server until SIGINT or SIGTERM.
 
     Example: xenapi serve --listen 127.0.0.1:8080 --libvirt test:///default --state /var/lib/xenapi
+    Detected: xenapi serve --libvirt auto --state /var/lib/xenapi
     HTTPS:   xenapi serve --listen 0.0.0.0:443 --tls-self-signed --state /var/lib/xenapi
     """
     _logging(args.verbose)
@@ -229,7 +230,9 @@ def parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", parents=[common], help="run the server", description=cmd_serve.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
     serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080)")
-    serve.add_argument("--libvirt", metavar="URI", action="append", help="a libvirt host URI; repeat for more hosts")
+    serve.add_argument("--libvirt", metavar="URI", action="append",
+                       help="a libvirt host URI, or auto (this machine's: xen:///system or qemu:///system); "
+                            "repeat for more hosts")
     serve.add_argument("--unix-socket", metavar="PATH", help="also serve HTTP on this unix socket")
     serve.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this PEM certificate (chain)")
     serve.add_argument("--tls-key", metavar="FILE", help="the PEM private key of --tls-cert")

@@ -43,8 +43,8 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from xenapi.client_connections import (CONNECTION_ERRORS, Connector, connector_for, decode_response,
-                                       decode_value, encode_call)
+from xenapi.client_connections import (CONNECTION_ERRORS, Connector, StaleConnection, connector_for,
+                                       decode_response, decode_value, encode_call)
 
 log = logging.getLogger(__name__)
 
@@ -162,24 +162,21 @@ class Session:
             self.close()
 
     def wait_for_task(self, task: str, timeout: float | None = None):
-        """Wait for ``task`` to finish and return its result (decoded: what the synchronous call
-        would have returned), or raise Failure with
-        its ``error_info``; TimeoutError after ``timeout`` seconds.  Watches the task with
-        event.from, so it answers as soon as the task ends."""
+        """Wait for ``task`` to end; return its result decoded (what the synchronous call would
+        have returned), or raise Failure with its ``error_info``; TimeoutError after ``timeout``
+        seconds.  Waits in event.from on the task, so it answers as soon as the task ends."""
         deadline = None if timeout is None else time.monotonic() + timeout
         token = ""
         while True:
-            wait = EVENT_TIMEOUT if deadline is None else deadline - time.monotonic()
+            record = self._call("task.get_record", (task,))      # HANDLE_INVALID once it is gone
+            if record["status"] == "success":
+                return decode_value(record["result"])
+            if record["status"] != "pending":                    # failure or cancelled
+                raise Failure(record["error_info"])
+            wait = EVENT_TIMEOUT if deadline is None else min(EVENT_TIMEOUT, deadline - time.monotonic())
             if wait <= 0:
                 raise TimeoutError(f"task {task} still pending after {timeout} s")
-            batch = self._call("event.from", ([f"task/{task}"], token, float(min(wait, EVENT_TIMEOUT))))
-            token = batch["token"]
-            snapshots = [e.get("snapshot") for e in batch["events"] if e.get("ref") == task]
-            if any(s and s.get("status") != "pending" for s in snapshots):
-                record = self._call("task.get_record", (task,))
-                if record["status"] == "success":
-                    return decode_value(record["result"])
-                raise Failure(record["error_info"])
+            token = self._call("event.from", ([f"task/{task}"], token, float(wait)))["token"]
 
     def events(self, classes: Iterable[str] = ("*",), timeout: float = EVENT_TIMEOUT,
                token: str = "") -> "EventStream":
@@ -229,9 +226,16 @@ class Session:
         if connection is not None:                       # a stream's own connection
             return decode_response(connection.round_trip(body))
         with self._lock:
-            if self._connection is None:
-                self._connection = self._connector.open(self._timeout)
-            return decode_response(self._connection.round_trip(body))
+            for attempt in (1, 2):
+                reused = self._connection is not None and self._connection.usable
+                if not reused:
+                    self._connection = self._connector.open(self._timeout)
+                try:
+                    return decode_response(self._connection.round_trip(body))
+                except StaleConnection:
+                    if not reused or attempt == 2:
+                        raise
+            raise AssertionError("unreachable")
 
 
 def _is_stale(response) -> bool:
@@ -301,8 +305,8 @@ class EventStream:
             try:
                 batch = self.session._call("event.from", (self.classes, self.token, self.timeout),
                                            self._connection)
-            except CONNECTION_ERRORS:
-                if self._closed:
+            except Exception:
+                if self._closed:             # close() from another thread cut the call short
                     raise StopIteration from None
                 raise
             self.token = batch["token"]
@@ -383,6 +387,8 @@ class Listener:
                     if self.stop_event.wait(pause):
                         return
         except Exception as e:
+            if self.stop_event.is_set():        # stopped while a call was in flight: not an error
+                return
             self.error = e
             log.warning("event=listener-stopped url=%s error=%r", self.session.url, e)
         finally:

@@ -20,6 +20,13 @@ from defusedxml.xmlrpc import DefusedExpatParser
 log = logging.getLogger(__name__)
 
 USER_AGENT = "xenapi.client/0.1"
+
+
+class StaleConnection(ConnectionResetError):
+    """A reused connection turned out closed before the request got any answer: the far end
+    ended it while idle.  Worth one try on a new connection, as for an idle HTTP keep-alive."""
+
+
 # what a dropped or refused connection raises (a Failure or a Fault is the server's answer)
 CONNECTION_ERRORS = (OSError, EOFError, http.client.HTTPException, xmlrpc.client.ProtocolError)
 END_OF_RESPONSE = b"</methodResponse>"
@@ -67,6 +74,8 @@ def decode_value(text: str):
 # -- connectors --------------------------------------------------------------------------------
 
 class Connector:
+    """Opens connections: ``open(timeout)`` returns an object with ``round_trip(bytes) -> bytes``,
+    ``usable``, ``abort()`` and ``close()``."""
     stream_session: str | None = None       # the session a connection has without logging in
 
     def open(self, timeout: float | None):
@@ -159,28 +168,31 @@ class _HTTPConnection:
         self._http: http.client.HTTPConnection | None = None
         self._aborted = False
 
+    usable = True                            # a dropped connection is remade at the next request
+
     def round_trip(self, body: bytes) -> bytes:
         for attempt in (1, 2):
             if self._aborted:
                 raise ConnectionAbortedError("connection closed")
-            fresh = self._http is None
+            conn = self._http                # a local: abort() and close() may run in another thread
+            fresh = conn is None
             if fresh:
-                self._http = self.connector.factory(self.timeout)
+                conn = self._http = self.connector.factory(self.timeout)
             try:
-                self._http.request("POST", self.connector.path, body, {
-                    "Content-Type": "text/xml", "User-Agent": USER_AGENT})
-                response = self._http.getresponse()
+                conn.request("POST", self.connector.path, body, {"Content-Type": "text/xml",
+                                                                 "User-Agent": USER_AGENT})
+                response = conn.getresponse()
                 data = response.read()
             except _STALE:
-                self.close()
+                self._drop(conn)
                 if fresh or attempt == 2 or self._aborted:
                     raise
                 continue
             except BaseException:
-                self.close()
+                self._drop(conn)
                 raise
             if response.will_close:
-                self.close()
+                self._drop(conn)
             if response.status != 200:
                 raise xmlrpc.client.ProtocolError(self.connector.url, response.status, response.reason,
                                                   dict(response.getheaders()))
@@ -198,9 +210,13 @@ class _HTTPConnection:
                 pass
 
     def close(self) -> None:
-        if self._http is not None:
-            self._http.close()
-            self._http = None
+        self._drop(self._http)
+
+    def _drop(self, conn: http.client.HTTPConnection | None) -> None:
+        if conn is not None:
+            conn.close()
+            if self._http is conn:
+                self._http = None
 
 
 # -- streams (ssh) -----------------------------------------------------------------------------
@@ -239,26 +255,47 @@ class ResponseReader:
 class StreamConnection:
     """Requests written to a byte stream, responses read back in order (one outstanding at a
     time): the ``xenapi stdio`` protocol.  ``send(bytes)``, ``recv(n) -> bytes`` (b"" at the end)
-    and ``shut()`` come from the carrier; ``diagnostics()`` is its error output, if any."""
+    and ``shut()`` come from the carrier; ``alive()`` says whether the carrier may still carry
+    (false once the far end has closed); ``diagnostics()`` is its error output, if any.  After an
+    error mid-call the stream's state is unknown, so it is not used again."""
 
-    def __init__(self, send, recv, shut, diagnostics=lambda: ""):
-        self._send, self._recv, self._shut, self._diagnostics = send, recv, shut, diagnostics
+    def __init__(self, send, recv, shut, alive=lambda: True, diagnostics=lambda: ""):
+        self._send, self._recv, self._shut = send, recv, shut
+        self._alive, self._diagnostics = alive, diagnostics
         self._reader = ResponseReader()
         self._lock = threading.Lock()
         self._closed = False
+        self._answered = 0                   # round trips completed
+
+    @property
+    def usable(self) -> bool:
+        """False once the stream has ended: the Session then opens another for its next call."""
+        return not self._closed and self._alive()
 
     def round_trip(self, body: bytes) -> bytes:
         with self._lock:
             if self._closed:
                 raise ConnectionAbortedError("stream closed")
-            self._send(body if body.endswith(b"\n") else body + b"\n")
-            while (document := self._reader.next_document()) is None:
-                data = self._recv(_RECV)
-                if not data:
-                    self._closed = True
-                    why = self._diagnostics().strip()
-                    raise ConnectionResetError("the server ended the stream" + (f": {why}" if why else ""))
-                self._reader.feed(data)
+            got = 0
+            try:
+                try:
+                    self._send(body if body.endswith(b"\n") else body + b"\n")
+                except OSError as e:
+                    raise ConnectionResetError(f"the stream is closed: {e}") from None
+                while (document := self._reader.next_document()) is None:
+                    data = self._recv(_RECV)
+                    if not data:
+                        why = self._diagnostics().strip()
+                        raise ConnectionResetError("the server ended the stream" + (f": {why}" if why else ""))
+                    got += len(data)
+                    self._reader.feed(data)
+            except BaseException as e:
+                self._closed = True
+                self._shut()
+                if isinstance(e, ConnectionResetError) and self._answered and not got:
+                    raise StaleConnection(*e.args) from None
+                raise
+            self._answered += 1
             return document
 
     def abort(self) -> None:

@@ -9,6 +9,7 @@ unless ``verify_host_key=False``.
 from __future__ import annotations
 
 import getpass
+import os
 import threading
 
 import paramiko
@@ -26,17 +27,27 @@ class SSHConnector(Connector):
                  known_hosts: str | None = None, verify_host_key: bool = True):
         self.host, self.port = host, port
         self.user = user or getpass.getuser()
-        self.key_filename = key_filename
-        self.known_hosts = known_hosts
+        self.key_filename = os.path.expanduser(key_filename) if key_filename else None
+        self.known_hosts = os.path.expanduser(known_hosts) if known_hosts else None
         self.verify_host_key = verify_host_key
         self._client: paramiko.SSHClient | None = None
         self._lock = threading.Lock()
 
     def open(self, timeout: float | None) -> StreamConnection:
-        channel = self._transport().open_session(timeout=CONNECT_SECONDS)
+        for attempt in (1, 2):
+            transport = self._transport()
+            try:
+                channel = transport.open_session(timeout=CONNECT_SECONDS)
+                break
+            except (paramiko.SSHException, EOFError, OSError):
+                if attempt == 2:            # a connection the server has just dropped: one more
+                    raise
+                self._forget(transport)
         channel.settimeout(timeout)
         channel.exec_command(COMMAND)
-        return StreamConnection(channel.sendall, channel.recv, channel.close, lambda: _stderr(channel))
+        return StreamConnection(channel.sendall, channel.recv, channel.close,
+                                alive=lambda: not (channel.closed or channel.eof_received),
+                                diagnostics=lambda: _stderr(channel))
 
     def close(self) -> None:
         with self._lock:
@@ -44,11 +55,21 @@ class SSHConnector(Connector):
                 self._client.close()
                 self._client = None
 
+    def _forget(self, transport: paramiko.Transport) -> None:
+        with self._lock:
+            if self._client is not None and self._client.get_transport() is transport:
+                self._client.close()
+                self._client = None
+
     def _transport(self) -> paramiko.Transport:
         with self._lock:
-            if self._client is None or not self._client.get_transport().is_active():
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is None or not transport.is_active():
+                if self._client is not None:
+                    self._client.close()
                 self._client = self._connect()
-            return self._client.get_transport()
+                transport = self._client.get_transport()
+            return transport
 
     def _connect(self) -> paramiko.SSHClient:
         client = paramiko.SSHClient()

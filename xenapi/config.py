@@ -17,6 +17,10 @@ class Config:
     max_connections: int = 800
     libvirt_uris: list[str] = field(default_factory=lambda: [DEFAULT_URI])
     domain_type: str = "auto"
+    xen_boot: str = "pv"
+    libvirt_open_timeout: float = 10.0
+    libvirt_keepalive_interval: int = 5
+    libvirt_keepalive_count: int = 3
     idle_timeout: float = 86400.0
     max_per_user: int = 500
     login_failures_per_user: int = 5
@@ -68,7 +72,9 @@ def _host_port(name: str, value: str) -> tuple[str, int]:
 _KEYS = {
     ("server", "listen"): "listen", ("server", "unix_socket"): "unix_socket", ("server", "state"): "state",
     ("server", "max_body_bytes"): "max_body_bytes", ("server", "max_connections"): "max_connections",
-    ("libvirt", "uri"): "libvirt_uris", ("libvirt", "domain_type"): "domain_type",
+    ("libvirt", "uri"): "libvirt_uris", ("libvirt", "domain_type"): "domain_type", ("libvirt", "xen_boot"): "xen_boot",
+    ("libvirt", "open_timeout"): "libvirt_open_timeout", ("libvirt", "keepalive_interval"): "libvirt_keepalive_interval",
+    ("libvirt", "keepalive_count"): "libvirt_keepalive_count",
     ("sessions", "idle_timeout"): "idle_timeout", ("sessions", "max_per_user"): "max_per_user",
     ("logins", "failures_per_user"): "login_failures_per_user",
     ("logins", "failures_per_source"): "login_failures_per_source",
@@ -82,6 +88,9 @@ _KEYS = {
     ("ssh", "listen"): "ssh_listen", ("ssh", "host_key"): "ssh_host_key",
     ("ssh", "allow_passwords"): "ssh_allow_passwords",
 }
+
+# Settings with a fixed set of values.
+_CHOICES = {"xen_boot": ("pv", "hvm")}
 
 
 def load(path: str | None) -> Config:
@@ -109,5 +118,7 @@ def load(path: str | None) -> Config:
                     value = types[attr](text)
                 except ValueError:
                     raise ValueError(f"{path}: [{section}] {key} = {text!r} is not a {types[attr].__name__}") from None
+            if attr in _CHOICES and value not in _CHOICES[attr]:
+                raise ValueError(f"{path}: [{section}] {key} = {text!r} is not one of {', '.join(_CHOICES[attr])}")
             setattr(config, attr, value)
     return config

@@ -9,6 +9,8 @@ import re
 from urllib.parse import urlparse
 
 from xenapi import errors as E
+from xenapi import host_facts
+from xenapi.backend import hostinfo, machine
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
 from xenapi.errors import XenAPIError
@@ -18,7 +20,6 @@ from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
 
-PRODUCT_VERSION = "0.1.0"
 # libvirt's getType() -> the domain type new VMs get on that host (QEMU: decided by domain_type).
 _VIRT_TYPE = {"Xen": "xen", "LXC": "lxc", "TEST": "test"}
 
@@ -32,11 +33,13 @@ class Hosts:
         self._conns: dict[str, HostConnection] = {}
         self._facts: dict[str, HostFacts] = {}
         self.sampler = Sampler(self, server.config.metrics_interval)
-        for uri in uris:
+        for uri in dict.fromkeys(map(_resolved, uris)):
             ref = derived_ref("host", uri)
             self.refs.append(ref)
             self._by_uri[uri] = ref
-            self._conns[ref] = HostConnection(uri, self._domain_event, server.reconciler.on_liveness)
+            self._conns[ref] = HostConnection(
+                uri, self._domain_event, server.reconciler.on_liveness, open_timeout=server.config.libvirt_open_timeout,
+                keepalive=(server.config.libvirt_keepalive_interval, server.config.libvirt_keepalive_count))
 
     @property
     def master(self) -> str:
@@ -103,9 +106,8 @@ class Hosts:
         log.info("event=host-%s host=%s", "up" if live else "down", host)
 
     def free_memory(self, host: str) -> int:
-        facts = self.connection(host).host_facts()
-        self._facts[host] = facts
-        return facts.memory_free
+        """Bytes free on the host now: one getFreeMemory, nothing else re-read."""
+        return self.connection(host).read("free_memory", hostinfo.free_memory)
 
     # -- the API's view of a host ----------------------------------------------------------
     def _publish(self, host: str) -> None:
@@ -126,7 +128,8 @@ class Hosts:
             "memory_total": facts.memory_total if facts else 0, "memory_free": facts.memory_free if facts else 0,
             "live": conn.live, "last_updated": DateTime.now()}, derived_uuid("host_metrics", uri)))
         for n, ref in enumerate(cpus):
-            ops.append(self._upsert("host_cpu", ref, self._cpu_fields(host, n, facts), derived_uuid("host_cpu", f"{uri}/{n}")))
+            ops.append(self._upsert("host_cpu", ref, host_facts.host_cpu(host, n, facts),
+                                    derived_uuid("host_cpu", f"{uri}/{n}")))
         control_metrics = derived_ref("VM_metrics", f"control/{uri}")
         ops.append(self._upsert("VM_metrics", control_metrics, {
             "memory_actual": facts.memory_total if facts else 0, "VCPUs_number": facts.cpu_count if facts else 0,
@@ -149,38 +152,17 @@ class Hosts:
         existing = self.store.find("host", derived_ref("host", uri))
         fields.update(
             hostname=facts.hostname,
-            software_version={
-                "product_brand": "xenapi", "product_version": PRODUCT_VERSION,
-                "product_version_text": PRODUCT_VERSION, "product_version_text_short": PRODUCT_VERSION,
-                "platform_name": "libvirt", "platform_version": facts.libvirt_version,
-                "build_number": PRODUCT_VERSION, "hostname": facts.hostname, "date": "",
-                "xapi": f"{2}.{21}", "xen": facts.hypervisor_version if facts.hypervisor == "Xen" else "",
-                "hypervisor": facts.hypervisor, "hypervisor_version": facts.hypervisor_version,
-                "libvirt": facts.libvirt_version, "libvirt_uri": uri, "network_backend": "bridge"},
+            software_version=host_facts.software_version(uri, facts),
             capabilities=facts.capabilities,
-            cpu_info={
-                "cpu_count": str(facts.cpu_count), "socket_count": str(facts.sockets),
-                "cores_per_socket": str(facts.cores_per_socket), "threads_per_core": str(facts.threads_per_core),
-                "nr_nodes": str(facts.numa_cells), "vendor": facts.cpu_vendor, "speed": str(facts.cpu_mhz),
-                "modelname": facts.cpu_model, "flags": " ".join(facts.cpu_features), "arch": facts.arch,
-                "tpm": "true" if facts.tpm else "false"},
-            chipset_info={"iommu": "false"},
+            cpu_info=host_facts.cpu_info(facts),
+            chipset_info=host_facts.chipset_info(facts),
+            nic_speeds=host_facts.nic_speeds(facts),
             license_params={"sku_type": "free", "expiry": "never"},
             bios_strings={},
-            other_config={**(existing["other_config"] if existing else {}),
-                          "nic_speeds_mbit": ",".join(f"{k}={v}" for k, v in sorted(facts.nic_speeds.items()))},
         )
         if existing is None or not existing["name_label"]:
             fields["name_label"] = facts.hostname
         return fields
-
-    @staticmethod
-    def _cpu_fields(host: str, number: int, facts: HostFacts | None) -> dict:
-        if facts is None:
-            return {"host": host, "number": number}
-        return {"host": host, "number": number, "vendor": facts.cpu_vendor, "speed": facts.cpu_mhz,
-                "modelname": facts.cpu_model, "flags": " ".join(facts.cpu_features),
-                "features": " ".join(facts.cpu_features)}
 
     def _control_domain(self, host: str, facts: HostFacts | None) -> dict:
         memory = facts.memory_total if facts else 0
@@ -199,6 +181,13 @@ class Hosts:
         self.server.reconciler.on_domain_event(uri, uuid, kind)
         if kind.startswith("lifecycle:") or kind == "balloon":
             self.sampler.poke(self._by_uri[uri])
+
+
+def _resolved(uri: str) -> str:
+    resolved = machine.resolve_uri(uri)
+    if resolved != uri:
+        log.info("event=libvirt-uri-detected configured=%s uri=%s", uri, resolved)
+    return resolved
 
 
 def libvirt_name(label: str, uuid: str) -> str:

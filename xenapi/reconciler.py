@@ -113,8 +113,8 @@ class Reconciler:
 
     def relist(self, host: str) -> None:
         conn = self.server.hosts.connection(host)
-        seen = {state.uuid: state for state in conn.list_domains()}
-        with self._lock:
+        with self._lock:            # as in refresh: an API call's newer observation must not be overwritten
+            seen = {state.uuid: state for state in conn.list_domains()}
             for state in seen.values():
                 self._observe(host, state)
             for ref, home in list(self.homes.items()):
@@ -195,29 +195,37 @@ class Reconciler:
         else:
             derived["allowed_operations"] = allowed_operations({**current, **derived})
             ops.append(mod("VM", ref, derived))
-        ops += self._metrics_ops(state, parsed, current)
+        ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current, derived["consoles"])
         self.store.apply(ops)
 
-    def _metrics_ops(self, state, parsed, current) -> list:
+    def _metrics_ops(self, host, state, parsed, current) -> list:
+        """VM_metrics from the definition; only what changed, so an observation that changes no
+        figure makes no event.  memory_actual: 0 when not running, the definition's currentMemory
+        when it starts and while the sampler has no balloon figure (drivers without one), else the
+        sampler's alone: the balloon may lag the definition (virsh setmem) and the two would alternate."""
         ref = derived_ref("VM_metrics", state.uuid)
         running = state.power_state in _RUNS
         existing = self.store.find("VM_metrics", ref)
         was_running = current is not None and current["power_state"] in _RUNS
         fields = {
-            "memory_actual": parsed["memory_dynamic_max"] if running else 0,
             "VCPUs_number": parsed["VCPUs_at_startup"] if running else 0,
             "state": [state.libvirt_state.lower()] if state.libvirt_state else [],
             "hvm": parsed["domain_type"] == "hvm",
             "current_domain_type": parsed["domain_type"] if running else "unspecified",
-            "last_updated": DateTime.now(),
         }
+        if not running:
+            fields["memory_actual"] = 0
+        elif not was_running or not self.server.hosts.sampler.reports_memory(host, state.uuid):
+            fields["memory_actual"] = parsed["memory_dynamic_max"]
         if running and not was_running:
             fields["start_time"] = DateTime.now()
         if existing is None:
             return [add("VM_metrics", ref, self.store.new_record("VM_metrics", {
-                **fields, "uuid": derived_uuid("VM_metrics", state.uuid), "install_time": DateTime.now()}))]
-        return [mod("VM_metrics", ref, fields)]
+                **fields, "uuid": derived_uuid("VM_metrics", state.uuid), "install_time": DateTime.now(),
+                "last_updated": DateTime.now()}))]
+        changed = {k: v for k, v in fields.items() if existing[k] != v}
+        return [mod("VM_metrics", ref, {**changed, "last_updated": DateTime.now()})] if changed else []
 
     def _console_ops(self, vm: str, state, parsed, current, wanted: list[str]) -> list:
         ops = []

@@ -41,6 +41,7 @@ class Sampler:
         self.store = hosts.store
         self.period = period
         self._previous: dict[str, HostSample] = {}
+        self._ballooned: dict[str, frozenset[str]] = {}   # host -> running domains whose balloon size we write
         self._lock = threading.RLock()            # one sample at a time: rates need them in order
         self._poked: set[str] = set()
         self._poked_lock = threading.Lock()
@@ -72,6 +73,9 @@ class Sampler:
         with self._lock:
             before = self._previous.get(host)
             self._previous[host] = sample
+            ballooned = self._ballooned.get(host, frozenset())
+            self._ballooned[host] = frozenset(uuid for uuid, domain in sample.domains.items()
+                                              if domain.memory_actual is not None or uuid in ballooned)
             now = DateTime.now()
             for attempt in (1, 2):
                 ops = self._host_ops(host, sample, before, now) + self._vm_ops(host, sample, before, now)
@@ -82,6 +86,12 @@ class Sampler:
                 except XenAPIError as e:       # a VM destroyed meanwhile fails the batch: once more without it
                     if e.code != E.HANDLE_INVALID or attempt == 2:
                         raise
+
+    def reports_memory(self, host: str, uuid: str) -> bool:
+        """True while a running domain's memory_actual comes from its balloon in our samples; the
+        reconciler leaves the field alone then (else the two figures would take turns).  A sample that
+        missed the figure (NOWAIT met a busy domain) keeps it ours until the domain stops."""
+        return uuid in self._ballooned.get(host, frozenset())
 
     # -- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:

@@ -174,7 +174,8 @@ class Sessions:
         return len(stale)
 
     def _evict_beyond_cap(self, uname: str) -> None:
-        """xapi's rule: past the per-user cap, the least recently active session goes."""
+        """xapi's rule: past the per-user cap, the least recently active session goes (xapi's
+        db_gc also spares sessions with pending tasks; here tasks belong to users, not sessions)."""
         mine = sorted((live.touched, ref) for ref, live in list(self._live.items()) if live.user == uname)
         for _, ref in mine[: max(0, len(mine) - self.max_per_user + 1)]:
             log.info("event=session-evicted user=%s reason=cap", uname)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 
 from xenapi import errors as E
-from xenapi import lifecycle
+from xenapi import lifecycle, lxc_roots
 from xenapi.backend import domxml, rewrite
 from xenapi.errors import XenAPIError
 from xenapi.hosts import libvirt_name
@@ -45,9 +45,16 @@ class VMs:
         uuid = new_uuid()
         record = self.store.new_record("VM", values, uuid)
         record["affinity"] = values.get("affinity", NULL_REF)
-        xml = domxml.build({**record, "stamp": _stamp(record)}, self.hosts.virt_type(host),
-                           uuid=uuid, name=libvirt_name(record["name_label"], uuid))
-        self._define(host, conn, uuid, xml, _store_owned(record))
+        virt_type, state = self.hosts.virt_type(host), self.server.config.state
+        if virt_type == "lxc":          # a container never shares the host's / (xenapi/lxc_roots.py)
+            record["platform"] = lxc_roots.own_root(state, uuid, record["platform"])
+        try:
+            xml = domxml.build({**record, "stamp": _stamp(record)}, virt_type, uuid=uuid,
+                               name=libvirt_name(record["name_label"], uuid), xen_boot=self.server.config.xen_boot)
+            self._define(host, conn, uuid, xml, _store_owned(record))
+        except Exception:
+            lxc_roots.release_root(state, uuid, record["platform"])
+            raise
         return vm_ref(uuid)
 
     def _define(self, host: str, conn, uuid: str, xml: str, owned: dict) -> None:
@@ -86,6 +93,7 @@ class VMs:
         host = self.hosts.home_of(vm)
         self.hosts.connection(host).undefine(rec["uuid"])
         self.reconciler.forget(rec["uuid"])
+        lxc_roots.release_root(self.server.config.state, rec["uuid"], rec["platform"])
 
     def set_memory(self, ctx, vm: str, rec: dict, static_min: int, static_max: int, dynamic_min: int,
                    dynamic_max: int) -> None:

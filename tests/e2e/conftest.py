@@ -14,6 +14,7 @@
 - ``start_xenapi`` (function): ``start_xenapi(**config)`` runs a server on that libvirt (in this
   process, HTTP on loopback) and returns an ``E2EServer`` with a logged-in official XenAPI
   session; stopped after the test, with the VMs it created (``.created``) shut down and destroyed.
+  ``state=`` another server's (stopped) state directory restarts that server.
 Plain helpers (virsh, EventWatch, wait_task, tiny_vm_record) are in ``qemu_e2e.py``.
 
 Tests marked ``libvirtd_restart`` stop and start the system libvirtd; they run after every other
@@ -206,9 +207,9 @@ def start_xenapi(libvirt_uri, tmp_path):
     started: list[E2EServer] = []
 
     def start(**settings) -> E2EServer:
-        settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30, **settings}
-        server = Server(Config(listen="127.0.0.1:0", state=str(tmp_path / f"state-{len(started)}"),
-                               libvirt_uris=[libvirt_uri], **settings))
+        settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30,
+                    "state": str(tmp_path / f"state-{len(started)}"), **settings}
+        server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[libvirt_uri], **settings))
         server.users.ensure_admin(ADMIN_PASSWORD)
         server.start()
         http = HTTPServer(("127.0.0.1", 0), Api(server))

@@ -1,7 +1,8 @@
 """End to end: live metrics of a real guest on a real libvirtd with QEMU.
 
-The tiny guest gets a small raw disk (the firmware reads its boot sector, so its read counter
-moves) and a tap NIC (``type='ethernet'``: the host's own IPv6 chatter reaches it); its user-mode
+The tiny guest gets a small raw virtio disk (the firmware reads its boot sector, so its read counter
+moves) and a virtio tap NIC (no network or bridge: the host's own IPv6 chatter reaches it), both
+written by the server's device builder (xenapi/backend/devices.py); its user-mode
 NIC has no counters in libvirt and its balloon reports no free memory, so those are not asked for.
 The sampler runs every second; the figures reach VM_metrics, GET /metrics, and go when it stops.
 """
@@ -11,15 +12,14 @@ import pytest
 
 from qemu_e2e import MiB, define_guest
 from tests.test_metrics import samples, scrape, value
+from xenapi.backend import devices
 
 pytestmark = pytest.mark.e2e
 LIVE_KEYS = {"disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes"}
 
 
 def _devices(disk) -> str:
-    return f"""<disk type='file' device='disk'><driver name='qemu' type='raw'/>
-      <source file='{disk}'/><target dev='vda' bus='virtio'/></disk>
-    <interface type='ethernet'><model type='virtio'/></interface>"""
+    return devices.to_xml([{"kind": "disk", "path": str(disk), "format": "raw"}, {"kind": "nic"}], "virtio")
 
 
 def _wait_for_metrics(x, ref: str, ready, what: str, timeout: float = 90.0) -> dict:

@@ -11,6 +11,12 @@ the GIL around each call).  Its contract:
 * Reconnecting retries with exponential backoff on a ``libvirt-reconnect-<n>`` thread, then
   re-registers every callback and reports ``on_liveness(uri, True)``; the caller relists then,
   because events sent while we were away are lost.
+* Nothing waits on a frozen libvirtd (stopped, wedged) without a bound.  ``libvirt.open`` has no
+  timeout of its own, so it runs on a ``libvirt-open-<n>`` thread that callers wait for up to
+  ``open_timeout`` seconds: past that, ``open`` raises ``HOST_NOT_LIVE`` (and the reconnect loop
+  keeps waiting for the same attempt, which installs itself once the daemon answers).  On an open
+  connection, libvirt's keep-alive closes it after ``interval * (count + 1)`` seconds without an
+  answer; a call blocked meanwhile then fails with ``HOST_NOT_LIVE``.
 * Event callbacks run on libvirt's loop thread and only call ``on_domain_event(uri, uuid, kind)``.
   ``on_liveness(uri, live)`` comes from that thread, the reconnect thread or the thread whose call
   found the connection dead, one report at a time and only on change.  Both handlers must
@@ -23,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Callable, Iterator, TypeVar
@@ -83,12 +90,15 @@ _CLOSE_REASONS = {libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "error",
 # (QEMU's ACPI reboot: the guest powers off, libvirt resets it in the same process).
 REBOOT_EVENT_DRIVERS = frozenset({"QEMU"})
 
+# Defaults of [libvirt] open_timeout, keepalive_interval and keepalive_count (see xenapi.conf).
+OPEN_TIMEOUT = 10.0
 KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 _CONFIG, _LIVE = libvirt.VIR_DOMAIN_AFFECT_CONFIG, libvirt.VIR_DOMAIN_AFFECT_LIVE
 _UNDEFINE_FLAGS = libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
 _UNDEFINE_FLAGS_IF_SUPPORTED = (libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
                                 | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA)
 _reconnect_thread_numbers = itertools.count(1)
+_open_thread_numbers = itertools.count(1)
 
 
 @dataclass(frozen=True)
@@ -116,18 +126,60 @@ def is_unsupported(error: libvirt.libvirtError) -> bool:
     return error.get_error_code() in _UNSUPPORTED_CODES
 
 
+class OpenTimedOut(Exception):
+    """libvirt.open did not finish within the deadline: the daemon accepts but does not answer."""
+
+
+class _Opening:
+    """One ``libvirt.open`` on its own thread, which nobody can interrupt: callers wait for it with
+    a deadline, and a result nobody will take any more (``abandon``) is closed when it arrives."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.done = threading.Event()
+        self.conn: libvirt.virConnect | None = None
+        self.error: libvirt.libvirtError | None = None
+        self._lock = threading.Lock()
+        self._abandoned = False
+        threading.Thread(target=self._run, name=f"libvirt-open-{next(_open_thread_numbers)}", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            conn = libvirt.open(self.uri)
+        except libvirt.libvirtError as e:
+            self.error = e
+            conn = None
+        with self._lock:
+            abandoned = self._abandoned
+            self.conn = None if abandoned else conn
+            self.done.set()
+        if abandoned and conn is not None:
+            _discard(conn, [])
+
+    def abandon(self) -> None:
+        with self._lock:
+            self._abandoned = True
+            conn, self.conn = self.conn, None
+        if conn is not None:
+            _discard(conn, [])
+
+
 class HostConnection:
     """The libvirt connection to one host URI; see the module doc for the contract."""
 
     def __init__(self, uri: str, on_domain_event: DomainEventHandler, on_liveness: LivenessHandler,
-                 *, backoff_max: float = 30.0, backoff_initial: float = 0.5):
+                 *, backoff_max: float = 30.0, backoff_initial: float = 0.5, open_timeout: float = OPEN_TIMEOUT,
+                 keepalive: tuple[int, int] = (KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)):
         self.uri = uri
         self._on_domain_event = on_domain_event
         self._on_liveness = on_liveness
         self._backoff_initial = backoff_initial
         self._backoff_max = backoff_max
-        self._lock = threading.Lock()            # guards the five fields below
+        self._open_timeout = open_timeout
+        self._keepalive = keepalive
+        self._lock = threading.Lock()            # guards the six fields below
         self._conn: libvirt.virConnect | None = None
+        self._opening: _Opening | None = None    # an open still running (a frozen daemon holds it)
         self._callback_ids: list[int] = []
         self._generation = 0                     # bumped per connect and close; stale close callbacks see an old one
         self._reconnector: threading.Thread | None = None
@@ -154,9 +206,8 @@ class HostConnection:
             return
         try:
             self._connect()
-        except libvirt.libvirtError as e:
-            log.warning("event=host_connect_failed uri=%s code=%s message=%s",
-                        self.uri, e.get_error_code(), e.get_error_message())
+        except (libvirt.libvirtError, OpenTimedOut) as e:
+            log.warning("event=host_connect_failed uri=%s message=%s", self.uri, _message(e))
             if keep_trying:
                 self._start_reconnecting()
             raise XenAPIError(HOST_NOT_LIVE) from e
@@ -166,13 +217,16 @@ class HostConnection:
 
     def close(self) -> None:
         """Deregister, close and stop reconnecting.  Does not report liveness: the caller chose this.
-        Waits up to 5 s for a reconnect attempt in progress (a remote open can be slow)."""
+        An open still in progress is abandoned (its connection is closed when it arrives)."""
         self._closing.set()
         with self._lock:
             conn, callback_ids = self._conn, self._callback_ids
             self._conn, self._callback_ids = None, []
             self._generation += 1
             reconnector = self._reconnector
+            opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.abandon()
         if conn is not None:
             _discard(conn, callback_ids)
         if reconnector is not None and reconnector is not threading.current_thread():
@@ -184,13 +238,13 @@ class HostConnection:
 
     def _connect(self) -> None:
         """Open and subscribe; install the connection unless closed or connected meanwhile."""
-        conn = libvirt.open(self.uri)
+        conn = self._open_within_deadline()
         with self._lock:
             generation = self._generation + 1
         try:
             conn.registerCloseCallback(self._closed_by_libvirt, generation)
             callback_ids = register_domain_events(conn, self._domain_event)
-            _enable_keepalive(conn)
+            _enable_keepalive(conn, *self._keepalive)
         except libvirt.libvirtError:
             _discard(conn, [])
             raise
@@ -200,6 +254,25 @@ class HostConnection:
                 self._conn, self._callback_ids, self._generation = conn, callback_ids, generation
         if not install:
             _discard(conn, callback_ids)
+
+    def _open_within_deadline(self) -> libvirt.virConnect:
+        """The connection of the open in progress (or of a new one) once it finishes; OpenTimedOut
+        past ``open_timeout`` or on close(), leaving the attempt running for the next caller."""
+        with self._lock:
+            if self._opening is None:
+                self._opening = _Opening(self.uri)
+            opening = self._opening
+        deadline = time.monotonic() + self._open_timeout
+        while not opening.done.wait(min(0.1, max(0.0, deadline - time.monotonic()))):
+            if self._closing.is_set() or time.monotonic() >= deadline:
+                raise OpenTimedOut(f"no answer to libvirt.open within {self._open_timeout:g} s")
+        with self._lock:
+            if self._opening is not opening:      # close() abandoned it, or a concurrent caller took it
+                raise OpenTimedOut("the open was taken over meanwhile")
+            self._opening = None
+        if opening.error is not None:
+            raise opening.error
+        return opening.conn
 
     def _closed_by_libvirt(self, _conn: libvirt.virConnect, reason: int, generation: int) -> None:
         # libvirt's loop thread: record and hand off, never block here.
@@ -231,8 +304,12 @@ class HostConnection:
             if not self.live:
                 try:
                     self._connect()
+                except OpenTimedOut as e:         # the attempt still runs: wait for it again at once
+                    delay = 0.0
+                    log.info("event=host_reconnect_pending uri=%s message=%s", self.uri, e)
+                    continue
                 except libvirt.libvirtError as e:
-                    delay = min(delay * 2, self._backoff_max)
+                    delay = min(max(delay, self._backoff_initial) * 2, self._backoff_max)
                     log.info("event=host_reconnect_failed uri=%s retry_in=%.1f message=%s",
                              self.uri, delay, e.get_error_message())
                     continue
@@ -494,9 +571,14 @@ def _kib(size_bytes: int) -> int:
     return -(-int(size_bytes) // 1024)
 
 
-def _enable_keepalive(conn: libvirt.virConnect) -> None:
+def _message(error: Exception) -> str:
+    return error.get_error_message() if isinstance(error, libvirt.libvirtError) else str(error)
+
+
+def _enable_keepalive(conn: libvirt.virConnect, interval: int, count: int) -> None:
+    """A remote connection whose daemon stops answering is closed after interval * (count + 1) s."""
     try:
-        conn.setKeepAlive(KEEPALIVE_INTERVAL, KEEPALIVE_COUNT)
+        conn.setKeepAlive(interval, count)
     except libvirt.libvirtError as e:
         if not is_unsupported(e):               # in-process drivers have no keep-alive
             raise

@@ -16,12 +16,22 @@ Mapping decisions (the ones a reader would otherwise have to reverse-engineer):
     - kvm/qemu/test are always HVM guests.  A non-empty PV_kernel means direct kernel boot
       (``<kernel>/<initrd>/<cmdline>``), otherwise the guest boots from HVM_boot_params["order"].
       PV_bootloader has no meaning there and is ignored.
-    - xen is PV (``<type>xen</type>``, PV_bootloader or PV_kernel) unless HVM_boot_policy is
-      "BIOS order" (``<type>hvm</type>``); domain_type "pvh" selects ``<type>xenpvh</type>``.
+    - xen is PV (``<type>xen</type>``, PV_bootloader or PV_kernel) unless HVM_boot_policy is set
+      (xapi: any non-empty policy, normally "BIOS order", means HVM: ``<type>hvm</type>``);
+      domain_type "pvh" selects ``<type>xenpvh</type>``.  A VM that says neither (no
+      HVM_boot_policy, PV_bootloader or PV_kernel) boots as ``build``'s ``xen_boot`` says
+      (xenapi.conf ``[libvirt] xen_boot``): "pv" gives it PV_bootloader "pygrub", as xapi's PV
+      templates do (libxl finds pygrub in its own directory), "hvm" gives it HVM_boot_policy
+      "BIOS order".  Either way the record parsed back shows what the guest will really do.
     - lxc runs ``platform["init"]`` (default /sbin/init) with PV_args split shell-style into
-      ``<initarg>``s; ``platform["lxc-root"]``, when set, is the host directory mounted as the
-      container's ``/`` (without it the container shares the host's root filesystem).
+      ``<initarg>``s; ``platform["lxc-root"]`` is the host directory mounted as the container's
+      ``/``.  ``build`` refuses a container without one (or with "/" itself), since libvirt would
+      otherwise let it share the host's root filesystem; the server gives each new container
+      its own directory (xenapi/vms.py).
   Parsing reports HVM_boot_policy "BIOS order" exactly for HVM guests without a direct kernel.
+* Disks and NICs: ``fields["devices"]``, in the neutral form of ``devices.py``, which holds the
+  per-hypervisor table (virtio for KVM/QEMU, the xen bus for PV, emulated IDE plus PV for Xen
+  HVM, mounts and veth for LXC); ``parse`` reports every domain's devices in that form.
 * platform: acpi/apic are on for HVM guests unless set to "false"; pae, hap, viridian when
   "true" (hap/viridian on Xen only); ``machine`` picks the QEMU machine type (default "pc":
   the simplest device model, fastest to boot under TCG); ``vnc`` = "false" drops the VNC display.
@@ -36,12 +46,16 @@ import xml.etree.ElementTree as ET
 
 from defusedxml.ElementTree import fromstring as parse_untrusted
 
+from xenapi.backend import devices
+
 STAMP_NAMESPACE = "https://xenapi.dev/ns/vm/1"
 STAMP_PREFIX = "xenapi"
 STAMP_ELEMENT = "vm"
 STAMP_STATIC_MIN_KEY = "memory_static_min"   # reserved stamp key, see module doc
 STAMP_RESERVED_KEYS = frozenset({STAMP_STATIC_MIN_KEY})
 HYPERVISORS = ("kvm", "qemu", "xen", "lxc", "test")
+XEN_BOOTS = ("pv", "hvm")            # xenapi.conf [libvirt] xen_boot
+DEFAULT_PV_BOOTLOADER = "pygrub"
 
 ET.register_namespace(STAMP_PREFIX, STAMP_NAMESPACE)
 _STAMP_TAG = f"{{{STAMP_NAMESPACE}}}{STAMP_ELEMENT}"
@@ -138,6 +152,7 @@ def parse(xml: str) -> dict:
         "stamp": stamp,
         "consoles": _consoles(root),
         "macs": [m.get("address") for m in root.findall("devices/interface/mac") if m.get("address")],
+        "devices": devices.parse(root, skip_root_mount=os_type == "exe"),
     }
     return fields
 
@@ -209,10 +224,13 @@ def _consoles(root: ET.Element) -> list[dict[str, str]]:
 
 # ---- build ----------------------------------------------------------------------------------
 
-def build(fields: dict, hypervisor: str, *, uuid: str, name: str) -> str:
-    """Domain XML for a Xen-API VM record (same field names as ``parse`` returns)."""
+def build(fields: dict, hypervisor: str, *, uuid: str, name: str, xen_boot: str = "pv") -> str:
+    """Domain XML for a Xen-API VM record (same field names as ``parse`` returns).
+    ``xen_boot``: how a Xen VM that names no way to boot boots ("pv" or "hvm"; see the module doc)."""
     if hypervisor not in HYPERVISORS:
         raise DomainXMLError(f"unknown hypervisor {hypervisor!r}; expected one of {HYPERVISORS}")
+    if hypervisor == "xen":
+        fields = with_xen_boot_default(fields, xen_boot)
     static_max = _as_int(fields, "memory_static_max", None)
     dynamic_max = _as_int(fields, "memory_dynamic_max", static_max)
     dynamic_min = _as_int(fields, "memory_dynamic_min", dynamic_max)
@@ -246,9 +264,28 @@ def build(fields: dict, hypervisor: str, *, uuid: str, name: str) -> str:
     _add(domain, "on_poweroff", _NORMAL_EXIT_TO_LIBVIRT.get(fields.get("actions_after_shutdown"), "destroy"))
     _add(domain, "on_reboot", _NORMAL_EXIT_TO_LIBVIRT.get(fields.get("actions_after_reboot"), "restart"))
     _add(domain, "on_crash", _CRASH_TO_LIBVIRT.get(fields.get("actions_after_crash"), "destroy"))
-    _DEVICE_BUILDERS[hypervisor](ET.SubElement(domain, "devices"), is_hvm, platform)
+    devices_element = ET.SubElement(domain, "devices")
+    try:
+        devices.add(devices_element, fields.get("devices") or [],
+                    devices.flavour_of(hypervisor, hvm=is_hvm, machine=platform.get("machine") or _DEFAULT_MACHINE))
+    except devices.DeviceError as e:
+        raise DomainXMLError(str(e)) from e
+    _DEVICE_BUILDERS[hypervisor](devices_element, is_hvm, platform)
     ET.indent(domain)
     return ET.tostring(domain, encoding="unicode")
+
+
+def with_xen_boot_default(fields: dict, xen_boot: str) -> dict:
+    """The record a Xen guest boots with: unchanged if it names a way to boot (HVM_boot_policy,
+    PV_bootloader, PV_kernel, or domain_type pvh), else the host's ``xen_boot`` default."""
+    if xen_boot not in XEN_BOOTS:
+        raise DomainXMLError(f"xen_boot must be one of {XEN_BOOTS}, got {xen_boot!r}")
+    if (fields.get("HVM_boot_policy") or fields.get("PV_bootloader") or fields.get("PV_kernel")
+            or fields.get("domain_type") == "pvh"):
+        return fields
+    if xen_boot == "hvm":
+        return {**fields, "HVM_boot_policy": "BIOS order"}
+    return {**fields, "PV_bootloader": DEFAULT_PV_BOOTLOADER}
 
 
 def stamp_element(stamp: dict[str, str]) -> ET.Element:
@@ -327,7 +364,7 @@ def _os_qemu(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool
 
 
 def _os_xen(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
-    if fields.get("HVM_boot_policy") == "BIOS order":
+    if fields.get("HVM_boot_policy"):
         os_element = ET.SubElement(domain, "os")
         _add(os_element, "type", "hvm")
         _add_boot_order(os_element, fields)
@@ -343,6 +380,10 @@ def _os_xen(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
 
 
 def _os_lxc(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
+    root = platform.get("lxc-root", "")
+    if not root.startswith("/") or not root.strip("/"):
+        raise DomainXMLError(f"an LXC container needs platform:lxc-root, a host directory other than / "
+                             f"for its root filesystem (got {root!r}); without one it would share the host's")
     os_element = ET.SubElement(domain, "os")
     _add(os_element, "type", "exe")
     _add(os_element, "init", platform.get("init") or _DEFAULT_LXC_INIT)
@@ -363,41 +404,41 @@ def _add_features(domain: ET.Element, hypervisor: str, platform: dict[str, str])
             ET.SubElement(features, flag)
 
 
-def _devices_qemu(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
-    _add_serial_console(devices)
-    channel = ET.SubElement(devices, "channel", type="unix")
+def _devices_qemu(parent: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
+    _add_serial_console(parent)
+    channel = ET.SubElement(parent, "channel", type="unix")
     ET.SubElement(channel, "target", type="virtio", name=_AGENT_CHANNEL)
-    _add_vnc(devices, platform)
+    _add_vnc(parent, platform)
 
 
-def _devices_xen(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
+def _devices_xen(parent: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
     if is_hvm:
-        _add_serial_console(devices)
-        _add_vnc(devices, platform)
+        _add_serial_console(parent)
+        _add_vnc(parent, platform)
     else:
-        console = ET.SubElement(devices, "console", type="pty")
+        console = ET.SubElement(parent, "console", type="pty")
         ET.SubElement(console, "target", type="xen", port="0")
 
 
-def _devices_lxc(devices: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
-    if platform.get("lxc-root"):
-        filesystem = ET.SubElement(devices, "filesystem", type="mount")
-        ET.SubElement(filesystem, "source", dir=platform["lxc-root"])
-        ET.SubElement(filesystem, "target", dir="/")
-    ET.SubElement(devices, "console", type="pty")
+def _devices_lxc(parent: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
+    filesystem = ET.Element("filesystem", type="mount")     # the root before other mounts (as virsh shows it)
+    ET.SubElement(filesystem, "source", dir=platform["lxc-root"])
+    ET.SubElement(filesystem, "target", dir="/")
+    parent.insert(0, filesystem)
+    ET.SubElement(parent, "console", type="pty")
 
 
 _DEVICE_BUILDERS = {"kvm": _devices_qemu, "qemu": _devices_qemu, "test": _devices_qemu,
                     "xen": _devices_xen, "lxc": _devices_lxc}
 
 
-def _add_serial_console(devices: ET.Element) -> None:
-    serial = ET.SubElement(devices, "serial", type="pty")
+def _add_serial_console(parent: ET.Element) -> None:
+    serial = ET.SubElement(parent, "serial", type="pty")
     ET.SubElement(serial, "target", port="0")
-    console = ET.SubElement(devices, "console", type="pty")
+    console = ET.SubElement(parent, "console", type="pty")
     ET.SubElement(console, "target", type="serial", port="0")
 
 
-def _add_vnc(devices: ET.Element, platform: dict[str, str]) -> None:
+def _add_vnc(parent: ET.Element, platform: dict[str, str]) -> None:
     if not _is_false(platform, "vnc"):
-        ET.SubElement(devices, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
+        ET.SubElement(parent, "graphics", type="vnc", autoport="yes", listen="127.0.0.1")
