@@ -71,7 +71,7 @@ def libvirt_calls(monkeypatch):
 def qemu_sample(taken_s: float, domains: dict[str, dict]) -> HostSample:
     """A host sample taken ``taken_s`` seconds in, with QEMU_RECORD-based records per domain uuid."""
     figures = {uuid: stats.parse_domain(QEMU_RECORD | raw) for uuid, raw in domains.items()}
-    return HostSample(int(taken_s * 1e9), figures, 8 * GiB, 3 * GiB, {})
+    return HostSample(int(taken_s * 1e9), figures, 3 * GiB, {})
 
 
 def metrics_of(x, vm: str) -> dict:
@@ -161,7 +161,7 @@ def test_a_test_driver_sample_has_the_host_figures_and_its_active_domains(quiet)
     running = {rec["uuid"] for rec in quiet.server.store.records("VM").values()
                if rec["power_state"] == "Running" and not rec["is_control_domain"]}
     assert set(sample.domains) == running and all(d == DomainSample() for d in sample.domains.values())
-    assert sample.memory_total == 8 * GiB and 0 <= sample.memory_free <= sample.memory_total   # (0 here)
+    assert sample.memory_free >= 0                        # (0 here: the test driver has none)
     assert sorted(sample.cpu_times) == [0, 1, 2, 3]
 
 

@@ -132,8 +132,9 @@ class Sampler:
         record = self.store.find("host", host)
         if record is None:
             return []
-        ops = self._changes("host_metrics", record["metrics"],
-                            {"memory_total": sample.memory_total, "memory_free": sample.memory_free}, now)
+        # memory_total is a host fact (exact, from the NUMA cells, set at connect); getInfo's
+        # figure here is rounded to MiB and must not overwrite it
+        ops = self._changes("host_metrics", record["metrics"], {"memory_free": sample.memory_free}, now)
         if before is None:
             return ops
         for ref in record["host_CPUs"]:

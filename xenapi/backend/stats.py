@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import libvirt
 
 from xenapi.backend.connection import HostConnection, is_unsupported, with_optional_flags
-from xenapi.backend.hostinfo import MIB, optional
+from xenapi.backend.hostinfo import optional
 
 KIB = 1024
 # Utilisation is rounded to 0.1 %, so jitter below that changes no record and makes no event.
@@ -57,7 +57,6 @@ class CpuTimes:
 class HostSample:
     taken: int                           # time.monotonic_ns() at the domains' read
     domains: dict[str, DomainSample]     # by domain uuid: the active domains
-    memory_total: int                    # bytes
     memory_free: int                     # bytes
     cpu_times: dict[int, CpuTimes]       # by host CPU number ({} where the driver has none)
 
@@ -70,8 +69,8 @@ def read(host: HostConnection) -> HostSample:
 def _sample(conn: libvirt.virConnect) -> HostSample:
     taken = time.monotonic_ns()
     domains = {dom.UUIDString(): parse_domain(raw) for dom, raw in _domain_stats(conn)}
-    _arch, memory_mib, cpus, *_ = conn.getInfo()
-    return HostSample(taken, domains, memory_mib * MIB, optional(conn.getFreeMemory, default=0),
+    _arch, _memory_mib, cpus, *_ = conn.getInfo()
+    return HostSample(taken, domains, optional(conn.getFreeMemory, default=0),
                       _cpu_times(conn, cpus))
 
 
