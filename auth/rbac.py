@@ -1,11 +1,10 @@
 """What a message is, for authorisation and audit: a read or a write, the object it acts on, and the
 permissions each role holds.  Everything here is derived from the class declarations, once.
 
-Reads and writes.  A message reads when it changes nothing: the implicit getters, records and
-listings (every implicit message whose name starts with ``get``), the custom messages named
-``get_*`` (xapi's naming rule, which xapi's own audit log uses to skip reads), and the few custom
-messages below that read without that prefix.  Everything else counts as a write, so a new custom
-message is audited and left out of a grant's ``read`` until it is listed here: the safe default.
+Reads and writes: ``Message.reads``, from the declaration (xapi's ``get*`` naming rule, or
+``changes_nothing=True`` declared with the message).  Everything else counts as a write, so a new
+custom message is audited and left out of a grant's ``read`` unless declared otherwise: the safe
+default.
 
 Target.  The object a message acts on is its first parameter that is a ref to the message's own
 class (``VM.start(vm)``, ``VM.get_record(self)``, ``host.compute_free_memory(host)``); messages
@@ -20,13 +19,6 @@ from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.model.declare import Message
 from xenapi.model.roles import POOL_OP
-
-# Custom messages that change nothing, beyond those named get_*: checks, computations, and the
-# event calls (register/unregister change only the caller's own subscription).
-CUSTOM_READS = frozenset("""
-    VM.assert_operation_valid host.compute_free_memory host.compute_memory_overhead host.list_methods
-    event.from event.next event.register event.unregister event.inject
-""".split())
 
 # Implicit messages that list or find objects of a class: for a grant-only session they answer
 # with the objects it may read, as if the others did not exist.
@@ -55,15 +47,11 @@ class Nature:
 
 
 def nature_of(msg: Message) -> Nature:
-    return Nature(_is_read(msg), _target_index(msg), msg.implicit and msg.name in LISTINGS)
+    return Nature(msg.reads, _target_index(msg), msg.implicit and msg.name in LISTINGS)
 
 
 def natures(registry) -> dict[str, Nature]:
     return {name: nature_of(msg) for name, msg in registry.messages.items()}
-
-
-def _is_read(msg: Message) -> bool:
-    return msg.name.startswith("get") or msg.wire_name in CUSTOM_READS
 
 
 def _target_index(msg: Message) -> int | None:

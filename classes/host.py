@@ -82,15 +82,15 @@ host = declare_class(
                      "license_server": {"address": "localhost", "port": "27000"}}, docs=_DOCS),
     [
         message("compute_free_memory", "Computes the amount of free memory on the host, in bytes (libvirt's getFreeMemory, read now).",
-                params=[_HOST], result=T.Int, impl=compute_free_memory),
+                params=[_HOST], result=T.Int, impl=compute_free_memory, changes_nothing=True),
         message("compute_memory_overhead", "Computes the virtualization memory overhead of a host.",
-                params=[_HOST], result=T.Int, impl=compute_memory_overhead),
+                params=[_HOST], result=T.Int, impl=compute_memory_overhead, changes_nothing=True),
         message("get_servertime", "This call queries the host's clock for the current time.",
                 params=[_HOST], result=T.Timestamp, impl=get_servertime),
         message("get_server_localtime", "This call queries the host's clock for the current time in the host's local timezone.",
                 params=[_HOST], result=T.Timestamp, impl=get_server_localtime),
         message("list_methods", "List all supported methods.", params=[_HOST], result=T.Set(T.String),
-                impl=list_methods, roles=READ_ONLY),
+                impl=list_methods, roles=READ_ONLY, changes_nothing=True),
     ],
     writer_roles=POOL_OP, persisted=True,
 )

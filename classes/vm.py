@@ -200,8 +200,9 @@ def assert_operation_valid(ctx, self, op):
     lifecycle.check(ctx.store.get("VM", self), self, op)
 
 
-def _msg(name, doc, params, impl, *, roles=VM_OP, errors=(), result=T.Void, is_async=True):
-    return message(name, doc, params=params, impl=impl, roles=roles, errors=errors, result=result, is_async=is_async)
+def _msg(name, doc, params, impl, *, roles=VM_OP, errors=(), result=T.Void, is_async=True, changes_nothing=False):
+    return message(name, doc, params=params, impl=impl, roles=roles, errors=errors, result=result, is_async=is_async,
+                   changes_nothing=changes_nothing)
 
 
 _POWER_ERRORS = (E.VM_BAD_POWER_STATE, E.VM_IS_TEMPLATE, E.OTHER_OPERATION_IN_PROGRESS, E.OPERATION_NOT_ALLOWED,
@@ -256,7 +257,7 @@ VM = declare_class(
              [_SELF], destroy, roles=VM_ADMIN, errors=_POWER_ERRORS),
         _msg("assert_operation_valid", "Check to see whether this operation is acceptable in the current state of the system, raising an error if the operation is invalid for some reason.",
              [_SELF, param(ENUMS["vm_operations"], "op", "proposed operation")], assert_operation_valid,
-             roles=READ_ONLY, errors=_POWER_ERRORS, is_async=True),
+             roles=READ_ONLY, errors=_POWER_ERRORS, is_async=True, changes_nothing=True),
     ],
     writer_roles=VM_ADMIN, constructor=True, ctor_roles=VM_ADMIN, persisted=True,
     # what xapi's VM.create insists on (the datamodel defaults every other field)

@@ -204,12 +204,6 @@ OPEN_TO_ALL = {"session.logout", "session.change_password", "event.register", "e
 NOT_CALLED = {"session.logout", "session.change_password", "event.register", "event.unregister", "event.next"}
 
 
-def reads(msg) -> bool:
-    """The message's declared nature: xapi's get_* rule and the declared custom reads."""
-    from auth.rbac import CUSTOM_READS
-    return msg.name.startswith("get") or msg.wire_name in CUSTOM_READS
-
-
 def target_index(msg) -> int | None:
     """The parameter naming the object a message acts on: the first ref to its own class."""
     return next((i for i, p in enumerate(msg.params) if isinstance(p.type, T.Ref) and p.type.cls == msg.cls), None)
@@ -251,7 +245,7 @@ def expectation(msg, ref, ops: set[str], readable: dict[str, set[str]]) -> bool:
     if ref is None:
         return False
     granted = msg.wire_name in ops and ref in readable["VM"]        # each grant selects exactly that VM
-    return granted or reads(msg) and ref in readable.get(msg.cls, set())
+    return granted or msg.reads and ref in readable.get(msg.cls, set())
 
 
 def test_every_message_for_grant_only_users_is_answered_as_their_grants_say(running, grant_only):
@@ -276,7 +270,7 @@ def test_every_message_for_grant_only_users_is_answered_as_their_grants_say(runn
                     assert client.s_error(msg.wire_name, *args) == \
                         ["RBAC_PERMISSION_DENIED", msg.permission, denied_text(msg.roles[-1])], (name, msg.wire_name, ref)
                     tally["denied"] += 1
-                elif not (reads(msg) or msg.implicit and msg.name in LISTINGS) or msg.wire_name in NOT_CALLED:
+                elif not (msg.reads or msg.implicit and msg.name in LISTINGS) or msg.wire_name in NOT_CALLED:
                     tally["write"] += 1
                 else:
                     envelope = client.envelope(msg.wire_name, client.session, *args)

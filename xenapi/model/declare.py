@@ -71,6 +71,7 @@ class Message:
     cls: str = ""                    # set when the class is registered
     hidden: bool = False             # not in system.listMethods (xapi hides get_all_records_where)
     key_roles: dict[str, tuple[str, ...]] | None = None   # map accessors: keys with roles of their own
+    changes_nothing: bool = False    # a read not named get_* (checks, computations, event calls)
 
     def keyed(self, key: str) -> tuple[str, tuple[str, ...]]:
         """The permission and roles a call with this map key needs (xapi's ``/key:`` permissions)."""
@@ -78,6 +79,12 @@ class Message:
             if key == pattern or pattern.endswith("*") and key.startswith(pattern[:-1]):
                 return f"{self.permission}/key:{pattern}".lower(), roles
         return self.permission, self.roles
+
+    @property
+    def reads(self) -> bool:
+        """Changes nothing: xapi's naming rule (``get*``, which its audit log also uses), or declared.
+        Reads are left out of the audit log and covered by a grant's ``read``."""
+        return self.name.startswith("get") or self.changes_nothing
 
     @property
     def wire_name(self) -> str:
@@ -93,9 +100,11 @@ class Message:
 
 
 def message(name: str, doc: str, *, params=(), result=T.Void, roles=READ_ONLY, errors=(), is_async=False,
-            impl=None, session=True, power_states=None, operation=None, hidden=False) -> Message:
+            impl=None, session=True, power_states=None, operation=None, hidden=False,
+            changes_nothing=False) -> Message:
     return Message(name, doc, list(params), result, tuple(roles), tuple(errors), is_async, impl, session,
-                   frozenset(power_states) if power_states else None, operation, False, "", hidden)
+                   frozenset(power_states) if power_states else None, operation, False, "", hidden,
+                   changes_nothing=changes_nothing)
 
 
 @dataclass
