@@ -421,9 +421,12 @@ class HostConnection:
             return dom.UUIDString()
 
     def undefine(self, uuid: str) -> None:
-        """Forget the domain with its managed save, snapshot metadata (and NVRAM where supported)."""
-        self._on_domain("undefine", uuid, lambda dom: with_optional_flags(
-            dom.undefineFlags, _UNDEFINE_FLAGS, _UNDEFINE_FLAGS_IF_SUPPORTED))
+        """Forget the domain with its managed save, snapshot metadata (and NVRAM where supported).
+        Drivers without those (LXC takes no undefine flag at all) get the flags they accept."""
+        def forget(dom: libvirt.virDomain) -> None:
+            with_optional_flags(lambda flags: with_optional_flags(dom.undefineFlags, flags, _UNDEFINE_FLAGS_IF_SUPPORTED),
+                                0, _UNDEFINE_FLAGS)
+        self._on_domain("undefine", uuid, forget)
 
     def set_title(self, uuid: str, text: str) -> None:
         title = domxml.one_line(text) or None          # None removes the element
@@ -504,9 +507,18 @@ class HostConnection:
 # ---- helpers that only talk to one libvirt object -------------------------------------------
 
 def _describe(dom: libvirt.virDomain, state: int, reason: int, has_managed_save: bool) -> DomainState:
-    return DomainState(uuid=dom.UUIDString(), name=dom.name(),
-                       power_state=power_state(state, has_managed_save, dom.isActive),
-                       domid=dom.ID(), xml=dom.XMLDesc(0), libvirt_state=_state_text(state, reason))
+    power = power_state(state, has_managed_save, dom.isActive)
+    return DomainState(uuid=dom.UUIDString(), name=dom.name(), power_state=power, domid=_domid(dom, power),
+                       xml=dom.XMLDesc(0), libvirt_state=_state_text(state, reason))
+
+
+def _domid(dom: libvirt.virDomain, power: str) -> int:
+    """The ID for the state just read: a handle keeps the ID of its lookup, which the domain may
+    have lost (stopped since) or not had yet (started since)."""
+    if power not in ("Running", "Paused"):
+        return -1
+    domid = dom.ID()
+    return domid if domid != -1 else dom.connect().lookupByUUIDString(dom.UUIDString()).ID()
 
 
 def _unless_gone(call: Callable[[], T]) -> T | None:
