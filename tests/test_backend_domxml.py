@@ -386,3 +386,15 @@ def test_libvirt_test_driver_takes_the_devices_and_gives_them_back():
     nics = [n for n in expected if n["kind"] == "nic"]
     assert [n | {"mac": ""} if not e["mac"] else n for n, e in zip(back[-len(nics):], nics)] == nics
     assert sorted(back[:-len(nics)], key=repr) == sorted(expected[:-len(nics)], key=repr)
+
+
+def test_a_clone_would_share_writable_disks_and_filesystems_but_not_read_only_ones():
+    from xenapi.backend import rewrite
+    hypervisor, record, _ = record_for("lxc-devices")
+    xml = domxml.build(record, hypervisor, uuid="6b3c3c1e-0000-4000-8000-000000000001", name="c")
+    shared = rewrite.writable_disks(xml)
+    assert shared and all(s.startswith("/") for s in shared)          # the root mount is among them
+    ro = ET.fromstring(xml)
+    for fs in ro.findall("devices/filesystem") + ro.findall("devices/disk"):
+        ET.SubElement(fs, "readonly")
+    assert rewrite.writable_disks(ET.tostring(ro, encoding="unicode")) == []

@@ -53,14 +53,15 @@ def clone(xml: str, *, uuid: str, name: str, title: str, stamp: dict[str, str]) 
 
 
 def writable_disks(xml: str) -> list[str]:
-    """Sources of disks a clone would share for writing (read-only disks and CDs are safe)."""
+    """Sources of disks and filesystems (an LXC root) a clone would share for writing; read-only
+    ones and CDs are safe."""
     root = _load(xml)
     out = []
-    for disk in root.findall("devices/disk"):
+    for disk in root.findall("devices/disk") + root.findall("devices/filesystem"):
         source = disk.find("source")
         if disk.get("device") in ("cdrom", "floppy") or disk.find("readonly") is not None or source is None:
             continue
-        out.append(source.get("file") or source.get("dev") or source.get("name") or "?")
+        out.append(source.get("file") or source.get("dev") or source.get("dir") or source.get("name") or "?")
     return out
 
 
