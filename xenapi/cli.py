@@ -229,7 +229,7 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", parents=[common], help="run the server", description=cmd_serve.__doc__,
                            formatter_class=argparse.RawDescriptionHelpFormatter)
-    serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP address (default 127.0.0.1:8080)")
+    serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, HTTPS with --tls-* (default 127.0.0.1:8080)")
     serve.add_argument("--libvirt", metavar="URI", action="append",
                        help="a libvirt host URI, or auto (this machine's: xen:///system or qemu:///system); "
                             "repeat for more hosts")

@@ -161,11 +161,11 @@ class SSHServer:
         except Exception:
             log.exception("event=ssh-channel-failed user=%s addr=%s", user, peer)
         finally:
-            try:
+            try:                                 # the client may have dropped the connection
                 channel.send_exit_status(status)
+                channel.close()
             except (OSError, EOFError, paramiko.SSHException):
                 pass
-            channel.close()
 
 
 class _Hooks(paramiko.ServerInterface):
