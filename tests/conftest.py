@@ -74,6 +74,7 @@ def start_server(tmp_path: Path, *, domains: int = 2, running: int = 1, uris: li
 
 
 def stop_server(running: Running) -> None:
+    running.server.drain()
     running.http.shutdown()
     running.server.stop()
 

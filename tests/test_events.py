@@ -145,3 +145,20 @@ def test_next_far_behind_the_log_gets_events_lost(tmp_path):
         assert e.value.details == ["EVENTS_LOST"]
     finally:
         stop_server(running)
+
+
+def test_stopping_server_answers_a_blocked_event_from_at_once(tmp_path):
+    running = start_server(tmp_path)
+    try:
+        waiter = running.session()
+        token = waiter.xenapi.event_from(["vm"], "", 0.0)["token"]
+        answers = []
+        t = threading.Thread(target=lambda: answers.append(waiter.xenapi.event_from(["vm"], token, 60.0)))
+        t.start()
+        time.sleep(0.3)                                  # the call is now blocked in the server
+        start = time.monotonic()
+    finally:
+        stop_server(running)
+    t.join(10)
+    assert answers and answers[0]["events"] == [] and answers[0]["token"]
+    assert time.monotonic() - start < 3                  # not the 60 s timeout, nor shutdown's 5 s

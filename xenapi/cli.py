@@ -89,6 +89,7 @@ def cmd_serve(args) -> int:
         signal.signal(sig, lambda *_: done.set())
     done.wait()
     log.info("event=stopping")
+    server.drain()
     for listener in listeners:
         listener.shutdown()
     server.stop()

@@ -99,6 +99,8 @@ class Events:
             self.store.wait(generation, deadline - time.monotonic())
             if ctx.session_ref and not self.server.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
+            if self.server.stopping:
+                deadline = time.monotonic()          # answer with what there is: the server stops
 
     def _touched(self, names, after: int) -> tuple[list[tuple[str, str, str]], int]:
         """(cls, ref, op) of every object changed since ``after``, coalesced, and the last id."""
@@ -224,6 +226,8 @@ class Events:
             self.store.wait(generation, 30.0)
             if not self.server.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
+            if self.server.stopping:
+                return []
 
     def _visible_changes(self, ctx, changes) -> list:
         """For a restricted session: changes to objects it may read now, and deletions of objects

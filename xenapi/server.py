@@ -83,8 +83,18 @@ class Server:
         log.info("event=started hosts=%d objects_loaded=%d vms=%d", len(self.hosts.refs), loaded,
                  self.store.count("VM"))
 
-    def stop(self) -> None:
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    def drain(self) -> None:
+        """Answer the long polls (event.from, event.next) now, so the transports can close their
+        connections at once instead of waiting out a client's 60 s timeout."""
         self._stop.set()
+        self.store.wake()
+
+    def stop(self) -> None:
+        self.drain()
         self.hosts.stop()
         self.reconciler.stop()
         with self.store.db_lock:

@@ -66,6 +66,7 @@ _VERSION = re.compile(rb"HTTP/1\.([0-9])")
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 1.0
+_SHUTDOWN_GRACE_SECONDS = 1.0
 
 
 @functools.lru_cache(maxsize=2)
@@ -167,8 +168,16 @@ class HTTPServer:
             _unlink_quietly(self._unix_path)
         with self._lock:
             connections = list(self._connections)
+        # idle connections close now; a request in progress may finish and send its response
+        # (a drained long poll answers at once) for a short grace, then is cut too
         for connection in connections:
-            connection.abort()
+            if not connection.busy:
+                connection.abort()
+        grace = min(deadline, time.monotonic() + _SHUTDOWN_GRACE_SECONDS)
+        for connection in connections:
+            if connection.busy:
+                connection.thread.join(max(0.0, grace - time.monotonic()))
+                connection.abort()
         for connection in connections:
             connection.thread.join(max(0.0, deadline - time.monotonic()))
         if self._accept_thread is not None:
@@ -217,6 +226,7 @@ class _Connection:
         self.peer = peer
         self.peer_uid = _peer_uid(sock) if peer == "unix" else None
         self.buf = b""                   # received but not yet consumed (pipelined requests too)
+        self.busy = False                # between a request's head and its response's last byte
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
 
     def abort(self) -> None:
@@ -246,6 +256,7 @@ class _Connection:
             head = self._read_head()
             if head is None:
                 return False             # closed cleanly between requests
+            self.busy = True
             method, target, minor, headers = _parse_head(head)
             keep_alive = _keep_alive(minor, headers.get("connection"))
             body = self._read_body(minor, headers)
@@ -265,6 +276,7 @@ class _Connection:
             log.exception("handler failed method=%s path=%s peer=%s", method, path, self.peer)
             out = _serialize(_plain(500, "internal server error"), keep_alive, minor, False)
         self.sock.sendall(out)
+        self.busy = False
         if upgrade is not None:
             self.sock.settimeout(None)   # the upgraded protocol decides when the connection ends
             upgrade(self.sock, self.buf)
