@@ -6,6 +6,14 @@ parameters, and the ref a constructor or clone returned, with their uuids taken 
 made, so a destroyed object still has its uuid here), and the outcome (``ok`` or the error code).
 Reads are not written (auth/rbac.py says which messages read); logins are, failed ones included,
 and so are calls RBAC refused.  An Async call is written when its task ends, with the task's ref.
+A stream whose transport authenticated its user opens and ends a session without any call: that
+is written as ``session.login_with_key`` (an SSH key), ``session.login_with_password`` (the
+built-in SSH server's password check, failures too) or ``session.local_login`` (``xenapi stdio
+--user`` on the server's machine), and ``session.logout`` when the stream ends.
+
+Changes made from the command line (``xenapi user add|del``, ``xenapi user key add|del``) are
+written too, with via ``cli``, the Unix account that ran the command as the user and the command
+as the method (:func:`local_account`).
 
 Retention is bounded: beyond ``keep`` rows the oldest go.  Rows have their own table, outside the
 object store, so the log raises no events and costs readers nothing; pool-admins read it through
@@ -15,8 +23,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pwd
 import threading
 import time
+from collections.abc import Sequence
 
 from xenapi.wire.values import DateTime
 
@@ -41,11 +52,12 @@ class AuditLog:
         with lock, self._conn:
             self._conn.execute(_SCHEMA)
 
-    def record(self, *, user: str, via: str, address: str, method: str, objects: list[str], uuids: list[str],
-               outcome: str, task: str = "") -> None:
+    def record(self, *, user: str, via: str, address: str, method: str, outcome: str,
+               objects: Sequence[str] = (), uuids: Sequence[str] = (), task: str = "") -> None:
         if self.keep <= 0:
             return
-        row = (self.clock(), user, via, address, method, json.dumps(objects), json.dumps(uuids), outcome, task)
+        row = (self.clock(), user, via, address, method, json.dumps(list(objects)), json.dumps(list(uuids)),
+               outcome, task)
         try:
             with self._lock, self._conn:
                 cursor = self._conn.execute(
@@ -79,3 +91,11 @@ class AuditLog:
         return [{"id": r[0], "timestamp": DateTime(r[1]), "user": r[2], "via": r[3], "address": r[4],
                  "method": r[5], "objects": json.loads(r[6]), "uuids": json.loads(r[7]), "outcome": r[8],
                  "task": r[9]} for r in rows]
+
+
+def local_account() -> str:
+    """The Unix account running this process, as the audit log names a command-line change's author."""
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:                      # a uid without a passwd entry
+        return f"uid:{os.getuid()}"

@@ -105,6 +105,16 @@ class Users:
         with self._lock:
             return [User.of_row(r) for r in self._db.query(f"SELECT {_COLUMNS} FROM users ORDER BY name")]
 
+    def data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version``: it changes when another connection (``xenapi user``
+        from the command line) commits.  None when the connection is busy (never waits for it)."""
+        if not self._lock.acquire(blocking=False):
+            return None
+        try:
+            return self._db.conn.execute("PRAGMA data_version").fetchone()[0]
+        finally:
+            self._lock.release()
+
     def authenticate(self, name: str, password: str) -> User | None:
         with self._lock:
             rows = list(self._db.query("SELECT password FROM users WHERE name = ?", [name]))

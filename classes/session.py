@@ -16,10 +16,11 @@ def logout(ctx):
 
 
 def change_password(ctx, old_pwd, new_pwd):
-    users = ctx.server.users
-    if users.authenticate(ctx.user, old_pwd) is None:
-        raise XenAPIError(E.SESSION_AUTHENTICATION_FAILED, ctx.user, "Authentication failure")
-    users.set_password(ctx.user, new_pwd)
+    # the old password is checked as a login checks it: throttled, so a stolen session cannot guess it
+    ctx.server.sessions.authenticate(ctx.user, old_pwd, ctx.identity)
+    if not new_pwd:
+        raise XenAPIError(E.INVALID_VALUE, "new_pwd", "")
+    ctx.server.users.set_password(ctx.user, new_pwd)
 
 
 def get_all_subject_identifiers(ctx):
@@ -43,7 +44,7 @@ session = declare_class(
         message("change_password", "Change the account password of the session's user; the old password must be given.",
                 params=[param(T.String, "old_pwd", "Old password for account"),
                         param(T.String, "new_pwd", "New password for account")],
-                impl=change_password, errors=(E.SESSION_AUTHENTICATION_FAILED,)),
+                impl=change_password, errors=(E.SESSION_AUTHENTICATION_FAILED, E.INVALID_VALUE)),
         message("get_all_subject_identifiers", "Return a list of all the user subject-identifiers of all existing sessions (local users have none).",
                 result=T.Set(T.String), impl=get_all_subject_identifiers),
     ],

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import calendar
 import http.client
+import os
+import pwd
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 import xmlrpc.client
@@ -16,7 +19,9 @@ import XenAPI
 
 from auth.audit import AuditLog
 from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
+from tests.streams import XENAPI, call, guest, responses, serve_with_socket, stop_served, value
 from xenapi.api import Api
+from xenapi.store import derived_ref, derived_uuid
 from xenapi.transport.http import HTTPServer
 
 
@@ -195,3 +200,65 @@ def test_keep_zero_writes_nothing():
     log = AuditLog(sqlite_utils.Database(sqlite3.connect(":memory:")), threading.RLock(), keep=0)
     log.record(user="u", via="http", address="a", method="m", objects=[], uuids=[], outcome="ok")
     assert log.after(0, 10) == []
+
+
+# -- streams and the command line ---------------------------------------------------------------
+
+@pytest.fixture
+def served(tmp_path):
+    s = serve_with_socket(tmp_path)
+    yield s
+    stop_served(s)
+
+
+def rows_of(served, user: str) -> list[dict]:
+    return [r for r in served.server.audit.after(0, 10000) if r["user"] == user]
+
+
+def test_a_local_stream_is_written_via_stdio_with_its_session_opening_and_end(served):
+    vm = guest(served)
+    result = served.stdio(call("VM.start", "", vm, False, False), "--user", "bob")
+    assert result.returncode == 0 and value(responses(result.stdout)[0]) == ""
+    assert [(r["method"], r["via"], r["address"], r["outcome"]) for r in rows_of(served, "bob")] == [
+        ("session.local_login", "stdio", "", "ok"), ("VM.start", "stdio", "", "ok"),
+        ("session.logout", "stdio", "", "ok")]
+
+
+def test_a_stream_over_openssh_is_written_via_ssh_from_the_clients_address(served):
+    env = {**os.environ, "SSH_CONNECTION": "192.0.2.7 50412 127.0.0.1 22", "SSH_ORIGINAL_COMMAND": "xenapi"}
+    vm = guest(served)
+    stream = served.stream("--user", "bob", env=env)
+    assert value(stream.ask(call("VM.start", "", vm, False, False))) == ""
+    assert value(stream.ask(call("session.logout", ""))) == ""           # the API call is the logout
+    assert stream.close()[0] == 0
+    assert [(r["method"], r["via"], r["address"], r["outcome"]) for r in rows_of(served, "bob")] == [
+        ("session.login_with_key", "ssh", "192.0.2.7:50412", "ok"), ("VM.start", "ssh", "192.0.2.7:50412", "ok"),
+        ("session.logout", "ssh", "192.0.2.7:50412", "ok")]
+
+
+def test_user_and_key_changes_from_the_command_line_are_written_via_cli(served, tmp_path):
+    state = served.server.config.state
+    key = tmp_path / "k"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+
+    def cli(*args: str, data: str = "") -> str:
+        result = subprocess.run([XENAPI, "user", *args, "--state", state], input=data, capture_output=True,
+                                text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    start = max([r["id"] for r in served.server.audit.after(0, 10000)], default=0)
+    cli("add", "carol", "--role", "read-only", "--password-stdin", data="pw\n")
+    fingerprint = cli("key", "add", "carol", f"{key}.pub").split()[1]
+    cli("key", "del", "carol", fingerprint)
+    cli("del", "carol")
+    assert subprocess.run([XENAPI, "user", "del", "carol", "--state", state], capture_output=True).returncode == 1
+    rows = served.server.audit.after(start, 10000)
+    account = pwd.getpwuid(os.getuid()).pw_name
+    user_object = f"user/{derived_ref('user', 'carol')}"
+    assert [(r["user"], r["via"], r["method"], r["objects"], r["outcome"]) for r in rows] == [
+        (account, "cli", "user add", [user_object], "ok"),
+        (account, "cli", "user key add", [user_object, f"ssh_key/{fingerprint}"], "ok"),
+        (account, "cli", "user key del", [user_object, f"ssh_key/{fingerprint}"], "ok"),
+        (account, "cli", "user del", [user_object], "ok")]                   # the failed second del changed nothing
+    assert rows[0]["uuids"] == [derived_uuid("user", "carol")]

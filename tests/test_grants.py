@@ -346,6 +346,21 @@ def test_event_from_adds_what_a_new_grant_gives_and_dels_what_a_destroyed_one_to
     assert {(e["ref"], e["operation"]) for e in batch["events"]} == {(vm["vm0"], "del"), (metrics, "del")}
 
 
+def test_two_event_from_loops_on_one_session_each_get_every_add_and_del(pool, admin, vm):
+    pool.add_user("jo", "none", "pw")
+    jo = pool.session("jo", "pw")
+    first = jo.xenapi.event_from(["vm"], "", 0.0)["token"]
+    ref = grant(admin, "jo", ["read"], target=vm["vm0"])
+    second = jo.xenapi.event_from(["vm"], "", 0.0)                 # the second loop starts now: vm0 is there
+    assert [(e["ref"], e["operation"]) for e in second["events"]] == [(vm["vm0"], "add")]
+    batch = jo.xenapi.event_from(["vm"], first, 5.0)               # the first loop has not seen vm0 yet
+    assert [(e["ref"], e["operation"]) for e in batch["events"]] == [(vm["vm0"], "add")]
+    admin.xenapi.grant.destroy(ref)
+    for token in (batch["token"], second["token"]):                # each loop sees it go
+        gone = jo.xenapi.event_from(["vm"], token, 5.0)
+        assert [(e["ref"], e["operation"]) for e in gone["events"]] == [(vm["vm0"], "del")]
+
+
 def test_legacy_event_next_shows_only_readable_objects(alice, admin, vm):
     alice.xenapi.event.register(["vm"])
     admin.xenapi.VM.set_name_description(vm["vm1"], "hidden")

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import xmlrpc.client
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -169,6 +170,12 @@ def test_openssh_other_commands_are_refused(sshd, keys):
     assert b"refusing the command 'id'" in result.stderr
 
 
+def test_openssh_refuses_the_subsystem_form_before_the_forced_command(sshd, keys):
+    result = ssh(sshd.port, keys["alice"][0], "root", "xenapi", data=call("VM.get_all", ""), options=("-s",))
+    assert (result.returncode, result.stdout) == (255, b"")        # docs/ssh.md: the built-in server's only
+    assert b"subsystem request failed" in result.stderr
+
+
 # ------------------------------------------------------------------------------ the built-in server
 
 @pytest.fixture
@@ -259,27 +266,70 @@ def test_builtin_other_commands_get_a_message_and_exit_status_1(builtin, served,
     assert forward.returncode == 255                                # port forwarding is refused
 
 
-def test_builtin_passwords_are_refused_unless_allowed(served, tmp_path):
-    def password_login(server) -> bool:
-        client = paramiko.SSHClient()
-        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
-        try:
-            client.connect("127.0.0.1", server.address[1], "alice", "alice-pw", allow_agent=False,
-                           look_for_keys=False, timeout=10)
-        except paramiko.AuthenticationException:
-            return False
-        finally:
-            client.close()
-        return True
+def password_login(server: SSHServer, user: str, password: str) -> bool:
+    """Log in with a password (paramiko's client) and run one call; False if authentication fails."""
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    try:
+        client.connect("127.0.0.1", server.address[1], user, password, allow_agent=False, look_for_keys=False,
+                       timeout=10)
+        channel = client.get_transport().open_session()
+        channel.exec_command("xenapi")
+        channel.sendall(call("VM.get_all", ""))
+        channel.shutdown_write()
+        assert value(responses(channel.makefile("rb").read())[0])
+    except paramiko.AuthenticationException:
+        return False
+    finally:
+        client.close()
+    return True
 
+
+def test_builtin_passwords_are_refused_unless_allowed(served, tmp_path):
     key = host_key(str(tmp_path / "hk"))
     for allowed in (False, True):
         server = SSHServer(served.server, ("127.0.0.1", 0), key, allow_passwords=allowed)
         server.start()
         try:
-            assert password_login(server) is allowed
+            assert password_login(server, "alice", "alice-pw") is allowed
         finally:
             server.shutdown()
+
+
+def test_builtin_passwords_are_throttled_and_audited_like_logins(tmp_path):
+    served = serve_with_socket(tmp_path, login_failures_per_user=3)
+    server = SSHServer(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "hk")), allow_passwords=True)
+    server.start()
+    try:
+        assert password_login(server, "alice", "alice-pw")
+        for _ in range(3):
+            assert not password_login(server, "alice", "guess")
+        assert not password_login(server, "alice", "alice-pw")         # locked: the right one is refused too
+        locked = xmlrpc.client.ServerProxy(served.running.url).session.login_with_password("alice", "alice-pw")
+        assert "too many failed logins" in locked["ErrorDescription"][2]          # one throttle for both doors
+        rows = [r for r in served.server.audit.after(0, 1000) if r["user"] == "alice"]
+        assert [(r["method"], r["via"], r["outcome"]) for r in rows] == [
+            ("session.login_with_password", "ssh", "ok"), ("session.logout", "ssh", "ok"),
+            *[("session.login_with_password", "ssh", "SESSION_AUTHENTICATION_FAILED")] * 4,
+            ("session.login_with_password", "http", "SESSION_AUTHENTICATION_FAILED")]
+        assert all(re.fullmatch(r"127\.0\.0\.1:\d+", r["address"]) for r in rows)
+    finally:
+        server.shutdown()
+        stop_served(served)
+
+
+def test_builtin_key_sessions_are_audited_from_the_clients_address(builtin, served, keys):
+    served.server.keys.add("bob", keys["bob"][1])
+    vm = guest(served)
+    result = ssh(builtin.address[1], keys["bob"][0], "bob", "xenapi",
+                 data=call("VM.start", "", vm, False, False))
+    assert result.returncode == 0 and value(responses(result.stdout)[0]) == ""
+    rows = [r for r in served.server.audit.after(0, 1000) if r["user"] == "bob"]
+    assert [(r["method"], r["via"], r["outcome"]) for r in rows] == [
+        ("session.login_with_key", "ssh", "ok"), ("VM.start", "ssh", "ok"),
+        ("session.logout", "ssh", "ok")]
+    assert len({r["address"] for r in rows}) == 1 and re.fullmatch(r"127\.0\.0\.1:\d+", rows[0]["address"])
+    assert rows[1]["objects"] == [f"VM/{vm}"]
 
 
 def test_builtin_host_key_is_made_once_private_and_reused(tmp_path):

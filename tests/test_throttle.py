@@ -7,9 +7,13 @@ import xmlrpc.client
 from urllib.parse import urlsplit
 
 import pytest
+import XenAPI
 
 from auth.throttle import LoginThrottle
 from tests.conftest import ADMIN_PASSWORD, start_server, stop_server
+from tests.streams import call, responses, serve_with_socket, stop_served, value
+from tests.test_ssh import keypair, ssh
+from xenapi.transport.ssh import SSHServer, host_key
 
 
 class Clock:
@@ -193,3 +197,62 @@ def test_refused_logins_are_in_the_audit_log(server):
     rows = running.session().xenapi.audit.get_records("0", "100")
     mine = [(r["user"], r["outcome"], r["address"].split(":")[0]) for r in rows if r["user"] == "alice"]
     assert mine == [("alice", "SESSION_AUTHENTICATION_FAILED", "127.0.0.1")] * 4
+
+
+# -- every password check is throttled; key logins are not ----------------------------------------
+
+LOCKED_ROOT = ["SESSION_AUTHENTICATION_FAILED", "root", LOCKED[2]]
+
+
+def test_change_password_checks_the_old_password_under_the_throttle(server):
+    running, here, _ = server
+    alice = running.session("alice", "right")
+    for _ in range(3):
+        with pytest.raises(XenAPI.Failure) as e:
+            alice.xenapi.session.change_password("guess", "new")
+        assert e.value.details == ["SESSION_AUTHENTICATION_FAILED", "alice", "Authentication failure"]
+    with pytest.raises(XenAPI.Failure) as e:                        # the right one is refused now
+        alice.xenapi.session.change_password("right", "new")
+    assert e.value.details == LOCKED
+    assert here.login("alice", "right")["ErrorDescription"] == LOCKED    # one throttle for logins and this
+    assert running.server.users.authenticate("alice", "right") is not None
+
+
+def test_change_password_refuses_an_empty_new_password_and_keeps_the_old(server):
+    running, _, _ = server
+    with pytest.raises(XenAPI.Failure) as e:
+        running.session("alice", "right").xenapi.session.change_password("right", "")
+    assert e.value.details == ["INVALID_VALUE", "new_pwd", ""]
+    assert running.server.users.authenticate("alice", "right") is not None
+
+
+def test_anyone_can_lock_roots_password_logins_but_keys_still_get_in(tmp_path):
+    served = serve_with_socket(tmp_path)
+    ssh_server = SSHServer(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "hk")))
+    ssh_server.start()
+    try:
+        peer = Peer(served.running.url, "127.0.0.1")
+        for _ in range(5):                                          # [logins] failures_per_user, default
+            peer.login("root", "wrong")
+        assert peer.login("root", ADMIN_PASSWORD)["ErrorDescription"] == LOCKED_ROOT
+        local = served.stdio(call("VM.get_all", ""), "--user", "root")          # `xenapi stdio --user root`
+        assert local.returncode == 0 and value(responses(local.stdout)[0])
+        key, public = keypair(tmp_path, "root-key")
+        served.server.keys.add("root", public)
+        remote = ssh(ssh_server.address[1], key, "root", "xenapi", data=call("VM.get_all", ""))   # the built-in server
+        assert remote.returncode == 0 and value(responses(remote.stdout)[0])
+    finally:
+        ssh_server.shutdown()
+        stop_served(served)
+
+
+def test_failures_per_user_0_turns_the_per_name_lock_off(tmp_path):
+    running = start_server(tmp_path, login_failures_per_user=0, login_failures_per_source=20)
+    try:
+        here, there = Peer(running.url, "127.0.0.1"), Peer(running.url, "127.0.0.2")
+        for peer in (here, there):
+            for _ in range(8):                                      # 16 failures for root, 8 per source
+                assert peer.login("root", "wrong")["ErrorDescription"][2] == "Authentication failure"
+        assert here.login("root", ADMIN_PASSWORD)["Status"] == "Success"
+    finally:
+        stop_server(running)

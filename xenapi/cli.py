@@ -97,20 +97,34 @@ def cmd_serve(args) -> int:
 
 
 def _auth(args):
-    """(Users, Keys) on the state's database: the command line writes it beside a running server."""
+    """(Users, Keys, AuditLog) on the state's database: the command line writes it beside a running server."""
+    from auth.audit import AuditLog
     from auth.keys import Keys
     from auth.users import Users
-    from xenapi.store import Store
     from classes import REGISTRY
+    from xenapi.store import Store, private_directory
     cfg = _config(args)
     if cfg.state != ":memory:":
-        os.makedirs(cfg.state, exist_ok=True)
+        private_directory(cfg.state)
     store = Store(REGISTRY.classes, cfg.database)
-    return Users(store.db, store.db_lock), Keys(store.db, store.db_lock)
+    return (Users(store.db, store.db_lock), Keys(store.db, store.db_lock),
+            AuditLog(store.db, store.db_lock, cfg.audit_keep))
 
 
 def _users(args):
     return _auth(args)[0]
+
+
+def _audit(audit, command: str, name: str, key: str = "") -> None:
+    """The audit row of a change made here: via cli, by the Unix account running the command, on
+    the user object (and the key's fingerprint)."""
+    from auth.audit import local_account
+    from xenapi.store import derived_ref, derived_uuid
+    objects, uuids = [f"user/{derived_ref('user', name)}"], [derived_uuid("user", name)]
+    if key:
+        objects, uuids = [*objects, f"ssh_key/{key}"], [*uuids, ""]
+    audit.record(user=local_account(), via="cli", address="", method=command, objects=objects, uuids=uuids,
+                 outcome="ok")
 
 
 def cmd_user_add(args) -> int:
@@ -127,11 +141,13 @@ def cmd_user_add(args) -> int:
     else:
         print("xenapi: no terminal to ask for a password; use --password-stdin", file=sys.stderr)
         return 2
+    users, _, audit = _auth(args)
     try:
-        user = _users(args).add(args.name, args.role, password, args.fullname or "")
+        user = users.add(args.name, args.role, password, args.fullname or "")
     except UserError as e:
         print(f"xenapi: {e}", file=sys.stderr)
         return 1
+    _audit(audit, "user add", user.name)
     print(f"added {user.name} ({user.role})")
     return 0
 
@@ -147,18 +163,19 @@ def cmd_user_list(args) -> int:
 
 
 def cmd_user_del(args) -> int:
-    """Delete a local user; their sessions end at the server's next check.
+    """Delete a local user and its SSH keys; a running server ends its sessions within a second.
 
     Example: xenapi user del alice
     """
     from auth.users import UserError
-    users, keys = _auth(args)
+    users, keys, audit = _auth(args)
     try:
         users.remove(args.name)
     except UserError as e:
         print(f"xenapi: {e}", file=sys.stderr)
         return 1
     keys.remove_user(args.name)
+    _audit(audit, "user del", args.name)
     print(f"deleted {args.name}")
     return 0
 
@@ -170,12 +187,14 @@ def cmd_user_key_add(args) -> int:
     """
     from auth.keys import SSHKeyError
     text = sys.stdin.read() if args.file == "-" else open(args.file, encoding="utf-8").read()
+    _, keys, audit = _auth(args)
     try:
-        added = _auth(args)[1].add(args.name, text)
+        added = keys.add(args.name, text)
     except SSHKeyError as e:
         print(f"xenapi: {args.file}: {e}", file=sys.stderr)
         return 1
     for key in added:
+        _audit(audit, "user key add", args.name, key.fingerprint)
         print(f"added {key.fingerprint} {key.type} {key.comment}".rstrip())
     return 0
 
@@ -196,11 +215,13 @@ def cmd_user_key_del(args) -> int:
     Example: xenapi user key del alice SHA256:2KZxr5VZr0WKS9Xw1fOcWPUmfLQ7E7nEhr3cMEtOBJc
     """
     from auth.keys import SSHKeyError
+    _, keys, audit = _auth(args)
     try:
-        _auth(args)[1].remove(args.name, args.fingerprint)
+        keys.remove(args.name, args.fingerprint)
     except SSHKeyError as e:
         print(f"xenapi: {e}", file=sys.stderr)
         return 1
+    _audit(audit, "user key del", args.name, args.fingerprint)
     print(f"deleted {args.fingerprint}")
     return 0
 
@@ -277,6 +298,11 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command in ("user", "stdio"):
+        # Files these make (a first database) are the account's alone.  Not for serve: the server
+        # gives its secrets explicit modes, and some of what it makes must stay readable (an LXC
+        # container's root directory is the container's "/").
+        os.umask(0o077)
     try:
         return args.func(args)
     except (ValueError, OSError) as e:

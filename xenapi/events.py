@@ -8,16 +8,20 @@ bounded log has left behind.
 
 A session without the ``event.from`` (``event.next``) permission, that is a grant-only session,
 sees only the objects it may read (auth/grants.py), as if no other existed.  Its view moves with
-its grants: the server remembers, per session and class, which objects it has shown, so an object
-that becomes readable (a grant is created, a tag is set) arrives as an ``add`` and one that stops
-being readable, or is deleted, as a ``del``.  A token obtained without event.from (event.inject)
-starts from what the session may read now; objects deleted before its first event.from call are
-then not reported.
+its grants: the server remembers which objects (per class) it has shown up to each token it
+handed out, so an object that becomes readable (a grant is created, a tag is set) arrives as an
+``add`` and one that stops being readable, or is deleted, as a ``del``.  Views are kept per
+session and token, so several event.from loops on one session (each with its own token) each get
+every change; the newest ``VIEWS_PER_SESSION`` tokens of a session are kept.  A token without a
+view (obtained from event.inject, or one of the oldest) starts from what the session may read
+now; objects deleted before it are then not reported.  The legacy event.next has one cursor per
+session, hence one view per session.
 """
 from __future__ import annotations
 
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from xenapi import errors as E
@@ -26,6 +30,7 @@ from xenapi.wire.values import I4
 
 # event.next with nothing registered is an error; a registration is per session.
 MAX_FROM_TIMEOUT = 3600.0
+VIEWS_PER_SESSION = 16        # event.from views (one per token) kept per restricted session
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Registration:
 
 # A restricted session's view: per class, the refs it has been shown.
 View = dict[str, set[str]]
+FrozenView = dict[str, frozenset[str]]      # an event.from view, shared between tokens: never mutated
 
 
 def parse_subscriptions(classes: list[str], known: dict[str, str]) -> tuple[set[str] | None, set[str]]:
@@ -61,7 +67,8 @@ class Events:
         self.store = server.store
         self._known = {c.lower(): c for c, d in server.registry.classes.items() if d.events}
         self._regs: dict[str, Registration] = {}
-        self._views: dict[str, View] = {}
+        self._views: dict[str, View] = {}                                     # event.next's, per session
+        self._from_views: dict[str, OrderedDict[int, FrozenView]] = {}        # event.from's, per session and token
         self._lock = threading.Lock()
 
     # -- tokens ------------------------------------------------------------------------------
@@ -152,7 +159,8 @@ class Events:
         else:
             touched, last = self._touched(names, after)
         ops = {(cls, ref): op for cls, ref, op in touched}
-        view = self._view(ctx.session_ref)
+        view = {} if after is None else self._view_at(ctx.session_ref, after)
+        shown: FrozenView = {}
         events = []
         for lower, cls in self._known.items():
             if names is not None and lower not in names and not any(o.startswith(lower + "/") for o in objects):
@@ -171,8 +179,23 @@ class Events:
                     self._add_event(events, cls, ref, "mod", last)
             events += [self._event(cls, ref, "del", None, last) for ref in sorted(old - readable)]
             kept = {ref for ref in view.get(cls, ()) if not _wanted(cls, ref, names, objects)}
-            view[cls] = kept | readable
+            shown[cls] = frozenset(kept | readable)
+        self._keep_view(ctx.session_ref, last, view, shown)
         return events, last
+
+    def _view_at(self, session_ref: str, token_id: int) -> FrozenView:
+        with self._lock:
+            return self._from_views.get(session_ref, {}).get(token_id, {})
+
+    def _keep_view(self, session_ref: str, token_id: int, base: FrozenView, shown: FrozenView) -> None:
+        """Remember what the token ``token_id`` has shown: ``shown`` for the classes just
+        collected; for the others, what another call already stored at this token, else ``base``."""
+        with self._lock:
+            views = self._from_views.setdefault(session_ref, OrderedDict())
+            views[token_id] = {**views.get(token_id, base), **shown}
+            views.move_to_end(token_id)
+            while len(views) > VIEWS_PER_SESSION:
+                views.popitem(last=False)
 
     def _add_event(self, events: list, cls: str, ref: str, op: str, last: int) -> None:
         rec = self.store.find(cls, ref)
@@ -264,6 +287,7 @@ class Events:
         with self._lock:
             self._regs.pop(session_ref, None)
             self._views.pop(session_ref, None)
+            self._from_views.pop(session_ref, None)
 
 
 def _coalesce(changes, after: int) -> list[tuple[str, str, str]]:

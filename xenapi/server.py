@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from pathlib import Path
 
 from auth.audit import AuditLog
 from auth.grants import Access
@@ -24,7 +23,7 @@ from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.reconciler import Reconciler
 from xenapi.sessions import Sessions
-from xenapi.store import Store, add, derived_ref, derived_uuid, mod
+from xenapi.store import Store, add, derived_ref, derived_uuid, mod, private_directory
 from xenapi.tasks import Tasks
 from xenapi.vms import VMs
 
@@ -41,7 +40,7 @@ class Server:
         self.config = config
         self.registry = registry
         if config.state != ":memory:":
-            Path(config.state).mkdir(parents=True, exist_ok=True)
+            private_directory(config.state)     # 0700: the database holds credentials
         self.store = Store(registry.classes, config.database, config.event_log_size)
         self.users = Users(self.store.db, self.store.db_lock)
         self.keys = Keys(self.store.db, self.store.db_lock)
@@ -125,7 +124,7 @@ class Server:
     def _housekeeping(self) -> None:
         while not self._stop.wait(HOUSEKEEPING_SECONDS):
             try:
-                self.sessions.expire_idle()
+                self.sessions.sweep()
                 self.tasks.collect()
             except Exception:
                 log.exception("event=housekeeping-failed")

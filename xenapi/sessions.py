@@ -9,6 +9,18 @@ uuids and are the only secret refs of the API.
 (auth/grants.py ``describe``); grants are live, so that list is rewritten whenever a grant or a
 user's groups change.  Activity is tracked in memory on every call (idle expiry and the cap's
 "least recently active" use it) and written to ``last_active`` at most once a minute.
+
+Users are removed by the command line (``xenapi user del``), another process writing the same
+database.  At most once a second a call looks whether another connection committed anything
+(SQLite's ``PRAGMA data_version``, a counter read without touching a table); if so, the sessions
+of users that no longer exist (or were removed and added again since the login) are logged out,
+so the session of a deleted user is refused within about a second.  Housekeeping and start-up
+look too.
+
+Every password check (a login, ``session.change_password``, the built-in SSH server's password
+authentication) goes through the throttle.  A stream whose transport authenticated its user (an
+SSH key, a trusted local peer) gets a session without a password call, so its opening and its end
+are written to the audit log here.
 """
 from __future__ import annotations
 
@@ -24,12 +36,13 @@ from auth.throttle import LoginThrottle, retry_text
 from xenapi import errors as E
 from xenapi.context import Context, Identity
 from xenapi.errors import XenAPIError
-from xenapi.store import mod
+from xenapi.store import delete, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
 
 TOUCH_EVERY = 60.0     # seconds between last_active writes: a read-heavy client must not write per call
+USERS_CHECK_EVERY = 1.0   # seconds between looks for users removed by another process
 
 
 @dataclass
@@ -38,6 +51,7 @@ class Live:
     permissions: frozenset[str]
     touched: float                 # last call (clock time)
     written: float = 0.0           # when last_active was last written
+    born: float = 0.0              # the user's creation time: a user removed and added again is another
 
 
 def source_of(identity: Identity) -> str:
@@ -57,18 +71,35 @@ class Sessions:
                                       config.login_failure_window, config.login_lockout)
         self._live: dict[str, Live] = {}
         self._lock = threading.Lock()
+        self._users_lock = threading.Lock()
+        self._users_next = 0.0           # monotonic time of the next look for removed users
+        self._users_version: int | None = None
 
     def restore(self) -> None:
-        """After store.load(): index the sessions that survived a restart."""
+        """After store.load(): index the sessions that survived a restart, but those of users
+        removed (or removed and added again) while the server was down."""
         now = self.clock()
+        users = {user.name: user.created for user in self.server.users.all()}
+        orphans = []
         for ref, rec in self.store.records("session").items():
+            uname, login_time = rec["auth_user_name"], rec["validation_time"].seconds
+            if uname not in users or users[uname] > login_time:
+                orphans.append(ref)
+                log.info("event=session-dropped user=%s reason=user-removed", uname)
+                continue
             last = rec["last_active"].seconds or now
-            self._live[ref] = Live(rec["auth_user_name"], held(rec["rbac_permissions"]), last, last)
+            self._live[ref] = Live(uname, held(rec["rbac_permissions"]), last, last, users[uname])
+        self.store.apply([delete("session", ref) for ref in orphans])
         self.expire_idle()
 
     def login(self, uname: str, password: str, originator: str, identity: Identity) -> str:
         if identity.user is not None:    # the transport (an SSH key) authenticated the user
             return self._transport_login(uname, originator, identity)
+        return self.open(self.authenticate(uname, password, identity).name, originator, identity)
+
+    def authenticate(self, uname: str, password: str, identity: Identity):
+        """The user, if ``password`` is theirs and the throttle lets the check happen; else
+        SESSION_AUTHENTICATION_FAILED (saying when to retry, when throttled)."""
         source = source_of(identity)
         wait = self.throttle.attempt(uname, source)
         if wait:
@@ -83,7 +114,7 @@ class Sessions:
         if user is None:
             log.warning("event=login-failed user=%s via=%s addr=%s", uname, identity.via, identity.address or "-")
             raise XenAPIError(E.SESSION_AUTHENTICATION_FAILED, uname, "Authentication failure")
-        return self.open(user.name, originator, identity)
+        return user
 
     def open(self, uname: str, originator: str = "", identity: Identity | None = None) -> str:
         """A session for an already authenticated user (password checked, or a transport's key)."""
@@ -102,12 +133,14 @@ class Sessions:
             "originator": originator,
         }, ref=ref)
         with self._lock:
-            self._live[ref] = Live(uname, permissions, now.seconds, now.seconds)
+            self._live[ref] = Live(uname, permissions, now.seconds, now.seconds, user.created)
         log.info("event=login user=%s via=%s addr=%s originator=%s", uname, identity.via if identity else "-",
                  identity.address if identity and identity.address else "-", originator or "-")
         return ref
 
     def check(self, ref: object) -> Live:
+        if time.monotonic() >= self._users_next:
+            self.notice_removed_users()
         live = self._live.get(ref) if isinstance(ref, str) else None
         if live is None:
             raise XenAPIError(E.SESSION_INVALID, ref if isinstance(ref, str) else "")
@@ -135,19 +168,67 @@ class Sessions:
                         identity.via, identity.address or "-")
             raise XenAPIError(E.SESSION_AUTHENTICATION_FAILED, uname, "Authentication failure")
         if not self.is_live(getattr(identity, "session", None) or ""):   # none yet, or logged out
-            identity.session = self.open(uname, originator or identity.via, identity)
+            self.open_for_transport(identity, originator)
         return identity.session
+
+    def open_for_transport(self, identity, originator: str = "") -> str:
+        """The session of a stream whose transport authenticated its user; audited with the
+        method the transport names (``identity.login_method``), ok or refused."""
+        audit = dict(user=identity.user, via=identity.via, address=identity.address, method=identity.login_method)
+        try:
+            identity.session = self.open(identity.user, originator or identity.via, identity)
+        except XenAPIError as e:
+            self.server.audit.record(**audit, outcome=e.code)
+            raise
+        self.server.audit.record(**audit, outcome="ok")
+        return identity.session
+
+    def close_for_transport(self, identity) -> None:
+        """The stream ended: its session ends with it (audited, unless it had already ended)."""
+        if identity.session is not None and self.logout(identity.session):
+            self.server.audit.record(user=identity.user, via=identity.via, address=identity.address,
+                                     method="session.logout", outcome="ok")
 
     def is_live(self, ref: str) -> bool:
         return ref in self._live
 
-    def logout(self, ref: str) -> None:
+    def logout(self, ref: str) -> bool:
+        """End a session; False if it was not live."""
         with self._lock:
             live = self._live.pop(ref, None)
-        if live is not None:
-            self.store.delete("session", ref)
-            self.server.events.forget(ref)
-            self.store.wake()          # a blocked event.from of this session must end now
+        if live is None:
+            return False
+        self.store.delete("session", ref)
+        self.server.events.forget(ref)
+        self.store.wake()              # a blocked event.from of this session must end now
+        return True
+
+    def notice_removed_users(self) -> int:
+        """If another process wrote the database since the last look, log out the sessions of
+        users that no longer exist.  Never waits: a look already under way, or a busy database,
+        is left to the next call.  Returns the number of sessions ended."""
+        if not self._users_lock.acquire(blocking=False):
+            return 0
+        try:
+            self._users_next = time.monotonic() + USERS_CHECK_EVERY
+            version = self.server.users.data_version()
+            if version is None or version == self._users_version:
+                return 0
+            self._users_version = version
+            users = {user.name: user.created for user in self.server.users.all()}
+            gone = [(ref, live.user) for ref, live in list(self._live.items())
+                    if users.get(live.user) != live.born]
+        finally:
+            self._users_lock.release()
+        for ref, uname in gone:
+            log.info("event=session-ended user=%s reason=user-removed", uname)
+            self.logout(ref)
+        return len(gone)
+
+    def sweep(self) -> None:
+        """Housekeeping: sessions of removed users, and idle ones."""
+        self.notice_removed_users()
+        self.expire_idle()
 
     def _entries(self, uname: str, role: str, permissions: frozenset[str]) -> list[str]:
         return sorted(permissions | self.server.access.describe(uname, role))

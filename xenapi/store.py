@@ -11,6 +11,7 @@ their uuids, so refs stay the same across restarts without being stored.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import logging
 import threading
@@ -18,6 +19,7 @@ import time
 import uuid as _uuid
 from collections import deque
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Iterable
 
 import sqlite_utils
@@ -81,6 +83,8 @@ class Store:
         self.epoch = int(time.time() * 1000)      # tokens from another server run are stale
         # One connection shared by the server's threads, always used under db_lock.
         self.db_lock = threading.RLock()
+        if path != ":memory:":
+            _private_database(path)
         self._db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
         if path != ":memory:":
             self._db.conn.execute("PRAGMA journal_mode=WAL")
@@ -274,6 +278,37 @@ class Store:
             self.generation += 1
         with self._cond:
             self._cond.notify_all()
+
+
+# -- file modes: the database holds live session refs (bearer credentials), password hashes and
+# the audit log, so it and its directory are the server's account's alone --------------------
+
+def private_directory(path: str) -> None:
+    """Make the state directory (mode 0700), or take group and other access off an existing one."""
+    directory = Path(path)
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _tighten(directory, 0o700)
+
+
+def _private_database(path: str) -> None:
+    """Create the database file 0600 before SQLite opens it (SQLite gives its -wal and -shm files
+    the database's mode), and tighten the files of an existing database."""
+    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))     # an empty file is an empty database
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        if os.path.exists(name):
+            _tighten(Path(name), 0o600)
+
+
+def _tighten(target: Path, mode: int) -> None:
+    was = target.stat().st_mode & 0o777
+    if was & 0o077:
+        try:
+            target.chmod(mode)
+        except PermissionError as e:     # not its owner: say so, the administrator fixes it
+            log.warning("event=state-mode-loose path=%s mode=%o reason=%s", target, was, e.strerror)
+            return
+        log.warning("event=state-mode-tightened path=%s mode=%o->%o", target, was, mode)
 
 
 def add(cls: str, ref: str, record: dict) -> Op:

@@ -6,7 +6,9 @@ only as the user it is registered to (auth/keys.py, read at each login).  An ``e
 :mod:`xenapi.transport.stream`, dispatched in this process with identity ``via=ssh``.  Anything
 else is refused: other commands get a message on stderr and exit status 1; terminals, forwarding
 and (unless configured) passwords get paramiko's "no".  A session with no command (a "shell")
-carries the stream too, as OpenSSH's forced command does.
+carries the stream too, as OpenSSH's forced command does.  A password is checked as
+``session.login_with_password`` checks it: throttled per user name and per source address, and a
+failure is written to the audit log (a success is, when the stream's session opens).
 
 paramiko runs the hooks of :class:`_Hooks` on each connection's transport thread: they decide
 from the database and return; a channel's stream runs on its own thread ``ssh-chan-<n>``.
@@ -24,6 +26,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from xenapi.context import Identity
 from xenapi.errors import XenAPIError
 from xenapi.transport import stream
 
@@ -142,7 +145,8 @@ class SSHServer:
             with self._lock:
                 self._transports.discard(transport)
 
-    def serve_channel(self, channel: paramiko.Channel, user: str, peer: str, command: str | None) -> None:
+    def serve_channel(self, channel: paramiko.Channel, user: str, peer: str, command: str | None,
+                      login_method: str = stream.KEY_LOGIN) -> None:
         """One channel's life: the stream, or a refusal for any other command (exit status 1)."""
         status = 1
         try:
@@ -151,7 +155,7 @@ class SSHServer:
                 channel.sendall_stderr(f"xenapi: this server runs only the Xen-API stream "
                                        f"(`xenapi` or the subsystem `xenapi`), not {command[:80]!r}\n".encode())
                 return
-            identity = stream.StreamIdentity(via="ssh", address=peer, user=user)
+            identity = stream.StreamIdentity(via="ssh", address=peer, user=user, login_method=login_method)
             stream.serve(self.server, lambda: channel.recv(_CHUNK), channel.sendall, identity)
             status = 0
         except XenAPIError as e:          # the user was deleted after logging in
@@ -176,21 +180,31 @@ class _Hooks(paramiko.ServerInterface):
     def __init__(self, ssh: SSHServer, peer: str):
         self.ssh = ssh
         self.peer = peer
+        self.login_method = stream.KEY_LOGIN       # how the user got in, for the audit log
 
     def get_allowed_auths(self, username: str) -> str:
         return "publickey,password" if self.ssh.allow_passwords else "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
         if self.ssh.server.keys.allows(username, key.asbytes()):
+            self.login_method = stream.KEY_LOGIN
             return paramiko.AUTH_SUCCESSFUL   # paramiko then verifies the client's signature
         log.info("event=ssh-key-refused user=%s addr=%s key=%s", username, self.peer, key.fingerprint)
         return paramiko.AUTH_FAILED
 
     def check_auth_password(self, username: str, password: str) -> int:
-        if self.ssh.allow_passwords and self.ssh.server.users.authenticate(username, password) is not None:
-            return paramiko.AUTH_SUCCESSFUL
-        log.info("event=ssh-password-refused user=%s addr=%s", username, self.peer)
-        return paramiko.AUTH_FAILED
+        if not self.ssh.allow_passwords:
+            log.info("event=ssh-password-refused user=%s addr=%s reason=passwords-off", username, self.peer)
+            return paramiko.AUTH_FAILED
+        server = self.ssh.server
+        try:
+            server.sessions.authenticate(username, password, Identity(via="ssh", address=self.peer))
+        except XenAPIError as e:          # wrong, or throttled: the same rules as over the API
+            server.audit.record(user=username, via="ssh", address=self.peer, method=stream.PASSWORD_LOGIN,
+                                outcome=e.code)
+            return paramiko.AUTH_FAILED
+        self.login_method = stream.PASSWORD_LOGIN
+        return paramiko.AUTH_SUCCESSFUL
 
     def check_channel_request(self, kind: str, chanid: int) -> int:
         if kind == "session":
@@ -211,6 +225,7 @@ class _Hooks(paramiko.ServerInterface):
         user = transport.get_username() if transport.is_authenticated() else None   # the name that logged in
         if user is None:
             return False
-        threading.Thread(target=self.ssh.serve_channel, args=(channel, user, self.peer, command),
+        threading.Thread(target=self.ssh.serve_channel,
+                         args=(channel, user, self.peer, command, self.login_method),
                          name=f"ssh-chan-{next(self._channels)}", daemon=True).start()
         return True

@@ -60,7 +60,9 @@ def accept(server, request: Request, limits) -> Response:
     if user is not None and server.users.get(user) is None:
         log.warning("event=stream-refused reason=unknown-user user=%s via=%s addr=%s", user, via, address or "-")
         return _refuse(403, f"no such user {user!r}")
-    identity = stream.StreamIdentity(via=via, address=address, user=user)
+    # over OpenSSH the forced command of an authorized_keys line vouches (a key); locally, the peer's uid
+    login = stream.KEY_LOGIN if via == "ssh" else stream.LOCAL_LOGIN
+    identity = stream.StreamIdentity(via=via, address=address, user=user, login_method=login)
 
     def run(sock: socket.socket, already: bytes) -> None:
         pending = [already] if already else []

@@ -265,11 +265,19 @@ def documents(read: Callable[[], bytes], max_bytes: int) -> Iterator[Document]:
 
 # ------------------------------------------------------------------------------------ serving
 
+KEY_LOGIN = "session.login_with_key"            # audit methods of a stream session's opening
+PASSWORD_LOGIN = "session.login_with_password"
+LOCAL_LOGIN = "session.local_login"
+
+
 @dataclass
 class StreamIdentity(Identity):
     """Who is on a stream.  ``session`` is the session opened for the transport's user, if any
-    (``Sessions`` hands it out for ``""`` and for a login as that user; docs/ssh.md)."""
+    (``Sessions`` hands it out for ``""`` and for a login as that user; docs/ssh.md).
+    ``login_method`` says how the transport authenticated the user, for the audit log: an SSH key,
+    the built-in SSH server's password check, or a trusted local peer (``xenapi stdio --user``)."""
     session: str | None = None
+    login_method: str = KEY_LOGIN
 
 
 def serve(server, read: Callable[[], bytes], write: Callable[[bytes], None], identity: StreamIdentity,
@@ -282,7 +290,7 @@ def serve(server, read: Callable[[], bytes], write: Callable[[bytes], None], ide
     """
     limits = limits or Limits(max_body_bytes=server.config.max_body_bytes)
     if identity.user is not None:
-        identity.session = server.sessions.open(identity.user, identity.via, identity)
+        server.sessions.open_for_transport(identity)
     last = XML
     try:
         for doc in documents(read, limits.max_body_bytes):
@@ -290,8 +298,7 @@ def serve(server, read: Callable[[], bytes], write: Callable[[bytes], None], ide
             write(answer(server, doc, kind, identity, limits) + b"\n")
             last = kind
     finally:
-        if identity.session is not None:
-            server.sessions.logout(identity.session)
+        server.sessions.close_for_transport(identity)
 
 
 def answer(server, doc: Document, kind: str, identity: Identity, limits: Limits) -> bytes:
