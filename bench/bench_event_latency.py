@@ -16,7 +16,7 @@ import tempfile
 import threading
 import time
 
-from common import PASSWORD, ROOT, free_port, wait_port
+from common import PASSWORD, ROOT, free_port, wait_for_port
 
 import libvirt
 import XenAPI
@@ -37,7 +37,7 @@ def main() -> int:
                               env={**os.environ, "XENAPI_ADMIN_PASSWORD": PASSWORD},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        wait_port(port, 60)
+        wait_for_port(port, 60)
         conn = libvirt.open(daemon.uri)
         dom = conn.lookupByName("test")          # the test driver's running domain
         session = XenAPI.Session(f"http://127.0.0.1:{port}")

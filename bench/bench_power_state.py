@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 
-from common import PASSWORD, XenapiServer, compare, free_port, node_xml, wait_port
+from common import PASSWORD, XenapiServer, compare, free_port, node_xml, wait_for_port
 
 import XenAPI
 
@@ -57,7 +57,7 @@ def main() -> int:
     port = free_port()
     base = subprocess.Popen([sys.executable, "-c", BASELINE, str(port)])
     try:
-        wait_port(port)
+        wait_for_port(port, 30)
         compare("VM.get_power_state calls/s", args.rounds, lambda: rate(ours.url, args.calls),
                 lambda: rate(f"http://127.0.0.1:{port}", args.calls), "calls/s",
                 higher_is_better=True, target=1.0)

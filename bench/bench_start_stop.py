@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 
-from common import PASSWORD, ROOT, compare, free_port, wait_port
+from common import PASSWORD, ROOT, compare, free_port, wait_for_port
 
 sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import guest  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> int:
                               env={**os.environ, "XENAPI_ADMIN_PASSWORD": PASSWORD},
                               stdout=subprocess.DEVNULL, stderr=open(os.path.join(work, "server.log"), "wb"))
     try:
-        wait_port(port, 120)
+        wait_for_port(port, 120)
         session = XenAPI.Session(f"http://127.0.0.1:{port}")
         session.xenapi.login_with_password("root", PASSWORD, "2.21", "bench")
         vm = session.xenapi.VM.get_by_uuid(dom.UUIDString())

@@ -2,34 +2,17 @@
 from __future__ import annotations
 
 import os
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from tests.ports import free_port, wait_for_port  # noqa: E402  (after the path)
+
 PASSWORD = "bench-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listens on port {port}")
 
 
 class XenapiServer:
@@ -44,7 +27,7 @@ class XenapiServer:
             [str(ROOT / ".venv/bin/xenapi"), "serve", "--listen", f"127.0.0.1:{self.port}",
              "--state", str(self.dir / "state"), "--libvirt", f"test://{self.dir / 'node.xml'}"],
             env=env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"))
-        wait_port(self.port, 120)
+        wait_for_port(self.port, 120, proc=self.process, log=self.dir / "server.log")
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:

@@ -6,6 +6,7 @@ state is private to that connection, so tests never see each other's domains.
 from __future__ import annotations
 
 import itertools
+import shutil
 import textwrap
 import uuid as _uuid
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from pathlib import Path
 import pytest
 import XenAPI
 
+from tests.private_libvirtd import PrivateLibvirtd
 from xenapi.api import Api
 from xenapi.config import Config
 from xenapi.server import Server
@@ -129,3 +131,57 @@ def wire(running):
 def session(wire) -> str:
     """A root session ref, logged in over the raw wire."""
     return wire.login()
+
+
+def vm_record(label: str = "test vm") -> dict:
+    """A small VM's fields as domxml.build takes them (256 MiB maximum, 2 vCPUs, 1 at start)."""
+    mib = 1024 * 1024
+    return {"name_label": label, "memory_static_max": 256 * mib, "memory_dynamic_max": 128 * mib,
+            "memory_dynamic_min": 128 * mib, "memory_static_min": 128 * mib, "VCPUs_max": 2,
+            "VCPUs_at_startup": 1, "stamp": {"ref": "OpaqueRef:test"}}
+
+
+@pytest.fixture
+def quiet(tmp_path):
+    """A server whose sampler only runs when a test (or an event) asks."""
+    r = start_server(tmp_path, metrics_interval=3600)
+    yield r
+    stop_server(r)
+
+
+@pytest.fixture
+def served(tmp_path):
+    """A server with a unix socket for ``xenapi stdio`` and users alice (read-only), bob (vm-operator)."""
+    from tests.streams import serve_with_socket, stop_served
+    s = serve_with_socket(tmp_path)
+    yield s
+    stop_served(s)
+
+
+@pytest.fixture
+def keys(tmp_path):
+    """alice's, bob's and a stranger's Ed25519 keys: {name: (private key file, public key line)}."""
+    from tests.ssh_support import keypair
+    directory = tmp_path / "keys"
+    directory.mkdir()
+    return {name: keypair(directory, name) for name in ("alice", "bob", "stranger")}
+
+
+@pytest.fixture
+def sshd(tmp_path, served, keys):
+    """A real sshd forcing ``xenapi stdio --user`` for alice's and bob's keys (tests/ssh_support.py)."""
+    from tests.ssh_support import running_sshd
+    with running_sshd(tmp_path / "sshd", served, keys) as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def libvirtd():
+    """A private libvirtd (tests/private_libvirtd.py), not started yet; removed afterwards."""
+    if shutil.which("libvirtd") is None:
+        pytest.skip("libvirtd is not installed")
+    daemon = PrivateLibvirtd()
+    try:
+        yield daemon
+    finally:
+        daemon.remove()

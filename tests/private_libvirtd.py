@@ -9,6 +9,7 @@ import signal
 import subprocess
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -48,6 +49,15 @@ class PrivateLibvirtd:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"libvirtd did not start: {(self.dir / 'libvirtd.log').read_text()}")
             time.sleep(0.05)
+
+    @contextmanager
+    def frozen(self):
+        """The daemon stopped (SIGSTOP): it still accepts connections but answers nothing."""
+        self.process.send_signal(signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            self.process.send_signal(signal.SIGCONT)
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:

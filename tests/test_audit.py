@@ -19,7 +19,7 @@ import XenAPI
 
 from auth.audit import AuditLog
 from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
-from tests.streams import XENAPI, call, guest, responses, serve_with_socket, stop_served, value
+from tests.streams import XENAPI, call, guest, responses, value
 from xenapi.api import Api
 from xenapi.store import derived_ref, derived_uuid
 from xenapi.transport.http import HTTPServer
@@ -203,13 +203,6 @@ def test_keep_zero_writes_nothing():
 
 
 # -- streams and the command line ---------------------------------------------------------------
-
-@pytest.fixture
-def served(tmp_path):
-    s = serve_with_socket(tmp_path)
-    yield s
-    stop_served(s)
-
 
 def rows_of(served, user: str) -> list[dict]:
     return [r for r in served.server.audit.after(0, 10000) if r["user"] == user]

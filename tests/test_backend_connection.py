@@ -6,19 +6,18 @@ named domains and removes them; state-mapping tests use a generated node file in
 """
 from __future__ import annotations
 
-import shutil
-import signal
 import threading
 import time
 import uuid as uuidlib
 from contextlib import contextmanager
+from typing import Iterator
 
 import pytest
 
+from tests.conftest import vm_record
 from xenapi.backend import domxml, stats
 from xenapi.backend.connection import ERR_NO_DOMAIN, HostConnection, power_state
 from xenapi.errors import BACKEND_FAILURE, HOST_NOT_LIVE, XenAPIError
-from tests.private_libvirtd import PrivateLibvirtd
 
 SHARED_URI = "test:///default"
 MIB = 1024 * 1024
@@ -62,12 +61,6 @@ def host(recorder):
     connection.open()
     yield connection
     connection.close()
-
-
-def vm_record(label: str = "test vm") -> dict:
-    return {"name_label": label, "memory_static_max": 256 * MIB, "memory_dynamic_max": 128 * MIB,
-            "memory_dynamic_min": 128 * MIB, "memory_static_min": 128 * MIB, "VCPUs_max": 2,
-            "VCPUs_at_startup": 1, "stamp": {"ref": "OpaqueRef:test"}}
 
 
 @pytest.fixture
@@ -312,25 +305,16 @@ def test_open_of_an_unreachable_host_raises_host_not_live(recorder, tmp_path):
     assert raised.value.code == HOST_NOT_LIVE and not connection.live
 
 
-@pytest.fixture
-def libvirtd():
-    if shutil.which("libvirtd") is None:
-        pytest.skip("libvirtd is not installed")
-    daemon = PrivateLibvirtd()
-    try:
-        yield daemon
-    finally:
-        daemon.remove()
-
-
 @contextmanager
-def frozen(daemon: PrivateLibvirtd):
-    """The daemon stopped (SIGSTOP): it still accepts connections but answers nothing."""
-    daemon.process.send_signal(signal.SIGSTOP)
+def reconnecting(libvirtd, recorder, **options) -> Iterator[HostConnection]:
+    """A connection to the private daemon (the libvirtd fixture) that retries every 0.05-0.2 s;
+    closed afterwards."""
+    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
+                                backoff_initial=0.05, backoff_max=0.2, **options)
     try:
-        yield
+        yield connection
     finally:
-        daemon.process.send_signal(signal.SIGCONT)
+        connection.close()
 
 
 def _open_threads() -> list[threading.Thread]:
@@ -349,10 +333,8 @@ def wait_for_log(caplog, text: str, timeout: float = 5.0) -> bool:
 def test_daemon_death_marks_host_not_live_and_restart_reconnects(libvirtd, recorder, caplog):
     caplog.set_level("INFO", logger="xenapi.backend")
     libvirtd.start()
-    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
-                                backoff_max=0.2, backoff_initial=0.05)
-    connection.open()
-    try:
+    with reconnecting(libvirtd, recorder) as connection:
+        connection.open()
         assert connection.live and [d.name for d in connection.list_domains()] == ["test"]
 
         libvirtd.kill()
@@ -376,30 +358,22 @@ def test_daemon_death_marks_host_not_live_and_restart_reconnects(libvirtd, recor
             assert recorder.wait_for(lambda: "defined" in recorder.kinds_for(uuid))
         finally:
             other.close()
-    finally:
-        connection.close()
 
 
 def test_open_keep_trying_connects_once_the_daemon_appears(libvirtd, recorder):
-    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
-                                backoff_max=0.2, backoff_initial=0.05)
-    with pytest.raises(XenAPIError):
-        connection.open(keep_trying=True)
-    try:
+    with reconnecting(libvirtd, recorder) as connection:
+        with pytest.raises(XenAPIError):
+            connection.open(keep_trying=True)
         libvirtd.start()
         assert recorder.wait_for(lambda: (libvirtd.uri, True) in recorder.liveness, timeout=15)
         assert connection.live
-    finally:
-        connection.close()
 
 
 def test_a_connection_error_during_a_call_marks_host_not_live_and_reconnects(libvirtd, recorder):
     """White box: silence the close callback so the failing call itself must notice the death."""
     libvirtd.start()
-    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
-                                backoff_max=0.2, backoff_initial=0.05)
-    connection.open()
-    try:
+    with reconnecting(libvirtd, recorder) as connection:
+        connection.open()
         connection._conn.unregisterCloseCallback()
         libvirtd.kill()
         with pytest.raises(XenAPIError) as raised:
@@ -409,17 +383,13 @@ def test_a_connection_error_during_a_call_marks_host_not_live_and_reconnects(lib
         libvirtd.start()
         assert recorder.wait_for(lambda: recorder.liveness[-1:] == [(libvirtd.uri, True)], timeout=15)
         assert [d.name for d in connection.list_domains()] == ["test"]
-    finally:
-        connection.close()
 
 
 def test_every_death_and_return_is_reported_once_and_in_order(libvirtd, recorder):
     libvirtd.start()
-    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live,
-                                backoff_max=0.2, backoff_initial=0.05)
-    connection.open()
-    connection.open()                        # already live: nothing happens
-    try:
+    with reconnecting(libvirtd, recorder) as connection:
+        connection.open()
+        connection.open()                    # already live: nothing happens
         for cycle in (1, 2):                 # the second death proves the close callback came back too
             libvirtd.kill()
             assert recorder.wait_for(lambda: len(recorder.liveness) == 2 * cycle - 1)
@@ -427,18 +397,14 @@ def test_every_death_and_return_is_reported_once_and_in_order(libvirtd, recorder
             assert recorder.wait_for(lambda: len(recorder.liveness) == 2 * cycle, timeout=15)
         assert recorder.liveness == [(libvirtd.uri, False), (libvirtd.uri, True)] * 2
         assert connection.live
-    finally:
-        connection.close()
 
 
 # ---- a frozen daemon: bounded waits ------------------------------------------------------------
 
 def test_open_of_a_frozen_daemon_gives_up_at_the_deadline_and_connects_once_it_thaws(libvirtd, recorder):
     libvirtd.start()
-    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live, open_timeout=0.3,
-                                backoff_initial=0.05, backoff_max=0.2)
-    try:
-        with frozen(libvirtd):
+    with reconnecting(libvirtd, recorder, open_timeout=0.3) as connection:
+        with libvirtd.frozen():
             started = time.monotonic()
             with pytest.raises(XenAPIError) as raised:
                 connection.open(keep_trying=True)
@@ -451,14 +417,12 @@ def test_open_of_a_frozen_daemon_gives_up_at_the_deadline_and_connects_once_it_t
         assert recorder.wait_for(lambda: recorder.liveness == [(libvirtd.uri, True)], timeout=15)
         assert [d.name for d in connection.list_domains()] == ["test"]
         assert _open_threads() == []
-    finally:
-        connection.close()
 
 
 def test_close_abandons_an_open_held_by_a_frozen_daemon(libvirtd, recorder):
     libvirtd.start()
     connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live, open_timeout=0.3)
-    with frozen(libvirtd):
+    with libvirtd.frozen():
         with pytest.raises(XenAPIError):
             connection.open(keep_trying=True)
         started = time.monotonic()
@@ -471,11 +435,9 @@ def test_close_abandons_an_open_held_by_a_frozen_daemon(libvirtd, recorder):
 
 def test_a_call_to_a_daemon_that_freezes_fails_within_the_keepalive_bound(libvirtd, recorder):
     libvirtd.start()
-    connection = HostConnection(libvirtd.uri, recorder.domain_event, recorder.live, keepalive=(1, 2),
-                                backoff_initial=0.05, backoff_max=0.2)
-    connection.open()
-    try:
-        with frozen(libvirtd):
+    with reconnecting(libvirtd, recorder, keepalive=(1, 2)) as connection:
+        connection.open()
+        with libvirtd.frozen():
             started = time.monotonic()
             with pytest.raises(XenAPIError) as raised:
                 connection.list_domains()
@@ -484,5 +446,3 @@ def test_a_call_to_a_daemon_that_freezes_fails_within_the_keepalive_bound(libvir
             assert recorder.wait_for(lambda: recorder.liveness == [(libvirtd.uri, False)])
         assert recorder.wait_for(lambda: recorder.liveness[-1:] == [(libvirtd.uri, True)], timeout=15)
         assert [d.name for d in connection.list_domains()] == ["test"]
-    finally:
-        connection.close()

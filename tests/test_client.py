@@ -17,7 +17,6 @@ import XenAPI
 from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
 from tests.doors import new_key, open_door, ssh_door
 from tests.streams import guest
-from tests.test_ssh import keys, served, sshd  # noqa: F401  (fixtures: a real sshd with forced commands)
 from xenapi.api import Api
 from xenapi.client import Failure, Session
 from xenapi.transport.http import HTTPServer

@@ -14,7 +14,6 @@ import XenAPI
 from tests.conftest import start_server, stop_server, wait_for_event
 from xenapi.backend.connection import KEEPALIVE_COUNT, KEEPALIVE_INTERVAL, OPEN_TIMEOUT as DEFAULT_OPEN_TIMEOUT
 from xenapi.config import Config, load
-from tests.test_backend_connection import frozen, libvirtd  # noqa: F401  (libvirtd is a fixture)
 
 OPEN_TIMEOUT = 1.0
 KEEPALIVE = {"libvirt_keepalive_interval": 1, "libvirt_keepalive_count": 2}   # silence noticed within 3 s
@@ -31,9 +30,9 @@ def _wait_live(session, metrics: str, token: str, live: bool) -> None:
                    timeout=30)
 
 
-def test_start_up_against_a_frozen_libvirtd_goes_on_and_the_host_joins_when_it_thaws(tmp_path, libvirtd):  # noqa: F811
+def test_start_up_against_a_frozen_libvirtd_goes_on_and_the_host_joins_when_it_thaws(tmp_path, libvirtd):
     libvirtd.start()
-    with frozen(libvirtd):
+    with libvirtd.frozen():
         started = time.monotonic()
         running = start_server(tmp_path, uris=[libvirtd.uri], libvirt_open_timeout=OPEN_TIMEOUT)
         try:
@@ -57,7 +56,7 @@ def test_start_up_against_a_frozen_libvirtd_goes_on_and_the_host_joins_when_it_t
         stop_server(running)
 
 
-def test_calls_to_a_libvirtd_that_freezes_fail_within_the_keepalive_bound(tmp_path, libvirtd):  # noqa: F811
+def test_calls_to_a_libvirtd_that_freezes_fail_within_the_keepalive_bound(tmp_path, libvirtd):
     libvirtd.start()
     running = start_server(tmp_path, uris=[libvirtd.uri], libvirt_open_timeout=OPEN_TIMEOUT, **KEEPALIVE)
     try:
@@ -66,7 +65,7 @@ def test_calls_to_a_libvirtd_that_freezes_fail_within_the_keepalive_bound(tmp_pa
         _, metrics = _host_of(running, libvirtd.uri)
         vm = next(ref for ref, rec in x.VM.get_all_records().items() if rec["name_label"] == "test")
         token = x.event_from(["host_metrics"], "", 0.0)["token"]
-        with frozen(libvirtd):
+        with libvirtd.frozen():
             started = time.monotonic()
             with pytest.raises(XenAPI.Failure) as failure:
                 x.VM.pause(vm)                     # reaches libvirtd, which does not answer

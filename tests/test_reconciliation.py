@@ -1,5 +1,5 @@
 """Reconciliation: at start-up the store is brought in line with libvirt, and VM_metrics.memory_actual
-has one writer at a time.
+and VCPUs_number have one writer at a time.
 
 A restart with changes made while the server was down is simulated on the test driver by rewriting
 the host's node file between two runs on the same state directory: ``test:///<file>`` reads the file
@@ -16,9 +16,8 @@ import libvirt
 import pytest
 import XenAPI
 
-from tests.conftest import node_xml, start_server, stop_server
-from tests.test_backend_connection import libvirtd, vm_record  # noqa: F401  (libvirtd is a fixture)
-from tests.test_metrics import metrics_of, qemu_sample, quiet, sampler_of  # noqa: F401  (quiet is a fixture)
+from tests.conftest import node_xml, start_server, stop_server, vm_record
+from tests.metrics_support import metrics_of, qemu_sample, sampler_of
 from xenapi.backend import domxml
 
 MiB = 1024 * 1024
@@ -100,7 +99,7 @@ def test_a_restart_brings_the_store_in_line_with_changes_made_while_the_server_w
         stop_server(again)
 
 
-def test_vms_of_a_host_that_is_down_at_start_wait_for_it_before_vanished_ones_go(tmp_path, libvirtd):  # noqa: F811
+def test_vms_of_a_host_that_is_down_at_start_wait_for_it_before_vanished_ones_go(tmp_path, libvirtd):
     """A VM read back from the database is dropped only once every host has been listed: while
     its host is down nobody can tell whether it still exists."""
     libvirtd.start()
@@ -156,19 +155,24 @@ def _wait_for_uuid(x, uuid: str) -> str:
     return refs[-1]
 
 
-# ---- memory_actual: the sampler's while the VM runs ---------------------------------------------
+# ---- memory_actual and VCPUs_number: the sampler's while the VM runs -----------------------------
 
-def _memory_changes(x) -> list[str]:
-    """memory_actual of every VM_metrics change since the last call (event.next keeps each change)."""
-    return [e["snapshot"]["memory_actual"] for e in x.event.next() if e["class"] == "vm_metrics"]
-
-
-def test_a_balloon_that_differs_from_the_definition_does_not_make_the_writers_take_turns(quiet):
+def _running_vm(quiet) -> tuple:
+    """(a root session's xenapi, a running guest, its uuid, its host, the host's sampler)."""
     x = quiet.session().xenapi
     vm = next(ref for ref, rec in x.VM.get_all_records().items() if rec["power_state"] == "Running"
               and not rec["is_control_domain"])
-    uuid, host = x.VM.get_uuid(vm), quiet.server.hosts.master
-    sampler, _ = sampler_of(quiet)
+    sampler, host = sampler_of(quiet)
+    return x, vm, x.VM.get_uuid(vm), host, sampler
+
+
+def _changes(x, field: str) -> list[str]:
+    """``field`` of every VM_metrics change since the last call (event.next keeps each change)."""
+    return [e["snapshot"][field] for e in x.event.next() if e["class"] == "vm_metrics"]
+
+
+def test_a_balloon_that_differs_from_the_definition_does_not_make_the_writers_take_turns(quiet):
+    x, vm, uuid, host, sampler = _running_vm(quiet)
     assert metrics_of(x, vm)["memory_actual"] == str(256 * MiB)   # the definition's, until a balloon is sampled
     x.event.register(["vm_metrics"])
 
@@ -178,23 +182,41 @@ def test_a_balloon_that_differs_from_the_definition_does_not_make_the_writers_ta
         x.VM.set_name_label(vm, label)                        # each change: the reconciler observes the VM
         quiet.server.reconciler.refresh(host, uuid)
     sampler.write(host, qemu_sample(1, {uuid: {"balloon.current": 192 * 1024}}))
-    assert set(_memory_changes(x)) == {str(192 * MiB)}           # never back to 256 MiB in between
+    assert set(_changes(x, "memory_actual")) == {str(192 * MiB)}   # never back to 256 MiB in between
     sampler.write(host, qemu_sample(2, {uuid: {"balloon.current": 128 * 1024}}))
     quiet.server.reconciler.refresh(host, uuid)
-    assert set(_memory_changes(x)) == {str(128 * MiB)}
+    assert set(_changes(x, "memory_actual")) == {str(128 * MiB)}
 
     # Stopped: 0; started again: the definition's figure until the sampler has the balloon's.
     x.VM.hard_shutdown(vm)
     x.VM.start(vm, False, False)
-    assert _memory_changes(x)[-2:] == ["0", str(256 * MiB)]
+    assert _changes(x, "memory_actual")[-2:] == ["0", str(256 * MiB)]
+
+
+def test_a_vcpu_count_that_differs_from_the_definition_does_not_make_the_writers_take_turns(quiet):
+    x, vm, uuid, host, sampler = _running_vm(quiet)
+    assert metrics_of(x, vm)["VCPUs_number"] == "1"            # the definition's, until a count is sampled
+    x.event.register(["vm_metrics"])
+
+    # A live setvcpus the definition does not show: 2 vCPUs online sampled, 1 defined.
+    sampler.write(host, qemu_sample(0, {uuid: {"vcpu.current": 2}}))
+    for label in ("a", "b"):
+        x.VM.set_name_label(vm, label)                        # each change: the reconciler observes the VM
+        quiet.server.reconciler.refresh(host, uuid)
+    sampler.write(host, qemu_sample(1, {uuid: {"vcpu.current": 2}}))
+    assert set(_changes(x, "VCPUs_number")) == {"2"}            # never back to 1 in between
+    sampler.write(host, qemu_sample(2, {uuid: {"vcpu.current": 3}}))
+    quiet.server.reconciler.refresh(host, uuid)
+    assert set(_changes(x, "VCPUs_number")) == {"3"}
+
+    # Stopped: 0; started again: the definition's count until the sampler has one.
+    x.VM.hard_shutdown(vm)
+    x.VM.start(vm, False, False)
+    assert _changes(x, "VCPUs_number")[-2:] == ["0", "1"]
 
 
 def test_without_a_balloon_figure_memory_actual_follows_the_live_definition(quiet):
-    x = quiet.session().xenapi
-    vm = next(ref for ref, rec in x.VM.get_all_records().items() if rec["power_state"] == "Running"
-              and not rec["is_control_domain"])
-    uuid, host = x.VM.get_uuid(vm), quiet.server.hosts.master
-    sampler, _ = sampler_of(quiet)
+    x, vm, uuid, host, sampler = _running_vm(quiet)
     sampler.refresh(host)                                     # the test driver's sample: no balloon figure
     quiet.server.hosts.connection(host).read("setmem", lambda conn: conn.lookupByUUIDString(uuid).setMemoryFlags(
         128 * 1024, libvirt.VIR_DOMAIN_AFFECT_LIVE))          # virsh setmem --live

@@ -5,120 +5,21 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
-import time
 import xmlrpc.client
-from dataclasses import dataclass
 from pathlib import Path
 
 import paramiko
 import pytest
 
+from tests.ports import free_port, wait_for_port
+from tests.ssh_support import forced, ssh
 from tests.streams import XENAPI, call, error, guest, responses, serve_with_socket, stop_served, value
 from xenapi.transport.ssh import SSHServer, host_key
 
-SSHD = "/usr/sbin/sshd"
-
-
-def keypair(directory: Path, name: str) -> tuple[Path, str]:
-    """(private key file, public key line) of a new Ed25519 key made by ssh-keygen."""
-    path = directory / name
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"{name}@test", "-f", str(path)], check=True)
-    return path, (directory / f"{name}.pub").read_text().strip()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def ssh(port: int, key: Path, user: str, *command: str, data: bytes = b"", options: tuple = ()) -> subprocess.CompletedProcess:
-    """The real OpenSSH client, non-interactive, trusting any host key, offering only ``key``."""
-    return subprocess.run(["ssh", "-F", "/dev/null", "-i", str(key), "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-                           "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR",
-                           *options, "-p", str(port), f"{user}@127.0.0.1", *command],
-                          input=data, capture_output=True, timeout=60)
-
-
-def wait_for_port(port: int, proc: subprocess.Popen, log: Path, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"exited with {proc.returncode}: {log.read_text(errors='replace')}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listens on port {port}")
-
-
-@pytest.fixture
-def served(tmp_path):
-    s = serve_with_socket(tmp_path)
-    yield s
-    stop_served(s)
-
-
-@pytest.fixture
-def keys(tmp_path):
-    directory = tmp_path / "keys"
-    directory.mkdir()
-    return {name: keypair(directory, name) for name in ("alice", "bob", "stranger")}
-
-
 # ------------------------------------------------------------------------------------- OpenSSH
-
-@dataclass
-class OpenSSH:
-    port: int
-    authorized_keys: Path
-    proc: subprocess.Popen
-
-
-def forced(served, user: str, public: str) -> str:
-    """The authorized_keys line an administrator writes (docs/ssh.md), pointing at the test server's socket."""
-    return f'command="{XENAPI} stdio --user {user} --unix-socket {served.socket}",restrict {public}'
-
-
-@pytest.fixture
-def sshd(tmp_path, served, keys):
-    """A real sshd on a loopback port: its own host key, its own authorized_keys (alice's and bob's keys)."""
-    if os.getuid() != 0:
-        pytest.skip("sshd must run as root to log in as root")
-    Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)        # sshd's privilege-separation directory
-    directory = tmp_path / "sshd"
-    directory.mkdir()
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(directory / "host_key")], check=True)
-    authorized = directory / "authorized_keys"
-    authorized.write_text("".join(forced(served, user, keys[user][1]) + "\n" for user in ("alice", "bob")))
-    port = free_port()
-    config = directory / "sshd_config"
-    config.write_text(f"""Port {port}
-ListenAddress 127.0.0.1
-HostKey {directory / 'host_key'}
-PidFile {directory / 'sshd.pid'}
-AuthorizedKeysFile {authorized}
-PubkeyAuthentication yes
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-PermitRootLogin prohibit-password
-StrictModes no
-UsePAM no
-""")
-    log = directory / "sshd.log"
-    with open(log, "wb") as stderr:
-        proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stderr=stderr)
-    try:
-        wait_for_port(port, proc, log)
-        yield OpenSSH(port, authorized, proc)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-
+# The sshd, keys and served fixtures are in tests/conftest.py.
 
 def test_openssh_a_known_key_runs_calls_as_its_user(sshd, served, keys):
     vm = guest(served)
@@ -375,7 +276,7 @@ def test_serve_runs_the_ssh_server_and_the_default_socket_for_stdio(keys):
                 proc = subprocess.Popen([XENAPI, "serve", "--listen", "127.0.0.1:0", "--ssh-listen",
                                          f"127.0.0.1:{port}", "--state", str(state)], stderr=stderr, env=env)
             try:
-                wait_for_port(port, proc, log, timeout=60)
+                wait_for_port(port, 60, proc=proc, log=log)
                 assert (state / "xenapi.sock").stat().st_mode & 0o777 == 0o600
                 local = subprocess.run([XENAPI, "stdio", "--user", "alice", "--state", str(state)],
                                        input=call("VM.get_all", ""), capture_output=True, timeout=60)

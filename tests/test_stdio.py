@@ -8,16 +8,9 @@ import xmlrpc.client
 
 import pytest
 
-from tests.streams import XENAPI, END, call, error, guest, jcall, responses, serve_with_socket, stop_served, value
+from tests.streams import XENAPI, END, call, error, guest, jcall, responses, value
 
 RIGHT_AFTER = b"<methodCall><methodName>VM.get_all</methodName><params><param><value></value></param></params></methodCall>"
-
-
-@pytest.fixture
-def served(tmp_path):
-    s = serve_with_socket(tmp_path)
-    yield s
-    stop_served(s)
 
 
 def test_requests_are_answered_one_by_one_as_the_stream_user_until_the_end(served):

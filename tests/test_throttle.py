@@ -11,8 +11,8 @@ import XenAPI
 
 from auth.throttle import LoginThrottle
 from tests.conftest import ADMIN_PASSWORD, start_server, stop_server
+from tests.ssh_support import keypair, ssh
 from tests.streams import call, responses, serve_with_socket, stop_served, value
-from tests.test_ssh import keypair, ssh
 from xenapi.transport.ssh import SSHServer, host_key
 
 

@@ -6,20 +6,11 @@ import subprocess
 import time
 import xmlrpc.client
 
-import pytest
-
 from tests.conftest import start_server, stop_server
-from tests.streams import XENAPI, call, error, serve_with_socket, stop_served, value
+from tests.streams import XENAPI, call, error, value
 from xenapi.sessions import USERS_CHECK_EVERY
 
 BOUND = USERS_CHECK_EVERY + 4.0      # the server looks once a second; the rest is slack for a slow machine
-
-
-@pytest.fixture
-def served(tmp_path):
-    s = serve_with_socket(tmp_path)
-    yield s
-    stop_served(s)
 
 
 def cli(state: str, *args: str, data: str = "") -> None:

@@ -19,24 +19,17 @@ from xenapi import config as configuration
 log = logging.getLogger("xenapi")
 
 
+# Command-line options and the settings they override when given.
+_OVERRIDES = {"listen": "listen", "libvirt": "libvirt_uris", "state": "state", "unix_socket": "unix_socket",
+              "ssh_listen": "ssh_listen", "tls_cert": "tls_cert", "tls_key": "tls_key",
+              "tls_self_signed": "tls_self_signed"}
+
+
 def _config(args) -> configuration.Config:
     cfg = configuration.load(args.config)
-    if getattr(args, "listen", None):
-        cfg.listen = args.listen
-    if getattr(args, "libvirt", None):
-        cfg.libvirt_uris = args.libvirt
-    if getattr(args, "state", None):
-        cfg.state = args.state
-    if getattr(args, "unix_socket", None):
-        cfg.unix_socket = args.unix_socket
-    if getattr(args, "ssh_listen", None):
-        cfg.ssh_listen = args.ssh_listen
-    if getattr(args, "tls_cert", None):
-        cfg.tls_cert = args.tls_cert
-    if getattr(args, "tls_key", None):
-        cfg.tls_key = args.tls_key
-    if getattr(args, "tls_self_signed", None):
-        cfg.tls_self_signed = True
+    for option, setting in _OVERRIDES.items():
+        if value := getattr(args, option, None):
+            setattr(cfg, setting, value)
     return cfg
 
 
@@ -133,7 +126,6 @@ def cmd_user_add(args) -> int:
 
     Example: echo 's3cret' | xenapi user add alice --role vm-operator --password-stdin
     """
-    from auth.users import UserError
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
     elif sys.stdin.isatty():
@@ -142,11 +134,7 @@ def cmd_user_add(args) -> int:
         print("xenapi: no terminal to ask for a password; use --password-stdin", file=sys.stderr)
         return 2
     users, _, audit = _auth(args)
-    try:
-        user = users.add(args.name, args.role, password, args.fullname or "")
-    except UserError as e:
-        print(f"xenapi: {e}", file=sys.stderr)
-        return 1
+    user = users.add(args.name, args.role, password, args.fullname or "")
     _audit(audit, "user add", user.name)
     print(f"added {user.name} ({user.role})")
     return 0
@@ -167,13 +155,8 @@ def cmd_user_del(args) -> int:
 
     Example: xenapi user del alice
     """
-    from auth.users import UserError
     users, keys, audit = _auth(args)
-    try:
-        users.remove(args.name)
-    except UserError as e:
-        print(f"xenapi: {e}", file=sys.stderr)
-        return 1
+    users.remove(args.name)
     keys.remove_user(args.name)
     _audit(audit, "user del", args.name)
     print(f"deleted {args.name}")
@@ -191,8 +174,7 @@ def cmd_user_key_add(args) -> int:
     try:
         added = keys.add(args.name, text)
     except SSHKeyError as e:
-        print(f"xenapi: {args.file}: {e}", file=sys.stderr)
-        return 1
+        raise SSHKeyError(f"{args.file}: {e}") from e      # the parser names the line, not the file
     for key in added:
         _audit(audit, "user key add", args.name, key.fingerprint)
         print(f"added {key.fingerprint} {key.type} {key.comment}".rstrip())
@@ -214,13 +196,8 @@ def cmd_user_key_del(args) -> int:
 
     Example: xenapi user key del alice SHA256:2KZxr5VZr0WKS9Xw1fOcWPUmfLQ7E7nEhr3cMEtOBJc
     """
-    from auth.keys import SSHKeyError
     _, keys, audit = _auth(args)
-    try:
-        keys.remove(args.name, args.fingerprint)
-    except SSHKeyError as e:
-        print(f"xenapi: {e}", file=sys.stderr)
-        return 1
+    keys.remove(args.name, args.fingerprint)
     _audit(audit, "user key del", args.name, args.fingerprint)
     print(f"deleted {args.fingerprint}")
     return 0
@@ -241,6 +218,14 @@ def cmd_stdio(args) -> int:
     return relay(path, args.user)
 
 
+def _command(sub, name: str, func, common: argparse.ArgumentParser, help: str | None = None):
+    """A subcommand running ``func``: its docstring (with the Example) is the description."""
+    cmd = sub.add_parser(name, parents=[common], help=help or func.__doc__.split("\n")[0], description=func.__doc__,
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
+    cmd.set_defaults(func=func)
+    return cmd
+
+
 def parser() -> argparse.ArgumentParser:
     from auth.users import ROLES
     top = argparse.ArgumentParser(prog="xenapi", description="A Xen-API server for libvirt hosts.")
@@ -249,8 +234,7 @@ def parser() -> argparse.ArgumentParser:
     common.add_argument("--state", metavar="DIR", help="directory of the SQLite database")
     sub = top.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", parents=[common], help="run the server", description=cmd_serve.__doc__,
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+    serve = _command(sub, "serve", cmd_serve, common, "run the server")
     serve.add_argument("--listen", metavar="HOST:PORT", help="HTTP address, HTTPS with --tls-* (default 127.0.0.1:8080)")
     serve.add_argument("--libvirt", metavar="URI", action="append",
                        help="a libvirt host URI, or auto (this machine's: xen:///system or qemu:///system); "
@@ -262,37 +246,25 @@ def parser() -> argparse.ArgumentParser:
                        help="serve HTTPS with STATE/tls/server.{crt,key}, made on first start")
     serve.add_argument("--ssh-listen", metavar="HOST:PORT", help="run the built-in SSH server (docs/ssh.md)")
     serve.add_argument("-v", "--verbose", action="store_true", help="log every call, reads too")
-    serve.set_defaults(func=cmd_serve)
 
     user = sub.add_parser("user", help="manage local users").add_subparsers(dest="user_command", required=True)
-    add = user.add_parser("add", parents=[common], help="add a user", description=cmd_user_add.__doc__,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
+    add = _command(user, "add", cmd_user_add, common, "add a user")
     add.add_argument("name")
     add.add_argument("--role", required=True, choices=ROLES)
     add.add_argument("--fullname")
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
-    add.set_defaults(func=cmd_user_add)
-    lst = user.add_parser("list", parents=[common], help="list users", description=cmd_user_list.__doc__,
-                          formatter_class=argparse.RawDescriptionHelpFormatter)
-    lst.set_defaults(func=cmd_user_list)
-    rm = user.add_parser("del", parents=[common], help="delete a user", description=cmd_user_del.__doc__,
-                         formatter_class=argparse.RawDescriptionHelpFormatter)
-    rm.add_argument("name")
-    rm.set_defaults(func=cmd_user_del)
+    _command(user, "list", cmd_user_list, common, "list users")
+    _command(user, "del", cmd_user_del, common, "delete a user").add_argument("name")
     key = user.add_parser("key", help="manage users' SSH keys").add_subparsers(dest="key_command", required=True)
     for name, func, positional in (("add", cmd_user_key_add, ("name", "file")), ("list", cmd_user_key_list, ("name",)),
                                    ("del", cmd_user_key_del, ("name", "fingerprint"))):
-        cmd = key.add_parser(name, parents=[common], help=func.__doc__.split("\n")[0], description=func.__doc__,
-                             formatter_class=argparse.RawDescriptionHelpFormatter)
+        cmd = _command(key, name, func, common)
         for arg in positional:
             cmd.add_argument(arg)
-        cmd.set_defaults(func=func)
 
-    stdio = sub.add_parser("stdio", parents=[common], help="Xen-API requests on stdin, responses on stdout",
-                           description=cmd_stdio.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    stdio = _command(sub, "stdio", cmd_stdio, common, "Xen-API requests on stdin, responses on stdout")
     stdio.add_argument("--user", metavar="NAME", help="the stream's user, authenticated by the caller (SSH)")
     stdio.add_argument("--unix-socket", metavar="PATH", help="the server's unix socket (default: as the server)")
-    stdio.set_defaults(func=cmd_stdio)
     return top
 
 
@@ -305,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         os.umask(0o077)
     try:
         return args.func(args)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError) as e:         # bad input and refusals (UserError, SSHKeyError): one line
         print(f"xenapi: {e}", file=sys.stderr)
         return 1
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 
 from xenapi import errors as E
 from xenapi.backend import domxml
@@ -201,23 +200,26 @@ class Reconciler:
 
     def _metrics_ops(self, host, state, parsed, current) -> list:
         """VM_metrics from the definition; only what changed, so an observation that changes no
-        figure makes no event.  memory_actual: 0 when not running, the definition's currentMemory
-        when it starts and while the sampler has no balloon figure (drivers without one), else the
-        sampler's alone: the balloon may lag the definition (virsh setmem) and the two would alternate."""
+        figure makes no event.  memory_actual and VCPUs_number: 0 when not running, the definition's
+        (currentMemory, current vCPUs) when it starts and while the sampler has no figure of its own
+        (drivers without one), else the sampler's alone: the live figure may differ from the
+        definition's (a balloon lagging virsh setmem, a live setvcpus) and the two would alternate."""
         ref = derived_ref("VM_metrics", state.uuid)
         running = state.power_state in _RUNS
         existing = self.store.find("VM_metrics", ref)
         was_running = current is not None and current["power_state"] in _RUNS
         fields = {
-            "VCPUs_number": parsed["VCPUs_at_startup"] if running else 0,
             "state": [state.libvirt_state.lower()] if state.libvirt_state else [],
             "hvm": parsed["domain_type"] == "hvm",
             "current_domain_type": parsed["domain_type"] if running else "unspecified",
         }
-        if not running:
-            fields["memory_actual"] = 0
-        elif not was_running or not self.server.hosts.sampler.reports_memory(host, state.uuid):
-            fields["memory_actual"] = parsed["memory_dynamic_max"]
+        sampler = self.server.hosts.sampler
+        for field, defined in (("memory_actual", parsed["memory_dynamic_max"]),
+                               ("VCPUs_number", parsed["VCPUs_at_startup"])):
+            if not running:
+                fields[field] = 0
+            elif not was_running or not sampler.reports(host, state.uuid, field):
+                fields[field] = defined
         if running and not was_running:
             fields["start_time"] = DateTime.now()
         if existing is None:

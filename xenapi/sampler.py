@@ -30,6 +30,10 @@ from xenapi.wire.values import DateTime
 log = logging.getLogger(__name__)
 
 LIVE_KEYS = ("memory_free", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes", "net_tx_bytes")
+# VM_metrics fields the reconciler also knows, from the definition -> the DomainSample figure we write.
+# The live figure may differ from the definition's (a balloon lagging virsh setmem, a live setvcpus):
+# once a sample has it, the field is ours until the domain stops, else the two writers take turns.
+SAMPLED_DEFINITION_FIGURES = {"memory_actual": "memory_actual", "VCPUs_number": "vcpus"}
 # After an event: give the reconciler time to observe the domain first, and take a burst as one.
 SETTLE_SECONDS = 0.5
 _QUIET = {E.HOST_OFFLINE, E.HOST_NOT_LIVE}        # a down host: Hosts.set_live reports it already
@@ -41,7 +45,8 @@ class Sampler:
         self.store = hosts.store
         self.period = period
         self._previous: dict[str, HostSample] = {}
-        self._ballooned: dict[str, frozenset[str]] = {}   # host -> running domains whose balloon size we write
+        # host -> field of SAMPLED_DEFINITION_FIGURES -> running domains whose figure we write
+        self._reporting: dict[str, dict[str, frozenset[str]]] = {}
         self._lock = threading.RLock()            # one sample at a time: rates need them in order
         self._poked: set[str] = set()
         self._poked_lock = threading.Lock()
@@ -73,9 +78,11 @@ class Sampler:
         with self._lock:
             before = self._previous.get(host)
             self._previous[host] = sample
-            ballooned = self._ballooned.get(host, frozenset())
-            self._ballooned[host] = frozenset(uuid for uuid, domain in sample.domains.items()
-                                              if domain.memory_actual is not None or uuid in ballooned)
+            reporting = self._reporting.get(host, {})
+            self._reporting[host] = {
+                field: frozenset(uuid for uuid, domain in sample.domains.items()
+                                 if getattr(domain, figure) is not None or uuid in reporting.get(field, ()))
+                for field, figure in SAMPLED_DEFINITION_FIGURES.items()}
             now = DateTime.now()
             for attempt in (1, 2):
                 ops = self._host_ops(host, sample, before, now) + self._vm_ops(host, sample, before, now)
@@ -87,11 +94,11 @@ class Sampler:
                     if e.code != E.HANDLE_INVALID or attempt == 2:
                         raise
 
-    def reports_memory(self, host: str, uuid: str) -> bool:
-        """True while a running domain's memory_actual comes from its balloon in our samples; the
-        reconciler leaves the field alone then (else the two figures would take turns).  A sample that
-        missed the figure (NOWAIT met a busy domain) keeps it ours until the domain stops."""
-        return uuid in self._ballooned.get(host, frozenset())
+    def reports(self, host: str, uuid: str, field: str) -> bool:
+        """True while a running domain's ``field`` (one of SAMPLED_DEFINITION_FIGURES) comes from our
+        samples; the reconciler leaves the field alone then.  A sample that missed the figure (NOWAIT
+        met a busy domain) keeps it ours until the domain stops."""
+        return uuid in self._reporting.get(host, {}).get(field, ())
 
     # -- the loop ----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -153,10 +160,9 @@ class Sampler:
             if vm is None:
                 continue                           # not observed yet: the next sample has it
             figures = {"other_config": _with_live_keys(self._other_config(vm), domain)}
-            if domain.memory_actual is not None:
-                figures["memory_actual"] = domain.memory_actual
-            if domain.vcpus is not None:
-                figures["VCPUs_number"] = domain.vcpus
+            for field, figure in SAMPLED_DEFINITION_FIGURES.items():
+                if (value := getattr(domain, figure)) is not None:
+                    figures[field] = value
             earlier = before.domains.get(uuid) if before else None
             if earlier is not None:
                 utilisation = stats.vcpu_utilisation(earlier, domain, sample.taken - before.taken)

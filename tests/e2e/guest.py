@@ -204,7 +204,7 @@ class _locked:
         os.close(self.fd)
 
 
-def _extract(deb: Path, want: re.Pattern) -> dict[str, bytes]:
+def extract(deb: Path, want: re.Pattern) -> dict[str, bytes]:
     """Members of a .deb's data tarball whose path matches ``want``: {path: bytes}."""
     p = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
                          stdin=subprocess.DEVNULL)
@@ -219,6 +219,14 @@ def _extract(deb: Path, want: re.Pattern) -> dict[str, bytes]:
         if p.wait() != 0:
             raise GuestBuildError(f"dpkg-deb --fsys-tarfile {deb} failed")
     return out
+
+
+def busybox_binary(deb: Path) -> bytes:
+    """The static busybox of a busybox-static .deb (the guest's init, and an LXC container's)."""
+    found = extract(deb, re.compile(r"^\./(usr/)?bin/busybox$"))
+    if not found:
+        raise GuestBuildError(f"no bin/busybox in {deb.name}")
+    return next(iter(found.values()))
 
 
 def _module(files: dict[str, bytes], name: str) -> bytes:
@@ -261,15 +269,12 @@ def _sha256(path: Path) -> str:
 
 
 def _build_into(out: Path, kernel_deb: Path, busybox_deb: Path) -> None:
-    kfiles = _extract(kernel_deb, re.compile(
+    kfiles = extract(kernel_deb, re.compile(
         r"^\./boot/vmlinuz-|/kernel/drivers/(acpi/button|input/evdev)\.ko(\.xz)?$"))
     vmlinuz = [v for k, v in kfiles.items() if "/boot/vmlinuz-" in k]
     if len(vmlinuz) != 1:
         raise GuestBuildError(f"expected one /boot/vmlinuz-* in {kernel_deb.name}")
-    bfiles = _extract(busybox_deb, re.compile(r"^\./(usr/)?bin/busybox$"))
-    if not bfiles:
-        raise GuestBuildError(f"no bin/busybox in {busybox_deb.name}")
-    busybox = next(iter(bfiles.values()))
+    busybox = busybox_binary(busybox_deb)
     D, F, X = 0o040755, 0o100644, 0o100755
     entries = [(d, D, b"", 0) for d in ("bin", "dev", "etc", "lib", "proc", "sys", "tmp", "var")]
     entries += [

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from qemu_e2e import MiB, define_guest
-from tests.test_metrics import samples, scrape, value
+from tests.metrics_support import samples, scrape, value
 from xenapi.backend import devices
 
 pytestmark = pytest.mark.e2e

@@ -21,6 +21,14 @@ NULL = "OpaqueRef:NULL"
 RUNNING_OPS = sorted(op for op, states in ALLOWED_IN.items() if "Running" in states)
 
 
+def _booted(server, make_domain, tiny_guest, tmp_path, hint: str, **xml):
+    """A tiny guest defined, started through Xen-API, and up (its serial log says so)."""
+    guest = define_guest(server, make_domain, tiny_guest, tmp_path, hint, **xml)
+    server.x.VM.start(guest.vm, False, False)
+    guest.wait_up()
+    return guest
+
+
 def _running_and_idle(x, guest, domid: str) -> None:
     """Still running as before, nothing in progress, every Running operation offered again."""
     rec = x.VM.get_record(guest.vm)
@@ -33,9 +41,7 @@ def _running_and_idle(x, guest, domid: str) -> None:
 def test_clean_shutdown_powers_the_guest_off(start_xenapi, make_domain, tiny_guest, tmp_path):
     server = start_xenapi()
     x = server.x
-    guest = define_guest(server, make_domain, tiny_guest, tmp_path, "clean")
-    x.VM.start(guest.vm, False, False)
-    guest.wait_up()
+    guest = _booted(server, make_domain, tiny_guest, tmp_path, "clean")
     host = x.VM.get_resident_on(guest.vm)
 
     with EventRecorder(server, "vm") as recorder:
@@ -59,9 +65,7 @@ def test_clean_shutdown_powers_the_guest_off(start_xenapi, make_domain, tiny_gue
 def test_clean_reboot_boots_the_guest_again(start_xenapi, make_domain, tiny_guest, tmp_path):
     server = start_xenapi()
     x = server.x
-    guest = define_guest(server, make_domain, tiny_guest, tmp_path, "reboot")
-    x.VM.start(guest.vm, False, False)
-    guest.wait_up()
+    guest = _booted(server, make_domain, tiny_guest, tmp_path, "reboot")
     domid = x.VM.get_domid(guest.vm)
     metrics = x.VM.get_metrics(guest.vm)
     started = x.VM_metrics.get_start_time(metrics).value
@@ -91,9 +95,7 @@ def test_clean_reboot_boots_the_guest_again(start_xenapi, make_domain, tiny_gues
 def test_async_clean_shutdown_polled_as_clients_do(start_xenapi, make_domain, tiny_guest, tmp_path):
     server = start_xenapi()
     x = server.x
-    guest = define_guest(server, make_domain, tiny_guest, tmp_path, "async")
-    x.VM.start(guest.vm, False, False)
-    guest.wait_up()
+    guest = _booted(server, make_domain, tiny_guest, tmp_path, "async")
 
     task = x.Async.VM.clean_shutdown(guest.vm)
     record = wait_task(x, task, poll=0.5)   # Ansible polls task.get_status every 2 s
@@ -111,9 +113,7 @@ def test_guest_ignoring_the_power_button_times_out_and_stays_consistent(start_xe
     timeout = 5
     server = start_xenapi(clean_shutdown_timeout=timeout)
     x = server.x
-    guest = define_guest(server, make_domain, tiny_guest, tmp_path, "deaf", ignore_acpi=True)
-    x.VM.start(guest.vm, False, False)
-    guest.wait_up()
+    guest = _booted(server, make_domain, tiny_guest, tmp_path, "deaf", ignore_acpi=True)
     domid = x.VM.get_domid(guest.vm)
 
     for call, code, presses in ((x.VM.clean_shutdown, "VM_SHUTDOWN_TIMEOUT", 1),

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 
 import libvirt
 
-from xenapi.backend.connection import HostConnection, is_unsupported, with_optional_flags
+from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import optional
+from xenapi.backend.libvirt_errors import is_unsupported, with_optional_flags
 
 KIB = 1024
 # Utilisation is rounded to 0.1 %, so jitter below that changes no record and makes no event.

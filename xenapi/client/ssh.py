@@ -14,7 +14,7 @@ import threading
 
 import paramiko
 
-from xenapi.client_connections import Connector, StreamConnection
+from xenapi.client.connections import Connector, StreamConnection
 
 COMMAND = "xenapi"
 CONNECT_SECONDS = 30.0

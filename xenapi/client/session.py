@@ -1,59 +1,22 @@
-"""A Xen-API client with the official ``XenAPI`` package's ``Session``, over more doors, with events.
-
-    from xenapi.client import Session, Failure
-    session = Session("https://host", ignore_ssl=True)       # or http://, unix:///path, ssh://user@host
-    session.xenapi.login_with_password("root", "secret", "2.21", "my-script")
-    for ref, vm in session.xenapi.VM.get_all_records().items(): ...
-    task = session.xenapi.Async.VM.clean_shutdown(vm)
-    session.wait_for_task(task)                               # its result, or Failure(error_info)
-    with session.events(["VM"]) as events:                   # event.from on a connection of its own
-        for event in events: ...
-    session.xenapi.session.logout()
-
-What ``XenAPI.Session`` does, this does too: ``session.xenapi.<Class>.<message>(...)`` sends the
-session as the first parameter and returns the ``Value`` of a ``Success``, raises
-:class:`Failure` (``.details`` = the ``ErrorDescription`` list) for a ``Failure``, and
-``xmlrpc.client.Fault`` / ``ProtocolError`` for a ``<fault>`` or an HTTP error; the
-``login*`` forms remember the credentials, and a ``SESSION_INVALID`` for the remembered session
-(say, after the server logged it out) logs in again once and retries; ``session.logout()`` and
-``session.xenapi.session.logout()`` forget them; ``handle`` is the session reference;
-``xenapi_request(method, params)`` is the call underneath; any other attribute is a raw call
-returning the whole response, as ``xmlrpc.client.ServerProxy`` does.
-
-Where it differs, on purpose: login returns the session reference (XenAPI returns None);
-``session.xenapi.session.login_with_password`` is a login too; a call made without a login
-raises ``Failure(["SESSION_INVALID", ...])`` as the server says, not ``Fault(401)``; int
-parameters beyond 32 bits are sent as decimal strings (xapi's int64 form) instead of raising
-OverflowError; responses are parsed with defusedxml; and a ``Session`` may be shared between
-threads (calls on it take turns on its one connection).
-
-URLs: ``http://host[:port][/path]``; ``https://...`` (certificates verified unless
-``ignore_ssl=True``; ``cafile=`` pins a self-signed server's certificate); ``unix:///path/to/socket``
-(HTTP over a unix socket, as xapi's local socket); ``ssh://user@host[:port]``, the bare XML stream
-of ``xenapi stdio`` or the built-in SSH server (docs/ssh.md) over one SSH channel, authenticated by
-the user's key, where the stream's own session needs no login.
-"""
+"""``Session``: the XenAPI.Session interface (see :mod:`xenapi.client`) over one reused connection."""
 from __future__ import annotations
 
 import logging
 import threading
 import time
 import xmlrpc.client
-from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from xenapi.client_connections import (CONNECTION_ERRORS, Connector, StaleConnection, connector_for,
-                                       decode_response, decode_value, encode_call)
+from xenapi.client.connections import (Connector, StaleConnection, connector_for, decode_response, decode_value,
+                                       encode_call)
+from xenapi.client.events import EVENT_TIMEOUT, EventStream, Listener
 
 log = logging.getLogger(__name__)
-
-__all__ = ["Session", "Failure", "Fault", "ProtocolError", "EventStream", "Listener"]
 
 Fault = xmlrpc.client.Fault
 ProtocolError = xmlrpc.client.ProtocolError
 
-EVENT_TIMEOUT = 30.0               # seconds each event.from may wait on the server
 _LOGOUTS = {"logout": "session.logout", "session.logout": "session.logout",
             "session.local_logout": "session.local_logout"}
 
@@ -273,136 +236,3 @@ class _Dispatcher:
 
     def __call__(self, *args):
         return self._send(self._name, args)
-
-
-# -- events ------------------------------------------------------------------------------------
-
-class EventStream:
-    """An iterator over event.from's records on a connection of its own (a Session's calls
-    take turns on one connection, and event.from blocks for up to ``timeout`` seconds).
-
-    ``token`` is the token of the last batch read, to resume from.  ``close()`` (from any
-    thread) ends the iteration at once, even in the middle of a wait."""
-
-    def __init__(self, session: Session, classes: list[str], timeout: float, token: str):
-        self.session = session
-        self.classes = classes
-        self.timeout = float(timeout)
-        self.token = token
-        self._pending: deque[dict] = deque()
-        self._closed = False
-        # the wait happens on the server: give the socket the poll's length and a margin
-        limit = None if session._timeout is None else session._timeout + self.timeout
-        self._connection = session._connector.open(limit)
-
-    def __iter__(self) -> "EventStream":
-        return self
-
-    def __next__(self) -> dict:
-        while not self._pending:
-            if self._closed:
-                raise StopIteration
-            try:
-                batch = self.session._call("event.from", (self.classes, self.token, self.timeout),
-                                           self._connection)
-            except Exception:
-                if self._closed:             # close() from another thread cut the call short
-                    raise StopIteration from None
-                raise
-            self.token = batch["token"]
-            self._pending.extend(batch["events"])
-        return self._pending.popleft()
-
-    def close(self) -> None:
-        self._closed = True
-        self._connection.abort()
-        self._connection.close()
-
-    def __enter__(self) -> "EventStream":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-
-class Listener:
-    """The draft's notification listener: ``callback(event)`` for each event, on thread
-    ``xenapi-listener``, until ``stop_event`` is set.
-
-    A dropped connection (the server restarting, say) is retried with a growing pause and the
-    stream resumes from its last token.  Anything else -- a Failure, or the callback raising --
-    ends the listener and is kept in ``error``.  When the listener ends, for whatever reason,
-    ``stop_event`` is set, so one Event can stop several listeners and tell when one has ended.
-    """
-
-    RETRY_PAUSES = (0.1, 0.5, 1.0, 2.0, 5.0)
-
-    def __init__(self, session: Session, classes: list[str], callback: Callable[[dict], Any],
-                 stop_event: threading.Event | None, timeout: float, token: str):
-        self.session = session
-        self.classes = classes
-        self.callback = callback
-        self.stop_event = stop_event if stop_event is not None else threading.Event()
-        self.timeout = timeout
-        self.error: BaseException | None = None
-        self._stream = EventStream(session, classes, timeout, token)
-        self._stream_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._run, name="xenapi-listener", daemon=True)
-        self._thread.start()
-        threading.Thread(target=self._stop_when_asked, name="xenapi-listener-stop", daemon=True).start()
-
-    @property
-    def token(self) -> str:
-        return self._stream.token
-
-    def stop(self, timeout: float | None = None) -> None:
-        self.stop_event.set()
-        self.join(timeout)
-
-    def join(self, timeout: float | None = None) -> None:
-        self._thread.join(timeout)
-
-    def is_alive(self) -> bool:
-        return self._thread.is_alive()
-
-    def _run(self) -> None:
-        failures = 0
-        try:
-            while not self.stop_event.is_set():
-                try:
-                    if failures:
-                        self._reopen()
-                    for event in self._stream:
-                        failures = 0
-                        if self.stop_event.is_set():
-                            return
-                        self.callback(event)
-                    return                               # closed
-                except CONNECTION_ERRORS as e:
-                    if self.stop_event.is_set():
-                        return
-                    pause = self.RETRY_PAUSES[min(failures, len(self.RETRY_PAUSES) - 1)]
-                    failures += 1
-                    log.info("event=listener-retry url=%s reason=%r pause=%.1f", self.session.url, e, pause)
-                    if self.stop_event.wait(pause):
-                        return
-        except Exception as e:
-            if self.stop_event.is_set():        # stopped while a call was in flight: not an error
-                return
-            self.error = e
-            log.warning("event=listener-stopped url=%s error=%r", self.session.url, e)
-        finally:
-            self.stop_event.set()
-            with self._stream_lock:
-                self._stream.close()
-
-    def _reopen(self) -> None:
-        with self._stream_lock:
-            old = self._stream
-            old.close()
-            self._stream = EventStream(self.session, self.classes, self.timeout, old.token)
-
-    def _stop_when_asked(self) -> None:
-        self.stop_event.wait()
-        with self._stream_lock:
-            self._stream.close()

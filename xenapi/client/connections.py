@@ -103,7 +103,7 @@ def connector_for(url: str, *, ignore_ssl: bool = False, cafile: str | None = No
     if scheme == "ssh":
         if not parts.hostname:
             raise ValueError(f"no host in {url!r}")
-        from xenapi.client_ssh import SSHConnector
+        from xenapi.client.ssh import SSHConnector
         return SSHConnector(parts.hostname, parts.port or 22, unquote(parts.username or "") or None,
                             key_filename=key_filename, known_hosts=known_hosts, verify_host_key=verify_host_key)
     raise ValueError(f"unsupported URL {url!r}: use http://, https://, unix:///path or ssh://user@host")
