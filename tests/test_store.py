@@ -82,3 +82,13 @@ def test_wait_returns_when_a_change_lands(store):
     generation = store.generation
     threading.Timer(0.05, lambda: _task(store)).start()
     assert store.wait(generation, 5.0) > generation
+
+
+def test_a_write_after_close_raises_store_closed_and_changes_nothing(tmp_path):
+    from xenapi.store import StoreClosed
+    store = Store(REGISTRY.classes, str(tmp_path / "x.db"))
+    ref = store.create("pool", {"name_label": "p"})
+    store.close()
+    with pytest.raises(StoreClosed):
+        store.update("pool", ref, {"name_label": "q"})
+    assert store.get("pool", ref)["name_label"] == "p"

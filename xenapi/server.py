@@ -96,8 +96,7 @@ class Server:
         self.drain()
         self.hosts.stop()
         self.reconciler.stop()
-        with self.store.db_lock:
-            self.store.db.conn.close()      # its files (db, wal, shm) are released now, not at exit
+        self.store.close()
 
     def _publish_static(self) -> None:
         """The pool, the roles and the users: objects that exist because the server does."""

@@ -47,6 +47,10 @@ def derived_uuid(kind: str, key: str) -> str:
     return str(_uuid.uuid5(_NS, f"uuid/{kind}/{key}"))
 
 
+class StoreClosed(RuntimeError):
+    """A write after Store.close(): the server is stopping."""
+
+
 @dataclass(frozen=True, slots=True)
 class Change:
     id: int
@@ -92,6 +96,7 @@ class Store:
         self._db.conn.execute("PRAGMA busy_timeout=5000")    # the CLI may write users meanwhile
         self._db["objects"].create({"ref": str, "cls": str, "data": str}, pk="ref", if_not_exists=True)
         self.db = self._db                        # for modules that own tables of their own (users, audit)
+        self.closed = False
 
     # -- reads (never block on libvirt; lock-free where a dict lookup is atomic) -------------
     def find(self, cls: str, ref: str) -> dict | None:
@@ -217,9 +222,18 @@ class Store:
             else:
                 rows.append((op.ref, op.cls, json.dumps(new, default=_encode)))
         if rows or gone:
+            if self.closed:
+                raise StoreClosed("the server has stopped: nothing more is written")
             with self.db_lock, self._db.conn:
                 self._db.conn.executemany("INSERT OR REPLACE INTO objects(ref, cls, data) VALUES (?, ?, ?)", rows)
                 self._db.conn.executemany("DELETE FROM objects WHERE ref = ?", gone)
+
+    def close(self) -> None:
+        """Release the database (its files: db, wal, shm) now rather than at exit; a thread still
+        finishing work (a task) then gets StoreClosed instead of a half-closed connection."""
+        with self.db_lock:
+            self.closed = True
+            self._db.conn.close()
 
     def load(self) -> int:
         """Read persisted objects back at start-up (no events: nobody is listening yet)."""

@@ -16,6 +16,7 @@ from xenapi import errors as E
 from xenapi.context import Context
 from xenapi.errors import XenAPIError
 from xenapi.model.declare import Message
+from xenapi.store import StoreClosed
 from xenapi.wire import xmlrpc
 from xenapi.wire.values import DateTime
 
@@ -91,6 +92,12 @@ class Tasks:
         return ctx.task_ref
 
     def _work(self, msg: Message, ctx: Context, args: list) -> None:
+        try:
+            self._run(msg, ctx, args)
+        except StoreClosed:                  # the server stopped under the task: at the next start
+            log.info("event=task-abandoned task=%s method=%s", ctx.task_ref, msg.wire_name)   # fail_orphans
+
+    def _run(self, msg: Message, ctx: Context, args: list) -> None:
         start = time.perf_counter()
         try:
             result = msg.impl(ctx, *args)
