@@ -175,6 +175,15 @@ def wait_task(x, task: str, timeout: float = 120.0, *, poll: float = 0.1) -> dic
     return x.task.get_record(task)
 
 
+def wait_for_metrics(x, ref: str, ready, what: str, timeout: float = 90.0) -> dict:
+    """The VM_metrics record ``ref`` once ``ready(record)`` holds (the sampler runs on its period)."""
+    deadline = time.monotonic() + timeout
+    while not ready(record := x.VM_metrics.get_record(ref)):
+        assert time.monotonic() < deadline, f"VM_metrics never showed {what}: {record}"
+        time.sleep(0.2)
+    return record
+
+
 def tiny_vm_record(tiny_guest, label: str) -> dict:
     """A complete VM.create record for the tiny guest (direct kernel boot)."""
     return {

@@ -20,7 +20,7 @@ import XenAPI
 
 import bootsector
 from guest import wait_for_serial
-from qemu_e2e import MiB, E2EServer, virsh
+from qemu_e2e import MiB, E2EServer, virsh, wait_for_metrics
 from xenapi.backend.machine import kvm_usable
 
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(
@@ -58,14 +58,6 @@ def _open_files(tid: int) -> set[str]:
     return {os.readlink(fd) for fd in fds.iterdir()}
 
 
-def _wait_for_metrics(x, ref: str, ready, what: str, timeout: float = 30.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while not ready(record := x.VM_metrics.get_record(ref)):
-        assert time.monotonic() < deadline, f"VM_metrics never showed {what}: {record}"
-        time.sleep(0.2)
-    return record
-
-
 def test_a_boot_sector_guest_runs_under_kvm_through_the_server(start_xenapi, make_domain, tmp_path):
     server = start_xenapi(metrics_interval=1)
     x = server.x
@@ -91,7 +83,7 @@ def test_a_boot_sector_guest_runs_under_kvm_through_the_server(start_xenapi, mak
     # the sampler's figures: vCPU use (a rate, so from the second sample on), the balloon's size, and
     # the disk reads of the firmware loading the boot sector
     metrics = rec["metrics"]
-    record = _wait_for_metrics(x, metrics, lambda r: "0" in r["VCPUs_utilisation"]
+    record = wait_for_metrics(x, metrics, lambda r: "0" in r["VCPUs_utilisation"]
                                and int(r["other_config"].get("disk_read_bytes", "0")) >= bootsector.SECTOR_SIZE,
                                "vCPU use and the boot sector read")
     assert 0 <= record["VCPUs_utilisation"]["0"] <= 1

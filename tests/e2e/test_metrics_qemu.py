@@ -6,11 +6,10 @@ written by the server's device builder (xenapi/backend/devices.py); its user-mod
 NIC has no counters in libvirt and its balloon reports no free memory, so those are not asked for.
 The sampler runs every second; the figures reach VM_metrics, GET /metrics, and go when it stops.
 """
-import time
 
 import pytest
 
-from qemu_e2e import MiB, define_guest
+from qemu_e2e import MiB, define_guest, wait_for_metrics
 from tests.metrics_support import samples, scrape, value
 from xenapi.backend import devices
 
@@ -22,14 +21,6 @@ def _devices(disk) -> str:
     return devices.to_xml([{"kind": "disk", "path": str(disk), "format": "raw"}, {"kind": "nic"}], "virtio")
 
 
-def _wait_for_metrics(x, ref: str, ready, what: str, timeout: float = 90.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while not ready(record := x.VM_metrics.get_record(ref)):
-        assert time.monotonic() < deadline, f"VM_metrics never showed {what}: {record}"
-        time.sleep(0.2)
-    return record
-
-
 def test_a_running_guest_gets_live_memory_cpu_disk_and_net_figures(start_xenapi, make_domain, tiny_guest, tmp_path):
     server = start_xenapi(metrics_interval=1)
     x = server.x
@@ -39,7 +30,7 @@ def test_a_running_guest_gets_live_memory_cpu_disk_and_net_figures(start_xenapi,
     metrics = x.VM.get_metrics(guest.vm)
     x.VM.start(guest.vm, False, False)
 
-    record = _wait_for_metrics(x, metrics, lambda r: (
+    record = wait_for_metrics(x, metrics, lambda r: (
         any(float(share) > 0 for share in r["VCPUs_utilisation"].values())
         and int(r["other_config"].get("disk_read_bytes", "0")) > 0 and "net_rx_bytes" in r["other_config"]),
         "cpu use, disk reads and net counters")
@@ -60,5 +51,5 @@ def test_a_running_guest_gets_live_memory_cpu_disk_and_net_figures(start_xenapi,
         found, "xenapi_host_memory_total_bytes", uuid=host)
 
     x.VM.hard_shutdown(guest.vm)
-    record = _wait_for_metrics(x, metrics, lambda r: r["VCPUs_utilisation"] == {}, "the figures cleared")
+    record = wait_for_metrics(x, metrics, lambda r: r["VCPUs_utilisation"] == {}, "the figures cleared")
     assert record["memory_actual"] == "0" and not LIVE_KEYS & record["other_config"].keys()
