@@ -143,3 +143,30 @@ def test_serve_creates_root_with_a_printed_password_once(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     assert "root\tpool-admin" in _cli(tmp_path, "user", "list").stdout
+
+
+def test_serve_stops_promptly_whichever_thread_the_signal_lands_on(tmp_path):
+    """The kernel gives a process-directed signal to any thread; send it to a worker thread on
+    purpose (tgkill) and the server must still stop at once, not at its main thread's next wake."""
+    import ctypes
+    import os
+    import signal
+    proc = subprocess.Popen([sys.executable, "-m", "xenapi.cli", "serve", "--listen", "127.0.0.1:0",
+                             "--state", str(tmp_path)], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "XENAPI_ADMIN_PASSWORD": "pw"})
+    try:
+        deadline = time.monotonic() + 30
+        while "event=listening" not in proc.stderr.readline() and time.monotonic() < deadline:
+            pass
+        workers = [int(t) for t in os.listdir(f"/proc/{proc.pid}/task") if int(t) != proc.pid]
+        assert workers
+        libc = ctypes.CDLL(None, use_errno=True)
+        sys_tgkill = {"x86_64": 234, "aarch64": 131}[os.uname().machine]
+        assert libc.syscall(sys_tgkill, proc.pid, workers[0], signal.SIGTERM) == 0
+        start = time.monotonic()
+        proc.wait(timeout=10)
+        assert time.monotonic() - start < 5
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

@@ -80,7 +80,10 @@ def cmd_serve(args) -> int:
     done = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: done.set())
-    done.wait()
+    # With a timeout: the kernel may deliver the signal to any thread (libvirt's loop, a
+    # connection); Python runs the handler only when the main thread next wakes.
+    while not done.wait(0.5):
+        pass
     log.info("event=stopping")
     server.drain()
     for listener in listeners:
