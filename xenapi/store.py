@@ -222,11 +222,12 @@ class Store:
             else:
                 rows.append((op.ref, op.cls, json.dumps(new, default=_encode)))
         if rows or gone:
-            if self.closed:
-                raise StoreClosed("the server has stopped: nothing more is written")
-            with self.db_lock, self._db.conn:
-                self._db.conn.executemany("INSERT OR REPLACE INTO objects(ref, cls, data) VALUES (?, ?, ?)", rows)
-                self._db.conn.executemany("DELETE FROM objects WHERE ref = ?", gone)
+            with self.db_lock:
+                if self.closed:              # checked under the lock close() takes
+                    raise StoreClosed("the server has stopped: nothing more is written")
+                with self._db.conn:
+                    self._db.conn.executemany("INSERT OR REPLACE INTO objects(ref, cls, data) VALUES (?, ?, ?)", rows)
+                    self._db.conn.executemany("DELETE FROM objects WHERE ref = ?", gone)
 
     def close(self) -> None:
         """Release the database (its files: db, wal, shm) now rather than at exit; a thread still
