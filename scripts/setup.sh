@@ -57,7 +57,7 @@ if [[ -z $PY || $PY == /usr/bin/* ]]; then DEB_PY=1; fi
 # ------------------------------------------------------------------ 1. Debian packages ---
 PKGS=(libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc
       libvirt-clients qemu-system-x86 qemu-utils libxml2-utils openssh-server openssh-client
-      gcc libc6-dev ca-certificates)
+      gcc libc6-dev ca-certificates openssl)
 (( DEB_PY )) && PKGS+=(python3 python3-venv python3-dev)
 # node 20 + npm come with the machine image (outside Debian's archive); Debian's are the fallback
 if (( ! RUNTIME_ONLY )) && ! { command -v node && command -v npm; } >/dev/null 2>&1; then

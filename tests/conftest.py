@@ -179,7 +179,7 @@ def sshd(tmp_path, served, keys):
 def libvirtd():
     """A private libvirtd (tests/private_libvirtd.py), not started yet; removed afterwards."""
     if shutil.which("libvirtd") is None:
-        pytest.skip("libvirtd is not installed")
+        pytest.fail("libvirtd is not installed: run scripts/setup.sh")
     daemon = PrivateLibvirtd()
     try:
         yield daemon
