@@ -66,13 +66,18 @@ class AuditLog:
                 self._since_prune += 1
                 if self._since_prune >= min(PRUNE_EVERY, self.keep):      # so rows stay under 2 * keep
                     self._since_prune = 0
-                    self._conn.execute("DELETE FROM audit WHERE id <= ?", (cursor.lastrowid - self.keep,))
+                    self._prune(cursor.lastrowid)
         except Exception:                 # the call already happened: never fail it for its audit row
             log.exception("event=audit-write-failed user=%s method=%s outcome=%s", user, method, outcome)
 
     def prune(self) -> None:
         with self._lock, self._conn:
-            self._conn.execute("DELETE FROM audit WHERE id <= (SELECT MAX(id) FROM audit) - ?", (self.keep,))
+            (last,) = self._conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit").fetchone()
+            self._prune(last)
+
+    def _prune(self, last_id: int) -> None:
+        """Keep the newest ``keep`` rows (the caller holds the lock, in a transaction)."""
+        self._conn.execute("DELETE FROM audit WHERE id <= ?", (last_id - self.keep,))
 
     def after(self, after_id: int, limit: int) -> list[dict]:
         """Rows with id > after_id, oldest first, at most ``limit`` (and MAX_ANSWER)."""

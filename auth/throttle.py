@@ -74,12 +74,6 @@ class LoginThrottle:
                 if not count.failures and not count.pending and count.locked_until <= now:
                     self._counts.pop(key, None)
 
-    def locked(self, user: str, source: str) -> float:
-        """Seconds until a login of ``user`` from ``source`` would be tried (0.0: now)."""
-        with self._lock:
-            now = self.clock()
-            return max(self._wait(key, limit, now) for key, limit in self._keys(user, source))
-
     def _keys(self, user: str, source: str):
         return (("user", user), self.per_user), (("source", source), self.per_source)
 

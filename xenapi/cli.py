@@ -98,10 +98,8 @@ def _auth(args):
     from auth.keys import Keys
     from auth.users import Users
     from classes import REGISTRY
-    from xenapi.store import Store, private_directory
+    from xenapi.store import Store
     cfg = _config(args)
-    if cfg.state != ":memory:":
-        private_directory(cfg.state)
     store = Store(REGISTRY.classes, cfg.database)
     return (Users(store.db, store.db_lock), Keys(store.db, store.db_lock),
             AuditLog(store.db, store.db_lock, cfg.audit_keep))

@@ -16,7 +16,6 @@ import time
 import uuid as _uuid
 from dataclasses import dataclass
 
-from auth.rbac import natures
 from xenapi import errors as E
 from xenapi.context import Context, Identity
 from xenapi.errors import XenAPIError
@@ -27,7 +26,6 @@ from xenapi.wire import Bare, Call, Failure, Fault, Outcome, Success
 
 log = logging.getLogger(__name__)
 
-SECRET_CLASSES = frozenset({"session"})     # refs that are credentials: never written to the audit log
 
 
 @dataclass(slots=True)
@@ -48,7 +46,6 @@ class Dispatcher:
         self.store = server.store
         self.access = server.access
         self.audit = server.audit
-        self.natures = natures(self.registry)
         self.system = {"system.listMethods": lambda call: Bare(self.registry.list_methods())}
 
     def dispatch(self, call: Call) -> Outcome:
@@ -67,7 +64,7 @@ class Dispatcher:
         identity = call.identity or Identity()
         result = "ok" if isinstance(outcome, (Success, Bare)) else (
             outcome.description[0] if isinstance(outcome, Failure) else "fault")
-        read = trail.msg is None or self.natures[trail.msg.wire_name].read
+        read = trail.msg is None or trail.msg.reads
         level = logging.DEBUG if result == "ok" and read else logging.INFO
         if log.isEnabledFor(level):
             log.log(level, "user=%s via=%s addr=%s method=%s ms=%.1f result=%s", _user(trail),
@@ -89,7 +86,8 @@ class Dispatcher:
             raise XenAPIError(E.MESSAGE_METHOD_UNKNOWN, call.method)
         msg, is_async = found
         trail.msg = msg
-        _check_text(params)
+        if call.protocol != "xmlrpc":        # XML cannot carry lone surrogates; JSON can
+            _check_text(params)
         if is_async and not msg.is_async:
             return Fault(f"No async mode for this operation (rpc: {call.method})")
         skip = 1 if msg.session else 0
@@ -111,11 +109,10 @@ class Dispatcher:
             trail.claimed = args[0] if args and isinstance(args[0], str) else ""
         ctx.method = msg.wire_name
         self._check_refs(msg, args)
-        read = self.natures[msg.wire_name].read
-        if not read:
+        if not msg.reads:
             trail.objects = self._objects(msg, args)
         if is_async:
-            if not read:
+            if not msg.reads:
                 trail.deferred = True
                 msg = dataclasses.replace(msg, impl=self._audited(msg, call.method, trail, identity))
             return Success(self.server.tasks.run_async(msg, ctx, args, name=call.method))
@@ -145,9 +142,10 @@ class Dispatcher:
         return out
 
     def _object(self, cls: str, ref: str) -> tuple[str, str] | None:
-        if cls in SECRET_CLASSES:
+        decl = self.registry.classes.get(cls)
+        if decl is not None and not decl.listable:       # refs that are secrets (sessions)
             return None
-        rec = self.store.find(cls, ref) if cls in self.registry.classes else None
+        rec = self.store.find(cls, ref) if decl is not None else None
         return f"{cls}/{ref}", (rec or {}).get("uuid", "")
 
     def _audit(self, method: str, trail: _Trail, identity: Identity, outcome: str, value=None, task: str = "") -> None:

@@ -96,11 +96,10 @@ class Events:
             generation = self.store.generation
             if restricted:
                 events, last = self._collect_restricted(ctx, names, objects, after)
-                counts = self._restricted_counts(ctx, names)
             else:
                 events, last = self._collect(names, objects, after)
-                counts = self._counts(names)
-            if events or time.monotonic() >= deadline:
+            if events or time.monotonic() >= deadline:        # counts only for the answer
+                counts = self._restricted_counts(ctx, names) if restricted else self._counts(names)
                 return {"events": events, "valid_ref_counts": counts, "token": self.token(last)}
             after = last
             self.store.wait(generation, deadline - time.monotonic())

@@ -5,8 +5,8 @@ never calls libvirt, so it costs the same however slow a host is.  prometheus_cl
 escapes the text (and its parser reads it back in the tests).
 
 Access (``[metrics] public``): false, the default, asks for a live session as
-``?session_id=OpaqueRef:...`` or HTTP basic auth of a local user, which logs in for the request
-and out again, as xapi's HTTP handlers do (so the login throttle and log treat it as any login).
+``?session_id=OpaqueRef:...`` or HTTP basic auth of a local user, whose password is checked
+through the login throttle and log like any other (no session is made for a scrape).
 Any role will do: read-only is the lowest, and it may read every figure through the API anyway.
 true serves anyone who reaches the port, for a scraper on a trusted management network.
 """
@@ -52,15 +52,15 @@ def serve(server, request: Request, identity: Identity) -> Response:
 
 
 def _authorised(server, request: Request, identity: Identity) -> bool:
-    """A live session, or credentials that log in (as xapi's HTTP handlers do with basic auth:
-    a session for the request, so the login throttle and the log see it like any other login)."""
+    """A live session, or a user's credentials, checked through the login throttle and log as
+    any password is (no session is made: the scrape needs none)."""
     sessions = parse_qs(request.query).get("session_id")
     credentials = _basic_credentials(request.headers.get("authorization", ""))
     try:
         if sessions:
             server.sessions.check(sessions[0])
         elif credentials:
-            server.sessions.logout(server.sessions.login(*credentials, "GET /metrics", identity))
+            server.sessions.authenticate(*credentials, identity)
         else:
             return False
     except XenAPIError:

@@ -23,7 +23,7 @@ from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.reconciler import Reconciler
 from xenapi.sessions import Sessions
-from xenapi.store import Store, add, derived_ref, derived_uuid, mod, private_directory
+from xenapi.store import Store, add, derived_ref, derived_uuid, mod
 from xenapi.tasks import Tasks
 from xenapi.vms import VMs
 
@@ -39,8 +39,6 @@ class Server:
             from classes import REGISTRY as registry
         self.config = config
         self.registry = registry
-        if config.state != ":memory:":
-            private_directory(config.state)     # 0700: the database holds credentials
         self.store = Store(registry.classes, config.database, config.event_log_size)
         self.users = Users(self.store.db, self.store.db_lock)
         self.keys = Keys(self.store.db, self.store.db_lock)

@@ -308,7 +308,7 @@ def private_directory(path: str) -> None:
 def _private_database(path: str) -> None:
     """Create the database file 0600 before SQLite opens it (SQLite gives its -wal and -shm files
     the database's mode), and tighten the files of an existing database."""
-    Path(path).parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    private_directory(str(Path(path).parent))                   # 0700: the database holds credentials
     os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))     # an empty file is an empty database
     for name in (path, f"{path}-wal", f"{path}-shm"):
         if os.path.exists(name):

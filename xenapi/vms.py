@@ -86,8 +86,7 @@ class VMs:
         if rec["other_config"].get("disks"):
             raise XenAPIError(E.VALUE_NOT_SUPPORTED, "other_config:disks", rec["other_config"]["disks"],
                               "provisioning disks needs a storage repository, and this server has none yet")
-        if rec["is_a_template"]:
-            self.set_is_a_template(ctx, vm, False)
+        self.set_is_a_template(ctx, vm, False)      # lifecycle.check let only templates through
 
     def destroy(self, ctx, vm: str, rec: dict) -> None:
         host = self.hosts.home_of(vm)

@@ -22,7 +22,7 @@ the GIL around each call).  Its contract:
   found the connection dead, one report at a time and only on change.  Both handlers must
   return promptly (enqueue and go).
 
-Domains are addressed by UUID string.  Power states are Xen-API's (see ``POWER_STATES``).
+Domains are addressed by UUID string.  Power states are Xen-API's (see ``power_states.POWER_STATES``).
 
 This module keeps the connection's life (open, keep-alive, reconnect with backoff, liveness
 reports, and ``_using``, the one place libvirt errors are translated).  The rest lives beside it:
@@ -42,18 +42,16 @@ from typing import Callable, Iterator, TypeVar
 
 import libvirt
 
-from xenapi.backend.domain_operations import REBOOT_EVENT_DRIVERS, DomainOperations
+from xenapi.backend.domain_operations import DomainOperations
 from xenapi.backend.events import ensure_event_loop, register_domain_events
 from xenapi.backend.hostinfo import HostFacts, read_host_facts
-from xenapi.backend.libvirt_errors import (ERR_NO_DOMAIN, error_message, is_connection_failure, is_unsupported,
-                                           with_optional_flags)
+from xenapi.backend.libvirt_errors import ERR_NO_DOMAIN, error_message, is_connection_failure
 from xenapi.backend.opening import Opening, OpenTimedOut, discard, enable_keepalive
-from xenapi.backend.power_states import POWER_STATES, DomainState, power_state
+from xenapi.backend.power_states import power_state
 from xenapi.errors import BACKEND_FAILURE, HOST_NOT_LIVE, XenAPIError
 
 __all__ = ["HostConnection", "DomainEventHandler", "LivenessHandler", "OPEN_TIMEOUT", "KEEPALIVE_INTERVAL",
-           "KEEPALIVE_COUNT", "REBOOT_EVENT_DRIVERS", "ERR_NO_DOMAIN", "POWER_STATES", "DomainState",
-           "power_state", "OpenTimedOut", "is_unsupported", "with_optional_flags"]
+           "KEEPALIVE_COUNT", "ERR_NO_DOMAIN", "power_state", "OpenTimedOut"]
 
 log = logging.getLogger(__name__)
 
