@@ -58,7 +58,8 @@ if [[ -z $PY || $PY == /usr/bin/* ]]; then DEB_PY=1; fi
 PKGS=(libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu libvirt-daemon-driver-lxc
       libvirt-clients qemu-system-x86 qemu-utils libxml2-utils openssh-server openssh-client
       gcc libc6-dev ca-certificates openssl)
-(( DEB_PY )) && PKGS+=(python3 python3-venv python3-dev)
+(( DEB_PY )) && PKGS+=(python3-venv python3-dev)
+PKGS+=(python3)            # tests run helpers as another uid with /usr/bin/python3
 # node 20 + npm come with the machine image (outside Debian's archive); Debian's are the fallback
 if (( ! RUNTIME_ONLY )) && ! { command -v node && command -v npm; } >/dev/null 2>&1; then
   PKGS+=(nodejs npm)
@@ -96,7 +97,7 @@ want=$( { sha256sum pyproject.toml; "$VENV_PY" -c 'import sys; print(sys.version
 have=$(cat "$STAMP" 2>/dev/null || true)
 # (find_spec, not import: the project itself may be mid-edit and fail to import)
 if [[ "$want" == "$have" ]] && "$VENV_PY" -c 'import importlib.util as u, sys
-sys.exit(not all(u.find_spec(m) for m in ("libvirt", "pytest", "ansible", "xenapi")))' >/dev/null 2>&1; then
+sys.exit(not all(u.find_spec(m) for m in ("libvirt", "pytest", "ansible", "xenapi", "XenAPI")))' >/dev/null 2>&1; then
   step venv "up to date"
 else
   rm -f "$STAMP"
@@ -108,16 +109,9 @@ else
   echo "$want" >"$STAMP"
   step venv "installed the project and its test extras"
 fi
-# The Xen-API Python client (PyPI "XenAPI", import name XenAPI) is a distribution named
-# "xenapi" -- the same normalized name as this project while pyproject.toml says
-# name = "xenapi": pip then takes the project itself as the [test] extra's "XenAPI" and
-# uninstalls the client. Say so loudly (the fix is renaming the project's distribution).
-if ! "$VENV_PY" -c 'import XenAPI' >/dev/null 2>&1; then
-  echo "[setup] WARNING  the XenAPI client module is not importable in .venv: pyproject.toml's" \
-       "project name normalizes to 'xenapi', the same as PyPI's XenAPI distribution, so pip" \
-       "treats the project as satisfying the 'XenAPI' requirement. Rename the project's" \
-       "distribution (e.g. name = \"xenapi-server\")." >&2
-fi
+# The Xen-API Python client (PyPI "XenAPI") must be the real one: the tests drive it.
+"$VENV_PY" -c 'import XenAPI' >/dev/null 2>&1 ||
+  die "the XenAPI client is not importable in .venv (see .cache/pip-install.log)"
 
 # ------------------------------------------------------------------ 3. npm client ---
 if (( ! RUNTIME_ONLY )); then

