@@ -256,3 +256,14 @@ def test_failures_per_user_0_turns_the_per_name_lock_off(tmp_path):
         assert here.login("root", ADMIN_PASSWORD)["Status"] == "Success"
     finally:
         stop_server(running)
+
+
+def test_a_source_is_its_host_whichever_transport_wrote_the_address():
+    from xenapi.context import Identity, peer_address
+    from xenapi.sessions import source_of
+    for host in ("127.0.0.1", "::1", "fe80::1%eth0"):
+        http = Identity(via="http", address=peer_address(host, 40000))
+        ssh = Identity(via="ssh", address=peer_address(host, 22))
+        assert source_of(http) == source_of(ssh) == host
+    assert source_of(Identity(via="unix", address="unix")) == "unix"
+    assert source_of(Identity(via="stdio", address="")) == "stdio"

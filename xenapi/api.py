@@ -5,7 +5,7 @@ import dataclasses
 import logging
 
 from xenapi import exporter
-from xenapi.context import Identity
+from xenapi.context import Identity, peer_address
 from xenapi.transport import stdio
 from xenapi.transport.http import Request, Response
 from xenapi.wire import Limits, WireError, jsonrpc, xmlrpc
@@ -61,5 +61,5 @@ def identity_of(request: Request) -> Identity:
 
 def _address(peer) -> str:
     if isinstance(peer, tuple):
-        return f"{peer[0]}:{peer[1]}"
+        return peer_address(peer[0], peer[1])
     return str(peer)

@@ -11,6 +11,17 @@ if TYPE_CHECKING:
     from xenapi.server import Server
 
 
+def peer_address(host: str, port) -> str:
+    """``host:port`` as every transport writes a peer's address ([v6]:port for IPv6)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def address_host(address: str) -> str:
+    """The host of a ``peer_address``, without port or brackets ("" for none)."""
+    host, sep, port = address.rpartition(":")
+    return (host if sep and port.isdigit() else address).strip("[]")
+
+
 @dataclass
 class Identity:
     """Who is calling and through which door; set by the transport, never by the client."""

@@ -34,7 +34,7 @@ from auth.grants import held
 from auth.rbac import NO_ROLE, role_permissions
 from auth.throttle import LoginThrottle, retry_text
 from xenapi import errors as E
-from xenapi.context import Context, Identity
+from xenapi.context import Context, Identity, address_host
 from xenapi.errors import XenAPIError
 from xenapi.store import delete, mod
 from xenapi.wire.values import DateTime
@@ -56,8 +56,7 @@ class Live:
 
 def source_of(identity: Identity) -> str:
     """The address a login comes from, without its port (what the throttle counts per source)."""
-    host, sep, port = identity.address.rpartition(":")
-    return (host if sep and port.isdigit() else identity.address) or identity.via
+    return address_host(identity.address) or identity.via
 
 class Sessions:
     def __init__(self, server, idle_timeout: float, max_per_user: int, clock=time.time):

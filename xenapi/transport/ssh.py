@@ -26,7 +26,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from xenapi.context import Identity
+from xenapi.context import Identity, peer_address
 from xenapi.errors import XenAPIError
 from xenapi.transport import stream
 
@@ -116,7 +116,7 @@ class SSHServer:
                 log.warning("event=ssh-refused addr=%s reason=max_connections=%d", addr[0], self.max_connections)
                 sock.close()
                 continue
-            peer = f"[{addr[0]}]:{addr[1]}" if ":" in addr[0] else f"{addr[0]}:{addr[1]}"
+            peer = peer_address(addr[0], addr[1])
             threading.Thread(target=self._connection, args=(sock, peer), name=f"ssh-{next(self._ids)}",
                              daemon=True).start()
 

@@ -21,6 +21,7 @@ import socket
 import sys
 import threading
 
+from xenapi.context import peer_address
 from xenapi.errors import XenAPIError
 from xenapi.transport import stream
 from xenapi.transport.http import Request, Response
@@ -120,8 +121,7 @@ def _upgrade_request(user: str | None) -> bytes:
     ssh = os.environ.get("SSH_CONNECTION", "").split()
     lines.append(f"{VIA_HEADER}: {'ssh' if ssh else 'stdio'}")
     if len(ssh) >= 2:
-        host = f"[{ssh[0]}]" if ":" in ssh[0] else ssh[0]
-        lines.append(f"{ADDRESS_HEADER}: {host}:{ssh[1]}")
+        lines.append(f"{ADDRESS_HEADER}: {peer_address(ssh[0], ssh[1])}")
     return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
 
 
