@@ -123,9 +123,10 @@ class EventRecorder:
         return self
 
     def __exit__(self, *exc) -> None:
-        time.sleep(0.3)               # what the call's last change made still arrives
         self._stop.set()
         self._thread.join(timeout=10)
+        # the call has returned, so its last change is in the store: collect what is left
+        self.events.extend(self.session.xenapi.event_from(self.classes, self.token, 0.0)["events"])
         self.session.xenapi.session.logout()
 
     def of(self, ref: str) -> list[dict]:
