@@ -12,10 +12,11 @@ import logging
 from pathlib import Path
 
 from xenapi import errors as E
+from xenapi.backend import domxml
 from xenapi.errors import XenAPIError
 
 log = logging.getLogger(__name__)
-ROOT_KEY = "lxc-root"
+ROOT_KEY = domxml.LXC_ROOT_KEY
 
 
 def default_root(state: str, uuid: str) -> Path | None:
@@ -27,7 +28,7 @@ def own_root(state: str, uuid: str, platform: dict) -> dict:
     """``platform`` with an ``lxc-root``: the caller's, else the default directory, made now."""
     given = platform.get(ROOT_KEY)
     if given:
-        if not given.startswith("/") or not given.strip("/"):
+        if not domxml.is_container_root(given):
             raise XenAPIError(E.VALUE_NOT_SUPPORTED, f"platform:{ROOT_KEY}", given,
                               "the container's root must be an absolute host directory other than /")
         return platform

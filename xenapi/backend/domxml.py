@@ -54,6 +54,7 @@ STAMP_ELEMENT = "vm"
 STAMP_STATIC_MIN_KEY = "memory_static_min"   # reserved stamp key, see module doc
 STAMP_RESERVED_KEYS = frozenset({STAMP_STATIC_MIN_KEY})
 HYPERVISORS = ("kvm", "qemu", "xen", "lxc", "test")
+LXC_ROOT_KEY = "lxc-root"           # platform key: the container's root directory on the host
 XEN_BOOTS = ("pv", "hvm")            # xenapi.conf [libvirt] xen_boot
 DEFAULT_PV_BOOTLOADER = "pygrub"
 
@@ -200,7 +201,7 @@ def _platform(root: ET.Element, os_type: str) -> dict[str, str]:
         for fs in root.findall("devices/filesystem"):
             target, source = fs.find("target"), fs.find("source")
             if target is not None and target.get("dir") == "/" and source is not None and source.get("dir"):
-                platform["lxc-root"] = source.get("dir")
+                platform[LXC_ROOT_KEY] = source.get("dir")
     return platform
 
 
@@ -379,9 +380,14 @@ def _os_xen(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
     return False
 
 
+def is_container_root(path: str) -> bool:
+    """An LXC root must be an absolute host directory other than "/" (never the host's own)."""
+    return path.startswith("/") and bool(path.strip("/"))
+
+
 def _os_lxc(domain: ET.Element, fields: dict, platform: dict[str, str]) -> bool:
-    root = platform.get("lxc-root", "")
-    if not root.startswith("/") or not root.strip("/"):
+    root = platform.get(LXC_ROOT_KEY, "")
+    if not is_container_root(root):
         raise DomainXMLError(f"an LXC container needs platform:lxc-root, a host directory other than / "
                              f"for its root filesystem (got {root!r}); without one it would share the host's")
     os_element = ET.SubElement(domain, "os")
@@ -422,7 +428,7 @@ def _devices_xen(parent: ET.Element, is_hvm: bool, platform: dict[str, str]) -> 
 
 def _devices_lxc(parent: ET.Element, is_hvm: bool, platform: dict[str, str]) -> None:
     filesystem = ET.Element("filesystem", type="mount")     # the root before other mounts (as virsh shows it)
-    ET.SubElement(filesystem, "source", dir=platform["lxc-root"])
+    ET.SubElement(filesystem, "source", dir=platform[LXC_ROOT_KEY])
     ET.SubElement(filesystem, "target", dir="/")
     parent.insert(0, filesystem)
     ET.SubElement(parent, "console", type="pty")

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 from defusedxml.ElementTree import fromstring as parse_untrusted
 
-from xenapi.backend import domxml
+from xenapi.backend import devices, domxml
 
 # Xen-API field -> (parent path, element) it lives in, for fields edited in place.
 _OS_ELEMENTS = {"PV_kernel": "kernel", "PV_ramdisk": "initrd", "PV_args": "cmdline"}
@@ -55,14 +55,8 @@ def clone(xml: str, *, uuid: str, name: str, title: str, stamp: dict[str, str]) 
 def writable_disks(xml: str) -> list[str]:
     """Sources of disks and filesystems (an LXC root) a clone would share for writing; read-only
     ones and CDs are safe."""
-    root = _load(xml)
-    out = []
-    for disk in root.findall("devices/disk") + root.findall("devices/filesystem"):
-        source = disk.find("source")
-        if disk.get("device") in ("cdrom", "floppy") or disk.find("readonly") is not None or source is None:
-            continue
-        out.append(source.get("file") or source.get("dev") or source.get("dir") or source.get("name") or "?")
-    return out
+    return [d["path"] for d in devices.parse(_load(xml))
+            if d["kind"] == "disk" and d["path"] and d["device"] not in ("cdrom", "floppy") and not d["readonly"]]
 
 
 def set_field(xml: str, field: str, value: str) -> str:
