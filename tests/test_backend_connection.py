@@ -242,7 +242,7 @@ def test_title_and_stamp_apply_live_and_persistently_on_a_running_domain(host, n
 
 def test_a_sample_of_a_driver_without_domain_stats_has_host_figures_only(host, new_vm):
     host.start(new_vm())
-    sample = stats.read(host)
+    sample = stats.read(host, host.host_facts().cpu_count)
     assert sample.memory_free > 0 and sample.cpu_times and set(sample.domains) <= {d.uuid for d in host.list_domains()}
     assert all(d.cpu_time is None for d in sample.domains.values())
 

@@ -89,7 +89,7 @@ def test_cpu_utilisation_is_the_busy_share_and_none_when_the_clock_stands_still(
 
 def test_a_test_driver_sample_has_the_host_figures_and_its_active_domains(quiet):
     host = quiet.server.hosts.master
-    sample = stats.read(quiet.server.hosts.connection(host))
+    sample = stats.read(quiet.server.hosts.connection(host), quiet.server.hosts.facts(host).cpu_count)
     running = {rec["uuid"] for rec in quiet.server.store.records("VM").values()
                if rec["power_state"] == "Running" and not rec["is_control_domain"]}
     assert set(sample.domains) == running and all(d == DomainSample() for d in sample.domains.values())

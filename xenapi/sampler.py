@@ -71,7 +71,7 @@ class Sampler:
         """Sample one host now and write what changed; XenAPIError when its libvirt fails."""
         conn = self.hosts.connection(host)
         with self._lock:
-            self.write(host, stats.read(conn))
+            self.write(host, stats.read(conn, self.hosts.facts(host).cpu_count))
 
     def write(self, host: str, sample: HostSample) -> None:
         """Write the figures of ``sample`` that differ from the store's, in one apply."""

@@ -1,9 +1,9 @@
 """Live figures of a host and its domains, from libvirt's bulk statistics.
 
-``read(host)`` takes one sample of a host with a number of libvirt calls that does not grow with
-its domains: one ``getAllDomainStats`` for every active domain (cpu, vCPU, balloon, block and net
-groups, NOWAIT so a domain busy with a job cannot stall it), ``getInfo`` and ``getFreeMemory``
-for the host's memory, and ``getCPUStats`` per host CPU.  Drivers report what they can (the test
+``read(host, cpus)`` takes one sample of a host with a number of libvirt calls that does not grow
+with its domains: one ``getAllDomainStats`` for every active domain (cpu, vCPU, balloon, block and
+net groups, NOWAIT so a domain busy with a job cannot stall it), ``getFreeMemory``, and
+``getCPUStats`` per host CPU (``cpus``: the host facts' count, read once per connect).  Drivers report what they can (the test
 driver gives no domain figures, a user-mode NIC no counters, a guest without a balloon driver no
 free memory): a figure a driver does not report is None, never a made-up 0.
 
@@ -62,17 +62,13 @@ class HostSample:
     cpu_times: dict[int, CpuTimes]       # by host CPU number ({} where the driver has none)
 
 
-def read(host: HostConnection) -> HostSample:
+def read(host: HostConnection, cpus: int) -> HostSample:
     """One sample of the host; HOST_NOT_LIVE or BACKEND_FAILURE when libvirt fails."""
-    return host.read("metrics", _sample)
-
-
-def _sample(conn: libvirt.virConnect) -> HostSample:
-    taken = time.monotonic_ns()
-    domains = {dom.UUIDString(): parse_domain(raw) for dom, raw in _domain_stats(conn)}
-    _arch, _memory_mib, cpus, *_ = conn.getInfo()
-    return HostSample(taken, domains, optional(conn.getFreeMemory, default=0),
-                      _cpu_times(conn, cpus))
+    def sample(conn: libvirt.virConnect) -> HostSample:
+        taken = time.monotonic_ns()
+        domains = {dom.UUIDString(): parse_domain(raw) for dom, raw in _domain_stats(conn)}
+        return HostSample(taken, domains, optional(conn.getFreeMemory, default=0), _cpu_times(conn, cpus))
+    return host.read("metrics", sample)
 
 
 def parse_domain(raw: dict) -> DomainSample:
