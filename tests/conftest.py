@@ -99,6 +99,13 @@ def xapi(running):
         pass
 
 
+def fails(call, *args) -> list[str]:
+    """The ErrorDescription of a call that must fail through the official client."""
+    with pytest.raises(XenAPI.Failure) as e:
+        call(*args)
+    return e.value.details
+
+
 def guest_vm(xapi, power_state: str) -> str:
     """The ref of a non-control-domain VM in ``power_state``."""
     for ref, rec in xapi.xenapi.VM.get_all_records().items():

@@ -13,22 +13,14 @@ import threading
 import time
 import xmlrpc.client
 
-import pytest
 import sqlite_utils
-import XenAPI
 
 from auth.audit import AuditLog
-from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
+from tests.conftest import ADMIN_PASSWORD, fails, guest_vm, start_server, stop_server
 from tests.streams import XENAPI, call, guest, responses, value
 from xenapi.api import Api
 from xenapi.store import derived_ref, derived_uuid
 from xenapi.transport.http import HTTPServer
-
-
-def fails(fn, *args) -> list[str]:
-    with pytest.raises(XenAPI.Failure) as e:
-        fn(*args)
-    return e.value.details
 
 
 def rows_after(xapi, after: int) -> list[dict]:

@@ -10,9 +10,8 @@ import time
 import xmlrpc.client
 
 import pytest
-import XenAPI
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import fails, start_server, stop_server
 
 WEB = '"web-server" in field "tags" or "web-server" in field "profiles"'
 POWER = ["start", "VM.clean_shutdown", "hard_shutdown", "shutdown"]
@@ -23,12 +22,6 @@ BOGUS = "OpaqueRef:00000000-0000-0000-0000-00000000dead"
 
 def denied(permission: str, roles: str) -> list[str]:
     return ["RBAC_PERMISSION_DENIED", permission, f"No permission in user session. (Roles with this permission: {roles})"]
-
-
-def fails(fn, *args) -> list[str]:
-    with pytest.raises(XenAPI.Failure) as e:
-        fn(*args)
-    return e.value.details
 
 
 @pytest.fixture

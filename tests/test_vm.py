@@ -1,17 +1,9 @@
 """VM messages through the official client: errors with xapi's parameters, allowed operations,
 templates, profiles, create/clone/destroy, and libvirt really changed underneath."""
-import pytest
-import XenAPI
 
-from tests.conftest import guest_vm
+from tests.conftest import fails, guest_vm
 
 MiB = 1024 * 1024
-
-
-def _fails(call, *args):
-    with pytest.raises(XenAPI.Failure) as e:
-        call(*args)
-    return e.value.details
 
 
 def _record(**over):
@@ -29,12 +21,12 @@ def _record(**over):
 
 def test_start_when_running_raises_vm_bad_power_state(xapi):
     vm = guest_vm(xapi, "Running")
-    assert _fails(xapi.xenapi.VM.start, vm, False, False) == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
+    assert fails(xapi.xenapi.VM.start, vm, False, False) == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
 
 
 def test_hard_shutdown_when_halted_lists_every_allowed_state(xapi):
     vm = guest_vm(xapi, "Halted")
-    assert _fails(xapi.xenapi.VM.hard_shutdown, vm) == [
+    assert fails(xapi.xenapi.VM.hard_shutdown, vm) == [
         "VM_BAD_POWER_STATE", vm, "paused, suspended, running", "halted"]
 
 
@@ -47,21 +39,21 @@ def test_allowed_operations_follow_the_power_state(xapi):
     ops = set(xapi.xenapi.VM.get_allowed_operations(vm))
     assert {"start", "clone", "destroy"} <= ops and "pause" not in ops
     assert "provision" not in ops                      # only templates are provisioned
-    assert _fails(xapi.xenapi.VM.provision, vm) == ["ONLY_PROVISION_TEMPLATE"]
+    assert fails(xapi.xenapi.VM.provision, vm) == ["ONLY_PROVISION_TEMPLATE"]
     assert xapi.xenapi.VM.get_current_operations(vm) == {}
 
 
 def test_control_domain_refuses_power_operations(xapi):
     dom0 = next(r for r, v in xapi.xenapi.VM.get_all_records().items() if v["is_control_domain"])
     assert xapi.xenapi.VM.get_allowed_operations(dom0) == []
-    assert _fails(xapi.xenapi.VM.hard_shutdown, dom0)[0] == "OPERATION_NOT_ALLOWED"
+    assert fails(xapi.xenapi.VM.hard_shutdown, dom0)[0] == "OPERATION_NOT_ALLOWED"
 
 
 def test_blocked_operation_is_refused_with_its_code(xapi):
     vm = guest_vm(xapi, "Running")
     xapi.xenapi.VM.add_to_blocked_operations(vm, "pause", "maintenance")
     assert "pause" not in xapi.xenapi.VM.get_allowed_operations(vm)
-    assert _fails(xapi.xenapi.VM.pause, vm) == ["OPERATION_BLOCKED", vm, "maintenance"]
+    assert fails(xapi.xenapi.VM.pause, vm) == ["OPERATION_BLOCKED", vm, "maintenance"]
 
 
 def test_create_defines_a_halted_domain_in_libvirt_with_every_field(running, xapi):
@@ -84,13 +76,13 @@ def test_create_without_a_required_field_fails_and_creates_nothing(xapi):
     before = set(xapi.xenapi.VM.get_all())
     record = _record()
     del record["PV_args"]
-    assert _fails(xapi.xenapi.VM.create, record) == ["INTERNAL_ERROR", 'Dispatcher_FieldNotFound("PV_args")']
+    assert fails(xapi.xenapi.VM.create, record) == ["INTERNAL_ERROR", 'Dispatcher_FieldNotFound("PV_args")']
     assert set(xapi.xenapi.VM.get_all()) == before
 
 
 def test_create_that_libvirt_refuses_leaves_no_half_written_vm(xapi):
     before = set(xapi.xenapi.VM.get_all())
-    details = _fails(xapi.xenapi.VM.create, _record(memory_static_max="0", memory_dynamic_max="0"))
+    details = fails(xapi.xenapi.VM.create, _record(memory_static_max="0", memory_dynamic_max="0"))
     assert details[0] in ("BACKEND_FAILURE", "VALUE_NOT_SUPPORTED", "MEMORY_CONSTRAINT_VIOLATION")
     assert set(xapi.xenapi.VM.get_all()) == before
 
@@ -102,7 +94,7 @@ def test_clone_copies_settings_with_a_new_identity_and_template_stays_template(x
     src, dst = xapi.xenapi.VM.get_record(vm), xapi.xenapi.VM.get_record(clone)
     assert dst["uuid"] != src["uuid"] and dst["name_label"] == "from-tmpl"
     assert dst["is_a_template"] and dst["profiles"] == ["web-server"] and dst["other_config"] == src["other_config"]
-    assert _fails(xapi.xenapi.VM.start, clone, False, False) == ["VM_IS_TEMPLATE", clone, "start"]
+    assert fails(xapi.xenapi.VM.start, clone, False, False) == ["VM_IS_TEMPLATE", clone, "start"]
     xapi.xenapi.VM.provision(clone)
     assert not xapi.xenapi.VM.get_is_a_template(clone)
     xapi.xenapi.VM.start(clone, False, False)
@@ -113,18 +105,18 @@ def test_destroy_removes_vm_and_metrics(xapi):
     vm = guest_vm(xapi, "Halted")
     metrics = xapi.xenapi.VM.get_metrics(vm)
     xapi.xenapi.VM.destroy(vm)
-    assert _fails(xapi.xenapi.VM.get_record, vm) == ["HANDLE_INVALID", "VM", vm]
-    assert _fails(xapi.xenapi.VM_metrics.get_record, metrics)[0] == "HANDLE_INVALID"
+    assert fails(xapi.xenapi.VM.get_record, vm) == ["HANDLE_INVALID", "VM", vm]
+    assert fails(xapi.xenapi.VM_metrics.get_record, metrics)[0] == "HANDLE_INVALID"
 
 
 def test_destroy_of_a_running_vm_is_refused(xapi):
     vm = guest_vm(xapi, "Running")
-    assert _fails(xapi.xenapi.VM.destroy, vm) == ["VM_BAD_POWER_STATE", vm, "halted, suspended", "running"]
+    assert fails(xapi.xenapi.VM.destroy, vm) == ["VM_BAD_POWER_STATE", vm, "halted, suspended", "running"]
 
 
 def test_set_memory_limits_checks_the_constraint_and_reaches_libvirt(running, xapi):
     vm = guest_vm(xapi, "Halted")
-    assert _fails(xapi.xenapi.VM.set_memory_limits, vm, str(512 * MiB), str(256 * MiB), str(256 * MiB),
+    assert fails(xapi.xenapi.VM.set_memory_limits, vm, str(512 * MiB), str(256 * MiB), str(256 * MiB),
                   str(256 * MiB))[0] == "MEMORY_CONSTRAINT_VIOLATION"
     xapi.xenapi.VM.set_memory_limits(vm, str(128 * MiB), str(512 * MiB), str(384 * MiB), str(384 * MiB))
     rec = xapi.xenapi.VM.get_record(vm)
@@ -134,12 +126,12 @@ def test_set_memory_limits_checks_the_constraint_and_reaches_libvirt(running, xa
 
 def test_vcpus_change_only_while_halted(xapi):
     running_vm = guest_vm(xapi, "Running")
-    assert _fails(xapi.xenapi.VM.set_VCPUs_max, running_vm, "4")[0] == "VM_BAD_POWER_STATE"
+    assert fails(xapi.xenapi.VM.set_VCPUs_max, running_vm, "4")[0] == "VM_BAD_POWER_STATE"
     vm = guest_vm(xapi, "Halted")
     xapi.xenapi.VM.set_VCPUs_max(vm, "4")
     xapi.xenapi.VM.set_VCPUs_at_startup(vm, "3")
     assert (xapi.xenapi.VM.get_VCPUs_max(vm), xapi.xenapi.VM.get_VCPUs_at_startup(vm)) == ("4", "3")
-    assert _fails(xapi.xenapi.VM.set_VCPUs_at_startup, vm, "5")[0] == "VALUE_NOT_SUPPORTED"
+    assert fails(xapi.xenapi.VM.set_VCPUs_at_startup, vm, "5")[0] == "VALUE_NOT_SUPPORTED"
 
 
 def test_name_label_is_written_to_libvirt_title(running, xapi):
@@ -180,7 +172,7 @@ def test_async_start_failure_lands_in_the_task(xapi):
     rec = xapi.xenapi.task.get_record(task)
     assert rec["status"] == "failure" and rec["error_info"] == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
     xapi.xenapi.task.destroy(task)
-    assert _fails(xapi.xenapi.task.get_record, task)[0] == "HANDLE_INVALID"
+    assert fails(xapi.xenapi.task.get_record, task)[0] == "HANDLE_INVALID"
 
 
 def test_clean_shutdown_that_never_completes_times_out_and_leaves_vm_consistent(tmp_path):
@@ -191,7 +183,7 @@ def test_clean_shutdown_that_never_completes_times_out_and_leaves_vm_consistent(
         vm = guest_vm(xapi, "Running")
         conn = running.server.hosts.connection(running.server.master_ref)
         conn.shutdown = lambda uuid: None                 # a guest that ignores the power button
-        assert _fails(xapi.xenapi.VM.clean_shutdown, vm) == ["VM_SHUTDOWN_TIMEOUT", vm, "0.3"]
+        assert fails(xapi.xenapi.VM.clean_shutdown, vm) == ["VM_SHUTDOWN_TIMEOUT", vm, "0.3"]
         rec = xapi.xenapi.VM.get_record(vm)
         assert rec["power_state"] == "Running" and rec["current_operations"] == {}
         assert "clean_shutdown" in rec["allowed_operations"]
@@ -222,6 +214,6 @@ def test_cancelling_a_waiting_clean_shutdown_ends_its_task_cancelled(tmp_path):
         rec = xapi.xenapi.task.get_record(task)
         assert rec["status"] == "cancelled" and rec["error_info"] == ["TASK_CANCELLED", task]
         assert xapi.xenapi.VM.get_current_operations(vm) == {}
-        assert _fails(xapi.xenapi.task.cancel, task)[0] == "OPERATION_NOT_ALLOWED"
+        assert fails(xapi.xenapi.task.cancel, task)[0] == "OPERATION_NOT_ALLOWED"
     finally:
         stop_server(running)

@@ -16,6 +16,8 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import XenAPI
 
+from tests.conftest import guest_vm
+
 pytestmark = pytest.mark.clients
 
 NULL = "OpaqueRef:NULL"
@@ -50,13 +52,6 @@ LIFECYCLE = [
 
 
 # ------------------------------------------------------------------------------ helpers ---
-def guest(xapi, power_state: str) -> str:
-    for ref, rec in xapi.xenapi.VM.get_all_records().items():
-        if not rec["is_control_domain"] and not rec["is_a_template"] and rec["power_state"] == power_state:
-            return ref
-    raise LookupError(f"no guest is {power_state}")
-
-
 def put_in_state(xapi, vm: str, state: str) -> None:
     """From Running, into ``state`` through the API."""
     steps = {"Running": [], "Paused": ["pause"], "Suspended": ["suspend"], "Halted": ["hard_shutdown"]}
@@ -248,7 +243,7 @@ def _assert_state(xapi, running, vm, state):
 
 
 def test_sync_lifecycle_walks_every_power_state_with_matching_allowed_operations(running, xapi):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     _assert_state(xapi, running, vm, "Running")
     for op, args, after in LIFECYCLE:
         assert getattr(xapi.xenapi.VM, op)(vm, *args) == "", op
@@ -290,7 +285,7 @@ def test_powercycle_example_loop_runs_on_every_guest(running):
 
 
 def test_async_lifecycle_tasks_succeed_with_full_progress_and_an_empty_value(running, xapi):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     before = datetime.now(timezone.utc) - timedelta(seconds=2)
     for op, args, after in LIFECYCLE:
         task = getattr(xapi.xenapi.Async.VM, op)(vm, *args)
@@ -311,7 +306,7 @@ def test_async_lifecycle_tasks_succeed_with_full_progress_and_an_empty_value(run
 
 
 def test_async_start_of_a_running_vm_fails_its_task_with_vm_bad_power_state(xapi):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     task = xapi.xenapi.Async.VM.start(vm, False, False)
 
     assert wait_task(xapi, task) == "failure"
@@ -333,7 +328,7 @@ def test_async_start_of_a_running_vm_fails_its_task_with_vm_bad_power_state(xapi
     ("hard_reboot", (), "Suspended", "paused, running"),
 ])
 def test_operation_in_the_wrong_power_state_raises_failure_vm_bad_power_state(xapi, op, args, state, expected):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     put_in_state(xapi, vm, state)
 
     details = failure(getattr(xapi.xenapi.VM, op), vm, *args)
@@ -343,7 +338,7 @@ def test_operation_in_the_wrong_power_state_raises_failure_vm_bad_power_state(xa
 
 # ------------------------------------------------------------------------------ clone / create / destroy ---
 def test_clone_makes_a_halted_copy_that_can_start_and_be_destroyed(xapi):
-    source = guest(xapi, "Halted")
+    source = guest_vm(xapi, "Halted")
     clone = xapi.xenapi.VM.clone(source, "vm1-clone")
 
     rec, original = xapi.xenapi.VM.get_record(clone), xapi.xenapi.VM.get_record(source)
@@ -360,7 +355,7 @@ def test_clone_makes_a_halted_copy_that_can_start_and_be_destroyed(xapi):
 
 
 def test_async_clone_result_is_the_new_vm_ref_as_an_xmlrpc_value(xapi):
-    task = xapi.xenapi.Async.VM.clone(guest(xapi, "Halted"), "async-clone")
+    task = xapi.xenapi.Async.VM.clone(guest_vm(xapi, "Halted"), "async-clone")
 
     assert wait_task(xapi, task) == "success"
     result = xapi.xenapi.task.get_record(task)["result"]
@@ -415,7 +410,7 @@ def test_event_from_with_nothing_happening_returns_no_events_at_its_timeout(xapi
 
 
 def test_event_from_delivers_a_power_change_made_by_another_session_as_a_mod(running, xapi):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     token = xapi.xenapi.event_from(["vm"], "", 0.0)["token"]
     other = running.session()
     changer = threading.Thread(target=other.xenapi.VM.hard_shutdown, args=(vm,))
@@ -442,7 +437,7 @@ def _pause_in_libvirt(conn, uuid):
 @pytest.mark.parametrize("change, state", [(_destroy_in_libvirt, "Halted"), (_pause_in_libvirt, "Paused")],
                          ids=["destroyed", "paused"])
 def test_event_from_sees_a_vm_changed_in_libvirt_behind_the_servers_back(running, xapi, change, state):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     token = xapi.xenapi.event_from(["vm"], "", 0.0)["token"]
     # the server's own libvirt connection, used directly: no API call, no reconciler.refresh
     conn = running.server.hosts.connection(running.server.master_ref)
@@ -455,7 +450,7 @@ def test_event_from_sees_a_vm_changed_in_libvirt_behind_the_servers_back(running
 
 
 def test_event_from_reports_an_async_tasks_add_its_success_and_its_destroy(xapi):
-    vm = guest(xapi, "Halted")
+    vm = guest_vm(xapi, "Halted")
     token = xapi.xenapi.event_from(["task"], "", 0.0)["token"]
     task = xapi.xenapi.Async.VM.start(vm, False, False)
 
@@ -482,7 +477,7 @@ def test_event_inject_token_makes_event_from_return_the_injected_event_at_once(x
 
 
 def test_event_register_then_next_returns_the_vm_changes(xapi):
-    vm = guest(xapi, "Running")
+    vm = guest_vm(xapi, "Running")
     xapi.xenapi.event.register(["vm"])
     xapi.xenapi.VM.pause(vm)
 
