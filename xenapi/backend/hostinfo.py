@@ -14,12 +14,12 @@ import shutil
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
-from typing import Callable, TypeVar
 
 import libvirt
 from defusedxml.ElementTree import fromstring as parse_untrusted
 
 from xenapi.backend import machine
+from xenapi.backend.libvirt_errors import optional
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +31,6 @@ CPUID_VENDORS = {"Intel": "GenuineIntel", "AMD": "AuthenticAMD", "Hygon": "Hygon
 _XENAPI_OS_TYPE = {"hvm": "hvm-3.0", "xen": "xen-3.0", "xenpvh": "pvh-3.0", "exe": "exe"}
 _X86_32 = {"i686", "i386"}
 _SIZE_UNITS = {"b": 1, "bytes": 1, "KiB": KIB, "k": KIB, "MiB": MIB, "M": MIB, "GiB": MIB * KIB, "G": MIB * KIB}
-
-T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -234,14 +232,6 @@ def nic_speeds(conn: libvirt.virConnect, this_machine: bool) -> dict[str, int | 
 
 
 # ---- helpers --------------------------------------------------------------------------------
-
-def optional(call: Callable[[], T], *, default: T) -> T:
-    try:
-        return call()
-    except libvirt.libvirtError as e:
-        log.debug("event=host_fact_unavailable code=%s message=%s", e.get_error_code(), e.get_error_message())
-        return default
-
 
 def _text(root: ET.Element, path: str) -> str:
     element = root.find(path)

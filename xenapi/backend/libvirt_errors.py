@@ -7,9 +7,13 @@ the driver accepts (``with_optional_flags``); a listing that races an undefine s
 """
 from __future__ import annotations
 
+import logging
+
 from typing import Callable, TypeVar
 
 import libvirt
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -56,6 +60,18 @@ def is_connection_failure(conn: libvirt.virConnect, error: libvirt.libvirtError)
         return not conn.isAlive() or conn.getLibVersion() <= 0
     except libvirt.libvirtError:
         return True
+
+
+def optional(call: Callable[[], T], *, default: T, conn: libvirt.virConnect | None = None) -> T:
+    """``call()``, or ``default`` where the driver cannot answer it.  Given ``conn``, a failure of
+    the connection itself still raises (a dead link is not a missing figure)."""
+    try:
+        return call()
+    except libvirt.libvirtError as e:
+        if conn is not None and is_connection_failure(conn, e):
+            raise
+        log.debug("event=libvirt_figure_unavailable code=%s message=%s", e.get_error_code(), e.get_error_message())
+        return default
 
 
 def error_message(error: Exception) -> str:

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 import libvirt
 
 from xenapi.backend.connection import HostConnection
-from xenapi.backend.hostinfo import optional
-from xenapi.backend.libvirt_errors import is_unsupported, with_optional_flags
+from xenapi.backend.libvirt_errors import is_unsupported, optional, with_optional_flags
 
 KIB = 1024
 # Utilisation is rounded to 0.1 %, so jitter below that changes no record and makes no event.
@@ -67,7 +66,7 @@ def read(host: HostConnection, cpus: int) -> HostSample:
     def sample(conn: libvirt.virConnect) -> HostSample:
         taken = time.monotonic_ns()
         domains = {dom.UUIDString(): parse_domain(raw) for dom, raw in _domain_stats(conn)}
-        return HostSample(taken, domains, optional(conn.getFreeMemory, default=0), _cpu_times(conn, cpus))
+        return HostSample(taken, domains, optional(conn.getFreeMemory, default=0, conn=conn), _cpu_times(conn, cpus))
     return host.read("metrics", sample)
 
 
@@ -122,7 +121,7 @@ def _domain_stats(conn: libvirt.virConnect) -> list:
 def _cpu_times(conn: libvirt.virConnect, cpus: int) -> dict[int, CpuTimes]:
     times = {}
     for n in range(cpus):
-        raw = optional(lambda: conn.getCPUStats(n), default={})
+        raw = optional(lambda: conn.getCPUStats(n), default={}, conn=conn)
         if "idle" not in raw:
             if n == 0:
                 return {}                          # the driver keeps no per-CPU times
