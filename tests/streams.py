@@ -18,6 +18,19 @@ from xenapi.api import Api
 from xenapi.transport.http import HTTPServer
 
 XENAPI = str(Path(sys.executable).parent / "xenapi")     # the installed console script, as sshd runs it
+
+
+def xenapi_cli(state: str, *args: str, data: str = "") -> subprocess.CompletedProcess:
+    """The real `xenapi` command on a state directory (as an administrator runs it, server up or not)."""
+    return subprocess.run([XENAPI, *args, "--state", state], input=data, capture_output=True, text=True,
+                          timeout=60)
+
+
+def xenapi_ok(state: str, *args: str, data: str = "") -> str:
+    """``xenapi_cli`` that must succeed; its stdout."""
+    result = xenapi_cli(state, *args, data=data)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 END = b"</methodResponse>"
 
 

@@ -17,7 +17,7 @@ import sqlite_utils
 
 from auth.audit import AuditLog
 from tests.conftest import ADMIN_PASSWORD, fails, guest_vm, start_server, stop_server
-from tests.streams import XENAPI, call, guest, responses, value
+from tests.streams import XENAPI, xenapi_ok, call, guest, responses, value
 from xenapi.api import Api
 from xenapi.store import derived_ref, derived_uuid
 from xenapi.transport.http import HTTPServer
@@ -226,17 +226,11 @@ def test_user_and_key_changes_from_the_command_line_are_written_via_cli(served, 
     key = tmp_path / "k"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
 
-    def cli(*args: str, data: str = "") -> str:
-        result = subprocess.run([XENAPI, "user", *args, "--state", state], input=data, capture_output=True,
-                                text=True, timeout=60)
-        assert result.returncode == 0, result.stderr
-        return result.stdout
-
     start = max([r["id"] for r in served.server.audit.after(0, 10000)], default=0)
-    cli("add", "carol", "--role", "read-only", "--password-stdin", data="pw\n")
-    fingerprint = cli("key", "add", "carol", f"{key}.pub").split()[1]
-    cli("key", "del", "carol", fingerprint)
-    cli("del", "carol")
+    xenapi_ok(state, "user", "add", "carol", "--role", "read-only", "--password-stdin", data="pw\n")
+    fingerprint = xenapi_ok(state, "user", "key", "add", "carol", f"{key}.pub").split()[1]
+    xenapi_ok(state, "user", "key", "del", "carol", fingerprint)
+    xenapi_ok(state, "user", "del", "carol")
     assert subprocess.run([XENAPI, "user", "del", "carol", "--state", state], capture_output=True).returncode == 1
     rows = served.server.audit.after(start, 10000)
     account = pwd.getpwuid(os.getuid()).pw_name

@@ -15,7 +15,7 @@ import pytest
 
 from tests.ports import free_port, wait_for_port
 from tests.ssh_support import forced, ssh
-from tests.streams import XENAPI, call, error, guest, responses, serve_with_socket, stop_served, value
+from tests.streams import XENAPI, xenapi_cli, call, error, guest, responses, serve_with_socket, stop_served, value
 from xenapi.transport.ssh import SSHServer, host_key
 
 # ------------------------------------------------------------------------------------- OpenSSH
@@ -87,18 +87,12 @@ def builtin(served, tmp_path):
     server.shutdown()
 
 
-def cli(served, *args: str, data: str = "") -> subprocess.CompletedProcess:
-    """The real `xenapi` command on the running server's database (as an administrator runs it)."""
-    return subprocess.run([XENAPI, *args, "--state", served.server.config.state], input=data, capture_output=True,
-                          text=True, timeout=60)
-
-
 def test_builtin_a_registered_key_gets_in_as_its_user(builtin, served, keys):
-    added = cli(served, "user", "key", "add", "alice", str(keys["alice"][0]) + ".pub")
+    added = xenapi_cli(served.server.config.state, "user", "key", "add", "alice", str(keys["alice"][0]) + ".pub")
     assert added.returncode == 0, added.stderr
     fingerprint = added.stdout.split()[1]
     assert fingerprint.startswith("SHA256:")
-    assert cli(served, "user", "key", "list", "alice").stdout == f"{fingerprint}\tssh-ed25519\talice@test\n"
+    assert xenapi_cli(served.server.config.state, "user", "key", "list", "alice").stdout == f"{fingerprint}\tssh-ed25519\talice@test\n"
     vm = guest(served)
     data = call("session.login_with_password", "alice", "x") + call("VM.start", "", vm, False, False)
     for command in (["xenapi"], ["xenapi", "stdio"], ["/usr/local/bin/xenapi", "stdio"], []):
@@ -141,7 +135,7 @@ def test_builtin_unknown_revoked_and_other_users_keys_are_refused(builtin, serve
     no_user = ssh(port, keys["alice"][0], "mallory", "xenapi", data=data)
     assert no_user.returncode == 255
     fingerprint = served.server.keys.of("alice")[0].fingerprint
-    revoked = cli(served, "user", "key", "del", "alice", fingerprint)                  # from the command line
+    revoked = xenapi_cli(served.server.config.state, "user", "key", "del", "alice", fingerprint)                  # from the command line
     assert revoked.returncode == 0, revoked.stderr
     after = ssh(port, keys["alice"][0], "alice", "xenapi", data=data)
     assert after.returncode == 255 and after.stdout == b""
@@ -149,10 +143,10 @@ def test_builtin_unknown_revoked_and_other_users_keys_are_refused(builtin, serve
 
 def test_builtin_deleting_a_user_removes_her_keys(builtin, served, keys):
     served.server.keys.add("bob", keys["bob"][1])
-    assert cli(served, "user", "del", "bob").returncode == 0
-    assert cli(served, "user", "key", "list", "bob").stdout == ""
+    assert xenapi_cli(served.server.config.state, "user", "del", "bob").returncode == 0
+    assert xenapi_cli(served.server.config.state, "user", "key", "list", "bob").stdout == ""
     assert ssh(builtin.address[1], keys["bob"][0], "bob", "xenapi", data=call("VM.get_all", "")).returncode == 255
-    again = cli(served, "user", "add", "bob", "--role", "pool-admin", "--password-stdin", data="pw\n")
+    again = xenapi_cli(served.server.config.state, "user", "add", "bob", "--role", "pool-admin", "--password-stdin", data="pw\n")
     assert again.returncode == 0     # a new bob does not inherit the old bob's key
     assert ssh(builtin.address[1], keys["bob"][0], "bob", "xenapi", data=call("VM.get_all", "")).returncode == 255
 
@@ -244,17 +238,17 @@ def test_builtin_host_key_is_made_once_private_and_reused(tmp_path):
 def test_bad_public_key_files_are_refused_by_the_cli(served, tmp_path):
     bad = tmp_path / "bad.pub"
     bad.write_text("ssh-ed25519 not-base64!\n")
-    result = cli(served, "user", "key", "add", "alice", str(bad))
+    result = xenapi_cli(served.server.config.state, "user", "key", "add", "alice", str(bad))
     assert result.returncode == 1 and "not valid base64" in result.stderr
     bad.write_text("ssh-rsa AAAAC3NzaC1lZDI1NTE5AAAAIHg1\n")        # an ed25519 blob labelled ssh-rsa
-    assert "not a ssh-rsa key" in cli(served, "user", "key", "add", "alice", str(bad)).stderr
+    assert "not a ssh-rsa key" in xenapi_cli(served.server.config.state, "user", "key", "add", "alice", str(bad)).stderr
     good = (tmp_path / "alice.pub")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp_path / "alice")], check=True)
     kind, blob, _ = good.read_text().split()
     bad.write_text(f"{kind} {base64.b64encode(base64.b64decode(blob)[:-5]).decode()}\n")      # truncated
-    assert "not a ssh-ed25519 key" in cli(served, "user", "key", "add", "alice", str(bad)).stderr
+    assert "not a ssh-ed25519 key" in xenapi_cli(served.server.config.state, "user", "key", "add", "alice", str(bad)).stderr
     assert served.server.keys.of("alice") == []
-    assert "no user 'nobody'" in cli(served, "user", "key", "add", "nobody", "-",
+    assert "no user 'nobody'" in xenapi_cli(served.server.config.state, "user", "key", "add", "nobody", "-",
                                      data="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHg1x9c4bVo3rDLu3vXG0ucJmHmbSx4UyU1LaRmvJbAl\n").stderr
 
 

@@ -2,21 +2,14 @@
 session: over HTTP, on a stream, after a restart, and when a new user of the same name is added."""
 from __future__ import annotations
 
-import subprocess
 import time
 import xmlrpc.client
 
 from tests.conftest import start_server, stop_server
-from tests.streams import XENAPI, call, error, value
+from tests.streams import call, error, value, xenapi_ok
 from xenapi.sessions import USERS_CHECK_EVERY
 
 BOUND = USERS_CHECK_EVERY + 4.0      # the server looks once a second; the rest is slack for a slow machine
-
-
-def cli(state: str, *args: str, data: str = "") -> None:
-    result = subprocess.run([XENAPI, "user", *args, "--state", state], input=data, capture_output=True, text=True,
-                            timeout=60)
-    assert result.returncode == 0, result.stderr
 
 
 def refused_within_bound(proxy, session: str) -> list[str]:
@@ -39,7 +32,7 @@ def test_deleting_a_user_ends_her_sessions_over_http_and_on_streams(served):
     streams_session = value(stream.ask(call("session.login_with_password", "alice", "")))
     assert value(stream.ask(call("VM.get_all", "")))
 
-    cli(served.server.config.state, "del", "alice")
+    xenapi_ok(served.server.config.state, "user", "del", "alice")
 
     assert refused_within_bound(proxy, alice) == ["SESSION_INVALID", alice]
     assert error(stream.ask(call("VM.get_all", ""))) == ["SESSION_INVALID", streams_session]
@@ -56,8 +49,8 @@ def test_a_user_removed_and_added_again_is_another_user(served):
     proxy = xmlrpc.client.ServerProxy(served.running.url)
     old = proxy.session.login_with_password("alice", "alice-pw")["Value"]
     state = served.server.config.state
-    cli(state, "del", "alice")
-    cli(state, "add", "alice", "--role", "pool-admin", "--password-stdin", data="new-pw\n")
+    xenapi_ok(state, "user", "del", "alice")
+    xenapi_ok(state, "user", "add", "alice", "--role", "pool-admin", "--password-stdin", data="new-pw\n")
     assert refused_within_bound(proxy, old) == ["SESSION_INVALID", old]
     new = proxy.session.login_with_password("alice", "new-pw")["Value"]
     assert proxy.VM.get_all(new)["Status"] == "Success"
@@ -72,7 +65,7 @@ def test_a_restart_does_not_revive_the_sessions_of_a_user_removed_meanwhile(tmp_
     bob = proxy.session.login_with_password("bob", "pw")["Value"]
     state = first.server.config.state
     stop_server(first)
-    cli(state, "del", "alice")
+    xenapi_ok(state, "user", "del", "alice")
     again = start_server(tmp_path, uris=[first.uri])
     try:
         proxy = xmlrpc.client.ServerProxy(again.url)
