@@ -24,6 +24,9 @@ _ALL = [
     enum("host_display", "enabled disable_on_reboot disabled enable_on_reboot"),
     enum("host_sched_gran", "core cpu socket"),
     enum("latest_synced_updates_applied_state", "yes no unknown"),
+    enum("host_numa_affinity_policy", "any best_effort default_policy"),
+    enum("host_ntp_mode", "DHCP Custom Factory Disabled"),
+    enum("vm_secureboot_certificates_state", "ok update_available update_on_boot"),
     enum("pool_allowed_operations", "ha_enable ha_disable cluster_create designate_new_master configure_repositories "
          "sync_updates get_updates apply_updates tls_verification_enable cert_refresh exchange_certificates_on_join "
          "exchange_ca_certificates_on_join copy_primary_host_certs eject"),

@@ -2,13 +2,15 @@
 from classes.enums import ENUMS
 from xenapi import errors as E
 from xenapi.model import types as T
-from xenapi.model.declare import declare_class, fields, message, param
+from xenapi.model.declare import Field, declare_class, fields, message, param
 
 _CLASSES = param(T.Set(T.String), "classes", "the classes to watch: '*', a class name, or 'class/ref'")
 
 event = declare_class(
     "event", "Asynchronous event registration and handling.",
-    fields("id:i timestamp:dt class:s operation:s ref:s ~obj_uuid:s", ENUMS),
+    [*fields("id:i timestamp:dt class:s operation:s ref:s ~obj_uuid:s", ENUMS),
+     # xapi's event record has one more field, outside its IDL (its docs are written by hand)
+     Field("snapshot", T.Any_, doc="the record of the object after the change; absent for `del` in event.from")],
     [
         message("register", "Registers this session with the event system for a set of given classes (deprecated: use event.from).",
                 params=[_CLASSES], impl=lambda ctx, classes: ctx.server.events.register(ctx, classes),

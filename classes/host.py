@@ -74,12 +74,19 @@ host = declare_class(
               control_domain:@VM updates_requiring_reboot:@pool_update[] features:@Feature[] iscsi_iqn^:s
               multipathing^:b uefi_certificates:s certificates:@Certificate[] editions:s[]
               pending_guidances:update_guidances[] tls_verification_enabled:b last_software_update:dt
-              https_only:b latest_synced_updates_applied:latest_synced_updates_applied_state nic_speeds:s2s""", ENUMS,
+              https_only:b latest_synced_updates_applied:latest_synced_updates_applied_state
+              ?numa_affinity_policy:host_numa_affinity_policy ?pending_guidances_recommended:update_guidances[]
+              ?pending_guidances_full:update_guidances[] ?last_update_hash:s ?ssh_enabled:b ?ssh_enabled_timeout:i
+              ?ssh_expiry:dt ?console_idle_timeout:i ?ssh_auto_mode:b ?max_cstate:s ?secure_boot:b
+              ?ntp_mode:host_ntp_mode ?ntp_custom_servers:s[] ?timezone:s nic_speeds:s2s""", ENUMS,
            defaults={"API_version_major": API_VERSION_MAJOR, "API_version_minor": API_VERSION_MINOR,
                      "API_version_vendor": "xenapi", "enabled": True, "edition": "xenapi", "editions": ["xenapi"],
                      "display": "enabled", "sched_policy": "credit", "power_on_mode": "",
                      "virtual_hardware_platform_versions": [0], "latest_synced_updates_applied": "unknown",
-                     "license_server": {"address": "localhost", "port": "27000"}}, docs=_DOCS),
+                     "license_server": {"address": "localhost", "port": "27000"},
+                     # xapi's defaults (ocaml/xapi-consts/constants.ml), as a freshly installed host has them
+                     "numa_affinity_policy": "default_policy", "ssh_enabled": True, "ntp_mode": "Factory",
+                     "timezone": "UTC"}, docs=_DOCS),
     [
         message("compute_free_memory", "Computes the amount of free memory on the host, in bytes (libvirt's getFreeMemory, read now).",
                 params=[_HOST], result=T.Int, impl=compute_free_memory, changes_nothing=True),

@@ -22,15 +22,23 @@ pool = declare_class(
               restrictions:s2s metadata_VDIs:@VDI[] ha_cluster_stack:s
               allowed_operations:pool_allowed_operations[] current_operations:{s:pool_allowed_operations}
               guest_agent_config:s2s cpu_info:s2s policy_no_vendor_device*:b live_patching_disabled*:b
-              igmp_snooping_enabled:b uefi_certificates:s is_psr_pending:b tls_verification_enabled:b
+              igmp_snooping_enabled:b uefi_certificates:s ?custom_uefi_certificates^:s is_psr_pending:b
+              tls_verification_enabled:b
               repositories:@Repository[] client_certificate_auth_enabled:b client_certificate_auth_name:s
               repository_proxy_url:s repository_proxy_username:s repository_proxy_password:@secret
-              migration_compression*:b coordinator_bias*:b telemetry_uuid:@secret
+              migration_compression*:b coordinator_bias*:b ?local_auth_max_threads^:i ?ext_auth_max_threads^:i
+              ?ext_auth_cache_enabled:b ?ext_auth_cache_size:i ?ext_auth_cache_expiry:i telemetry_uuid:@secret
               telemetry_frequency:telemetry_frequency telemetry_next_collection:dt last_update_sync:dt
               update_sync_frequency:update_sync_frequency update_sync_day:i update_sync_enabled:b
+              ?recommendations:s2s ?license_server*:s2s ?ha_reboot_vm_on_internal_shutdown*:b
+              ?limit_console_sessions*:b ?vm_console_idle_timeout*:i ?auto_update_vm_secureboot_certificates*:b
               suggested_profiles*:s[]""", ENUMS,
            defaults={"suggested_profiles": SUGGESTED_PROFILES, "ha_cluster_stack": "xhad",
-                     "telemetry_frequency": "weekly", "update_sync_frequency": "weekly", "coordinator_bias": True},
+                     "telemetry_frequency": "weekly", "update_sync_frequency": "weekly", "coordinator_bias": True,
+                     # xapi's defaults (datamodel_pool.ml)
+                     "local_auth_max_threads": 8, "ext_auth_max_threads": 1, "ext_auth_cache_enabled": True,
+                     "ext_auth_cache_size": 50, "ext_auth_cache_expiry": 300,
+                     "ha_reboot_vm_on_internal_shutdown": True},
            docs={"suggested_profiles": "VM profiles offered to administrators (the Xen-API draft's profiles); any string may be used on a VM."}),
     [
         message("get_license_state", "This call returns the license state for the pool.",

@@ -37,7 +37,9 @@ VM_FIELDS = fields("""
     is_vmss_snapshot^:b appliance^:@VM_appliance start_delay^:i shutdown_delay^:i order^:i VGPUs:@VGPU[]
     attached_PCIs:@PCI[] suspend_SR*:@SR version^:i generation_id^:s hardware_platform_version*:i
     has_vendor_device^:b requires_reboot:b reference_label^:s domain_type^:domain_type NVRAM^:s2s
-    pending_guidances:update_guidances[] profiles*:s[]
+    pending_guidances:update_guidances[] ?pending_guidances_recommended:update_guidances[]
+    ?pending_guidances_full:update_guidances[] ?secureboot_certificates_state:vm_secureboot_certificates_state
+    profiles*:s[]
 """, ENUMS,
     defaults={"power_state": "Halted", "domid": -1, "HVM_shadow_multiplier": 1.0, "domain_type": "unspecified",
               "actions_after_shutdown": "destroy", "actions_after_reboot": "restart",
@@ -48,7 +50,7 @@ VM_FIELDS = fields("""
               "HVM_boot_params": {}, "HVM_boot_policy": "", "PV_bootloader": "", "PV_kernel": "",
               "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "",
               "platform": {}, "PCI_bus": "", "other_config": {}, "recommendations": "", "VCPUs_params": {},
-              "is_a_template": False, "affinity": T.NULL_REF},
+              "is_a_template": False, "affinity": T.NULL_REF, "secureboot_certificates_state": "ok"},
     docs={"profiles": "The VM's profiles (from the Xen-API draft): any strings, e.g. those the pool suggests.",
           "resident_on": "the host the VM runs on (OpaqueRef:NULL when halted)"},
     writers={"tags": VM_OP, "profiles": VM_ADMIN, "affinity": VM_POWER_ADMIN},
