@@ -13,7 +13,6 @@ import threading
 import time
 from dataclasses import dataclass
 
-import paramiko
 import sqlite_utils
 
 # OpenSSH public key types a key may have (the built-in server's paramiko verifies these).
@@ -71,6 +70,7 @@ def parse(text: str) -> list[tuple[str, bytes, str]]:
 def _loads(kind: str, blob: bytes) -> bool:
     """Whether paramiko (which verifies the signatures at login) reads the key material back
     unchanged: it pads a truncated key instead of refusing it."""
+    import paramiko                       # here, not at import: it costs start-up a tenth of a second
     try:
         return paramiko.PKey.from_type_string(kind, blob).asbytes() == blob
     except Exception:                     # paramiko raises a variety (SSHException, ValueError, ...)

@@ -7,6 +7,7 @@ through the API (``user.set_groups``); they exist only as far as users and grant
 """
 from __future__ import annotations
 
+import functools
 import json
 import secrets
 import threading
@@ -119,7 +120,7 @@ class Users:
         with self._lock:
             rows = list(self._db.query("SELECT password FROM users WHERE name = ?", [name]))
         if not rows:
-            verify_password(password, _DUMMY)    # same cost whether or not the user exists
+            verify_password(password, _dummy())  # same cost whether or not the user exists
             return None
         return self.get(name) if verify_password(password, rows[0]["password"]) else None
 
@@ -134,4 +135,7 @@ class Users:
         return generated
 
 
-_DUMMY = hash_password("not a real password")
+@functools.cache
+def _dummy() -> str:
+    """A hash to check unknown names against; made at the first need, not at import (start-up)."""
+    return hash_password("not a real password")

@@ -16,18 +16,22 @@ PASSWORD = "bench-pw"
 
 
 class XenapiServer:
-    """``xenapi serve`` in a subprocess, on a libvirt test-driver host with the given node XML."""
+    """``xenapi serve`` in a subprocess, on libvirt test-driver hosts, one per node XML given."""
 
-    def __init__(self, node_xml: str):
+    def __init__(self, node_xml: str | list[str], *, wait: bool = True):
         self.dir = Path(tempfile.mkdtemp(prefix="xenapi-bench-"))
-        (self.dir / "node.xml").write_text(node_xml)
+        hosts = []
+        for n, xml in enumerate([node_xml] if isinstance(node_xml, str) else node_xml):
+            (self.dir / f"node{n}.xml").write_text(xml)
+            hosts += ["--libvirt", f"test://{self.dir / f'node{n}.xml'}"]
         self.port = free_port()
         env = {**os.environ, "XENAPI_ADMIN_PASSWORD": PASSWORD}
         self.process = subprocess.Popen(
             [str(ROOT / ".venv/bin/xenapi"), "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--state", str(self.dir / "state"), "--libvirt", f"test://{self.dir / 'node.xml'}"],
+             "--state", str(self.dir / "state"), *hosts],
             env=env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"))
-        wait_for_port(self.port, 120, proc=self.process, log=self.dir / "server.log")
+        if wait:
+            wait_for_port(self.port, 120, proc=self.process, log=self.dir / "server.log")
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:

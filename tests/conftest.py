@@ -65,6 +65,7 @@ def start_server(tmp_path: Path, *, domains: int = 2, running: int = 1, uris: li
     node = tmp_path / f"node-{next(_serial)}.xml"
     node.write_text(node_xml(domains, running))
     uri = f"test://{node}"
+    settings.setdefault("libvirt_sync_wait", 60)        # tests start on a listed pool
     config = Config(listen="127.0.0.1:0", state=str(tmp_path / "state"), libvirt_uris=uris or [uri], **settings)
     server = Server(config)
     server.users.ensure_admin(ADMIN_PASSWORD)

@@ -19,6 +19,7 @@ class Config:
     domain_type: str = "auto"
     xen_boot: str = "pv"
     libvirt_open_timeout: float = 10.0
+    libvirt_sync_wait: float = 0.2
     libvirt_keepalive_interval: int = 5
     libvirt_keepalive_count: int = 3
     idle_timeout: float = 86400.0
@@ -74,7 +75,7 @@ _KEYS = {
     ("server", "max_body_bytes"): "max_body_bytes", ("server", "max_connections"): "max_connections",
     ("libvirt", "uri"): "libvirt_uris", ("libvirt", "domain_type"): "domain_type", ("libvirt", "xen_boot"): "xen_boot",
     ("libvirt", "open_timeout"): "libvirt_open_timeout", ("libvirt", "keepalive_interval"): "libvirt_keepalive_interval",
-    ("libvirt", "keepalive_count"): "libvirt_keepalive_count",
+    ("libvirt", "keepalive_count"): "libvirt_keepalive_count", ("libvirt", "sync_wait"): "libvirt_sync_wait",
     ("sessions", "idle_timeout"): "idle_timeout", ("sessions", "max_per_user"): "max_per_user",
     ("logins", "failures_per_user"): "login_failures_per_user",
     ("logins", "failures_per_source"): "login_failures_per_source",

@@ -5,9 +5,15 @@ libvirt callbacks only enqueue (host, domain uuid, kind); the ``reconciler`` thr
 domain and applies the difference.  A relist (at start, on reconnect) reads every domain of a host
 and removes what vanished while nobody was looking.  API calls re-observe synchronously through
 ``refresh`` so their answer already shows the new state.
+
+A relist of a big host applies its domains in batches and lets other observations in between, so
+hosts relist side by side and a call's refresh never waits out a whole relist.  Every read of a
+domain is numbered; an observation is applied only if no newer read of that domain has been, so a
+relist's older read never overwrites what a call saw later (nor brings back a destroyed VM).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import threading
@@ -30,6 +36,7 @@ FROM_XML = ("name_label", "name_description", "memory_static_max", "memory_dynam
             "actions_after_crash", "PV_bootloader", "PV_bootloader_args", "PV_kernel", "PV_ramdisk", "PV_args",
             "HVM_boot_policy", "HVM_boot_params", "platform", "domain_type")
 _RUNS = ("Running", "Paused")
+RELIST_BATCH = 250       # domains applied per store write during a relist
 
 
 def vm_ref(uuid: str) -> str:
@@ -47,7 +54,11 @@ class Reconciler:
         self.homes: dict[str, str] = {}          # VM ref -> host ref whose libvirt defines it
         self._expected: dict[str, dict] = {}     # domain uuid -> fields a create/clone is about to define
         self._queue: queue.Queue = queue.Queue()
-        self._lock = threading.RLock()           # one observation of a domain at a time
+        self._lock = threading.RLock()           # one observation applied at a time
+        self._reads = itertools.count(1)         # numbers every read of libvirt's state
+        self._read_at: dict[str, int] = {}       # domain uuid -> number of the read last applied (or forgotten)
+        self._relists = 0                        # relists in progress (tombstones in _read_at matter then)
+        self._resident: dict[str, set[str]] = {} # host ref -> refs of the VMs running there
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._stopping = False
         self._unclaimed: set[str] = set()
@@ -76,9 +87,7 @@ class Reconciler:
                 host = self.server.hosts.ref_of(uri)
                 if kind == "live":
                     self.server.hosts.set_live(host, True)
-                    self.relist(host)
-                    if self._unclaimed and self.server.hosts.all_live():
-                        self.drop_unclaimed()
+                    self.server.hosts.sync(host)
                 elif kind == "dead":
                     self.server.hosts.set_live(host, False)
                 else:
@@ -112,19 +121,34 @@ class Reconciler:
 
     def relist(self, host: str) -> None:
         conn = self.server.hosts.connection(host)
-        with self._lock:            # as in refresh: an API call's newer observation must not be overwritten
+        with self._lock:
+            self._relists += 1
+            read = next(self._reads)
+        try:
             seen = {state.uuid: state for state in conn.list_domains()}
-            for state in seen.values():
-                self._observe(host, state)
-            for ref, home in list(self.homes.items()):
-                rec = self.store.find("VM", ref)
-                if home == host and rec is not None and rec["uuid"] not in seen:
-                    self._forget(ref)
+            states = list(seen.values())
+            for start in range(0, len(states), RELIST_BATCH):
+                with self._lock:
+                    self._observe_batch(host, states[start:start + RELIST_BATCH], read)
+            with self._lock:
+                for ref, home in list(self.homes.items()):
+                    rec = self.store.find("VM", ref)
+                    if home == host and rec is not None and rec["uuid"] not in seen \
+                            and self._read_at.get(rec["uuid"], 0) < read:
+                        self._forget(ref)
+                self._resident.setdefault(host, set())
+                self.store.apply(self._resident_ops({host}))     # also clears a list persisted stale
+        finally:
+            with self._lock:
+                self._relists -= 1
+                if not self._relists:     # no older read is in flight: tombstones can go
+                    self._read_at = {u: n for u, n in self._read_at.items() if vm_ref(u) in self.homes}
         log.info("event=relist host=%s domains=%d", host, len(seen))
 
     def refresh(self, host: str, uuid: str) -> None:
         conn = self.server.hosts.connection(host)
         with self._lock:            # read and apply together: a slower, older read must not land last
+            read = next(self._reads)
             try:
                 state = conn.domain_state(uuid)
             except XenAPIError as e:
@@ -134,7 +158,7 @@ class Reconciler:
             if state is None:
                 self._forget(vm_ref(uuid))
             else:
-                self._observe(host, state)
+                self._observe_batch(host, [state], read)
 
     def _rebooted(self, uuid: str) -> None:
         """libvirt resets a rebooting guest in place (same process, same domid); xapi builds a new
@@ -152,30 +176,33 @@ class Reconciler:
         rec = self.store.find("VM", ref)
         if rec is None:
             return
+        self._read_at[rec["uuid"]] = next(self._reads)     # an older read in flight must not bring it back
         ops = [delete("VM", ref), delete("VM_metrics", rec["metrics"])]
         ops += [delete("console", c) for c in rec["consoles"]]
+        self.homes.pop(ref, home)
+        ops += self._resident_ops(self._place(ref, None))
         self.store.apply(ops)
-        host = self.homes.pop(ref, home)
-        if host and rec["resident_on"] != NULL_REF:
-            self._update_resident(host)
 
-    def _observe(self, host: str, state) -> None:
-        try:
-            parsed = domxml.parse(state.xml)
-        except domxml.DomainXMLError as e:
-            log.warning("event=unparsable-domain uuid=%s error=%s", state.uuid, e)
-            return
-        ref = vm_ref(state.uuid)
+    def _observe_batch(self, host: str, states, read: int) -> None:
+        """Apply the observations newer than what was applied of each domain, in one store write."""
+        ops, moved = [], set()
         with lifecycle.guard():     # allowed_operations must see the current_operations of this instant
-            current = self.store.find("VM", ref)
-            self._apply_observation(host, ref, state, parsed, current)
-        running = state.power_state in _RUNS
-        self.homes[ref] = host
-        was_resident = current is not None and current["resident_on"] != NULL_REF
-        if was_resident != running:
-            self._update_resident(host)
+            for state in states:
+                if self._read_at.get(state.uuid, 0) > read:
+                    continue
+                self._read_at[state.uuid] = read
+                try:
+                    parsed = domxml.parse(state.xml)
+                except domxml.DomainXMLError as e:
+                    log.warning("event=unparsable-domain uuid=%s error=%s", state.uuid, e)
+                    continue
+                ref = vm_ref(state.uuid)
+                ops += self._observation_ops(host, ref, state, parsed, self.store.find("VM", ref))
+                self.homes[ref] = host
+                moved |= self._place(ref, host if state.power_state in _RUNS else None)
+            self.store.apply(ops + self._resident_ops(moved))
 
-    def _apply_observation(self, host, ref, state, parsed, current) -> None:
+    def _observation_ops(self, host, ref, state, parsed, current) -> list:
         running = state.power_state in _RUNS
         derived = {k: parsed[k] for k in FROM_XML}
         derived.update(
@@ -196,7 +223,7 @@ class Reconciler:
             ops.append(mod("VM", ref, derived))
         ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current, derived["consoles"])
-        self.store.apply(ops)
+        return ops
 
     def _metrics_ops(self, host, state, parsed, current) -> list:
         """VM_metrics from the definition; only what changed, so an observation that changes no
@@ -243,7 +270,24 @@ class Reconciler:
         ops += [delete("console", ref) for ref in have - set(wanted)]
         return ops
 
-    def _update_resident(self, host: str) -> None:
-        resident = sorted(ref for ref, rec in self.store.records("VM").items()
-                          if rec["resident_on"] == host)
-        self.store.update("host", host, {"resident_VMs": resident})
+    def _place(self, ref: str, host: str | None) -> set[str]:
+        """Record where a VM runs (None: nowhere); the hosts whose resident_VMs change."""
+        moved = set()
+        for other, refs in self._resident.items():
+            if ref in refs and other != host:
+                refs.discard(ref)
+                moved.add(other)
+        if host is not None and ref not in self._resident.setdefault(host, set()):
+            self._resident[host].add(ref)
+            moved.add(host)
+        return moved
+
+    def _resident_ops(self, hosts: set[str]) -> list:
+        """host.resident_VMs of these hosts: the VMs running there and the host's control domain."""
+        ops = []
+        for host in hosts:
+            rec = self.store.find("host", host)
+            if rec is not None:
+                control = {rec["control_domain"]} - {NULL_REF}
+                ops.append(mod("host", host, {"resident_VMs": sorted(self._resident[host] | control)}))
+        return ops

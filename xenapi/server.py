@@ -1,8 +1,10 @@
 """The server: its parts, wired once, started in order, stopped in reverse.
 
-Start-up order matters: persisted objects are loaded, libvirt's event loop runs, every host is
-connected and listed (the first sync), and only then do transports start listening, so no client
-ever sees a half-synced store.
+Start-up order matters: persisted objects are loaded, libvirt's event loop runs, then every host
+is connected and listed side by side.  Start-up waits for that first sync at most
+``[libvirt] sync_wait`` seconds, so a small pool is served complete while a big one (thousands
+of domains) is served at once with what is known: a host still being listed says so in its
+record (``other_config:libvirt_sync``) and its VMs arrive as ordinary events.
 """
 from __future__ import annotations
 
@@ -76,6 +78,8 @@ class Server:
         self.reconciler.claim_loaded()
         self.reconciler.start()
         self.hosts.start()
+        if not self.hosts.wait_settled(self.config.libvirt_sync_wait):
+            log.info("event=serving-before-sync wait=%gs", self.config.libvirt_sync_wait)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
         log.info("event=started hosts=%d objects_loaded=%d vms=%d", len(self.hosts.refs), loaded,
                  self.store.count("VM"))

@@ -207,7 +207,7 @@ def start_xenapi(libvirt_uri, tmp_path):
     started: list[E2EServer] = []
 
     def start(**settings) -> E2EServer:
-        settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30,
+        settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30, "libvirt_sync_wait": 60,
                     "state": str(tmp_path / f"state-{len(started)}"), **settings}
         server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[libvirt_uri], **settings))
         server.users.ensure_admin(ADMIN_PASSWORD)

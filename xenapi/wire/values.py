@@ -50,11 +50,12 @@ class FrozenRecord(dict):
     """A record as the store holds it: never changed once installed (writes build a new one), so
     the codecs may keep its wire form and send it again without re-encoding.  Reads of 1,000
     records then cost a join, not a walk of 90,000 fields."""
-    __slots__ = ("xml",)
+    __slots__ = ("xml", "json")
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.xml: str | None = None            # filled by the XML-RPC codec on first encoding
+        self.json: str | None = None           # ... and by the JSON-RPC codec
 
     def _frozen(self, *args, **kwargs):
         raise TypeError("store records are copy-on-write: build a new dict instead")
