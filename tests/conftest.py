@@ -149,6 +149,21 @@ def vm_record(label: str = "test vm") -> dict:
             "VCPUs_at_startup": 1, "stamp": {"ref": "OpaqueRef:test"}}
 
 
+def vm_create_args(**over) -> dict:
+    """VM.create's record over the wire, as xapi's clients send it: a small HVM guest."""
+    mib = 1024 * 1024
+    rec = {"name_label": "new", "user_version": "1", "is_a_template": False, "affinity": "OpaqueRef:NULL",
+           "memory_static_max": str(256 * mib), "memory_dynamic_max": str(256 * mib),
+           "memory_dynamic_min": str(256 * mib), "memory_static_min": str(256 * mib), "VCPUs_params": {},
+           "VCPUs_max": "2", "VCPUs_at_startup": "1", "actions_after_shutdown": "destroy",
+           "actions_after_reboot": "restart", "actions_after_crash": "destroy", "PV_bootloader": "",
+           "PV_kernel": "", "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "",
+           "HVM_boot_policy": "BIOS order", "HVM_boot_params": {"order": "c"}, "platform": {}, "PCI_bus": "",
+           "other_config": {"owner": "tests"}, "recommendations": ""}
+    rec.update(over)
+    return rec
+
+
 @pytest.fixture
 def quiet(tmp_path):
     """A server whose sampler only runs when a test (or an event) asks."""

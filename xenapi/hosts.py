@@ -15,6 +15,7 @@ from xenapi import host_facts
 from xenapi.backend import hostinfo, machine
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
+from xenapi.embedded import EMBEDDED_URI, KeptDomains
 from xenapi.errors import XenAPIError
 from xenapi.sampler import Sampler
 from xenapi.store import add, derived_ref, derived_uuid, mod
@@ -40,6 +41,7 @@ class Hosts:
         self._facts: dict[str, HostFacts] = {}
         self.sampler = Sampler(self, server.config.metrics_interval)
         self._settled: dict[str, threading.Event] = {}   # host -> first connect tried, and listed if it answered
+        self._kept: dict[str, KeptDomains] = {}          # the embedded default's host -> its kept domains
         for uri in dict.fromkeys(map(_resolved, uris)):
             ref = derived_ref("host", uri)
             self.refs.append(ref)
@@ -47,6 +49,8 @@ class Hosts:
             self._conns[ref] = HostConnection(
                 uri, self._domain_event, server.reconciler.on_liveness, open_timeout=server.config.libvirt_open_timeout,
                 keepalive=(server.config.libvirt_keepalive_interval, server.config.libvirt_keepalive_count))
+            if uri == EMBEDDED_URI:
+                self._kept[ref] = KeptDomains(self._conns[ref], server.store.db, server.store.db_lock)
 
     @property
     def master(self) -> str:
@@ -62,6 +66,10 @@ class Hosts:
         if not conn.live:
             raise XenAPIError(E.HOST_OFFLINE, host)
         return conn
+
+    def kept(self, host: str | None) -> KeptDomains | None:
+        """The kept domains of the embedded default's host (see xenapi/embedded.py), else None."""
+        return self._kept.get(host)
 
     def facts(self, host: str) -> HostFacts:
         return self._facts[host]
@@ -110,6 +118,8 @@ class Hosts:
                 log.warning("event=host-unreachable uri=%s error=%s", conn.uri, e.code)
             if conn.live:
                 self._publish(host)
+                if host in self._kept:
+                    self._kept[host].restore()
                 self.sync(host)
         except Exception:
             log.exception("event=host-up-failed uri=%s", conn.uri)

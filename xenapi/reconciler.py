@@ -179,13 +179,15 @@ class Reconciler:
         self._read_at[rec["uuid"]] = next(self._reads)     # an older read in flight must not bring it back
         ops = [delete("VM", ref), delete("VM_metrics", rec["metrics"])]
         ops += [delete("console", c) for c in rec["consoles"]]
-        self.homes.pop(ref, home)
+        home = self.homes.pop(ref, home)
         ops += self._resident_ops(self._place(ref, None))
         self.store.apply(ops)
+        if kept := self.server.hosts.kept(home):
+            kept.note_gone(rec["uuid"])
 
     def _observe_batch(self, host: str, states, read: int) -> None:
         """Apply the observations newer than what was applied of each domain, in one store write."""
-        ops, moved = [], set()
+        ops, moved, applied = [], set(), []
         with lifecycle.guard():     # allowed_operations must see the current_operations of this instant
             for state in states:
                 if self._read_at.get(state.uuid, 0) > read:
@@ -200,7 +202,10 @@ class Reconciler:
                 ops += self._observation_ops(host, ref, state, parsed, self.store.find("VM", ref))
                 self.homes[ref] = host
                 moved |= self._place(ref, host if state.power_state in _RUNS else None)
+                applied.append(state)
             self.store.apply(ops + self._resident_ops(moved))
+        if kept := self.server.hosts.kept(host):
+            kept.note(applied)
 
     def _observation_ops(self, host, ref, state, parsed, current) -> list:
         running = state.power_state in _RUNS
