@@ -56,29 +56,32 @@ def rss_mb(pid: int) -> float:
 
 
 def start_and_wait(nodes: list[str], guests: int) -> tuple[XenapiServer, float, float]:
+    """Launch, then time the first answer and the moment every host is synced with every guest
+    listed.  One session, polled every 0.1 s with cheap calls, so the measuring costs the server
+    little of the CPU it is listing with."""
     launched = time.perf_counter()
     server = XenapiServer(nodes, wait=False)
     url = f"http://127.0.0.1:{server.port}"
-    first = listed = None
+    session = first = listed = None
     deadline = launched + 300
     while time.perf_counter() < deadline and listed is None:
         if server.process.poll() is not None:
             raise RuntimeError(f"the server exited; see {server.dir / 'server.log'}")
-        try:
-            session = rpc(url, "session.login_with_password", "root", PASSWORD, "2.21", "bench")
-            rpc(url, "pool.get_all", session)
-        except (OSError, RuntimeError):
-            time.sleep(0.01)
+        if session is None:
+            try:
+                session = rpc(url, "session.login_with_password", "root", PASSWORD, "2.21", "bench")
+                rpc(url, "pool.get_all", session)
+                first = time.perf_counter() - launched
+            except (OSError, RuntimeError):
+                session = None
+                time.sleep(0.01)
             continue
-        if first is None:
-            first = time.perf_counter() - launched
         synced = all(h["other_config"].get("libvirt_sync") == "synced"
                      for h in rpc(url, "host.get_all_records", session).values())
         if synced and len(rpc(url, "VM.get_all", session)) >= guests:
             listed = time.perf_counter() - launched
         else:
-            time.sleep(0.05)
-        rpc(url, "session.logout", session)
+            time.sleep(0.1)
     if listed is None:
         raise RuntimeError("not every guest was listed within 300 s")
     server.url = url
