@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import threading
+import time
 from urllib.parse import urlparse
 
 from xenapi import errors as E
@@ -28,6 +29,7 @@ _VIRT_TYPE = {"Xen": "xen", "LXC": "lxc", "TEST": "test"}
 # host.other_config key saying how far the server's view of the host is: connecting (no answer
 # yet), syncing (its domains are being listed; they arrive as events) or synced.
 SYNC_KEY = "libvirt_sync"
+BRING_UP_STOP_WAIT = 2.0 # stopping waits this long for a host still being brought up (then closes it anyway)
 BACKGROUND_NICE = 10     # the host-sync threads' niceness (see _yield_to_requests)
 
 
@@ -41,6 +43,7 @@ class Hosts:
         self._facts: dict[str, HostFacts] = {}
         self.sampler = Sampler(self, server.config.metrics_interval)
         self._settled: dict[str, threading.Event] = {}   # host -> first connect tried, and listed if it answered
+        self._bringing_up: list[threading.Thread] = []
         self._kept: dict[str, KeptDomains] = {}          # the embedded default's host -> its kept domains
         for uri in dict.fromkeys(map(_resolved, uris)):
             ref = derived_ref("host", uri)
@@ -96,7 +99,9 @@ class Hosts:
         keeps being tried in the background (the reconciler lists it when it does)."""
         for n, ref in enumerate(self._conns):
             self._settled[ref] = threading.Event()
-            threading.Thread(target=self._bring_up, args=(ref,), name=f"host-up-{n}", daemon=True).start()
+            thread = threading.Thread(target=self._bring_up, args=(ref,), name=f"host-up-{n}", daemon=True)
+            self._bringing_up.append(thread)
+            thread.start()
         self.sampler.start()
 
     def wait_settled(self, timeout: float) -> bool:
@@ -145,6 +150,9 @@ class Hosts:
 
     def stop(self) -> None:
         self.sampler.stop()
+        deadline = time.monotonic() + BRING_UP_STOP_WAIT
+        for thread in self._bringing_up:       # a relist in progress ends before its connection closes
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
         for conn in self._conns.values():
             conn.close()
 

@@ -128,6 +128,8 @@ class Reconciler:
             seen = {state.uuid: state for state in conn.list_domains()}
             states = list(seen.values())
             for start in range(0, len(states), RELIST_BATCH):
+                if self.server.stopping:                 # the connection is about to close
+                    return
                 with self._lock:
                     self._observe_batch(host, states[start:start + RELIST_BATCH], read)
             with self._lock:

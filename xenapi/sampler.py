@@ -36,6 +36,7 @@ LIVE_KEYS = ("memory_free", "disk_read_bytes", "disk_write_bytes", "net_rx_bytes
 SAMPLED_DEFINITION_FIGURES = {"memory_actual": "memory_actual", "VCPUs_number": "vcpus"}
 # After an event: give the reconciler time to observe the domain first, and take a burst as one.
 SETTLE_SECONDS = 0.5
+STOP_WAIT_SECONDS = 10.0   # a stats read of a wedged host ends within the keep-alive bound anyway
 _QUIET = {E.HOST_OFFLINE, E.HOST_NOT_LIVE}        # a down host: Hosts.set_live reports it already
 
 
@@ -51,15 +52,21 @@ class Sampler:
         self._poked: set[str] = set()
         self._poked_lock = threading.Lock()
         self._poke = threading.Event()
+        self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._failing: dict[str, str] = {}        # host -> the failure already logged
 
     def start(self) -> None:
-        threading.Thread(target=self._run, name="metrics", daemon=True).start()
+        self._thread = threading.Thread(target=self._run, name="metrics", daemon=True)
+        self._thread.start()
 
     def stop(self) -> None:
+        """Stop, and wait for a read in progress: the connections close next, and libvirt must not
+        be closing a connection that a stats read is still using."""
         self._stop.set()
         self._poke.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=STOP_WAIT_SECONDS)
 
     def poke(self, host: str) -> None:
         """Refresh ``host`` soon (called from libvirt's loop thread: note it and return)."""
