@@ -3,17 +3,39 @@ through a real server over HTTP from two source addresses (127.0.0.1 and 127.0.0
 from __future__ import annotations
 
 import http.client
+import threading
+import time
 import xmlrpc.client
+from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
 import XenAPI
 
-from auth.throttle import LoginThrottle
+from auth.throttle import LoginThrottle, Refusal
 from tests.conftest import ADMIN_PASSWORD, start_server, stop_server
 from tests.ssh_support import keypair, ssh
 from tests.streams import call, responses, serve_with_socket, stop_served, value
 from xenapi.transport.ssh import SSHServer, host_key
+
+
+class Attempt:
+    """``throttle.attempt`` on a thread of its own, seen to be waiting before the test goes on."""
+
+    def __init__(self, throttle: LoginThrottle, user: str, source: str):
+        waiting = throttle.waiting
+        self._result = []
+        self._thread = threading.Thread(target=lambda: self._result.append(throttle.attempt(user, source)))
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while throttle.waiting <= waiting and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert throttle.waiting > waiting and not self._result
+
+    def result(self):
+        self._thread.join(timeout=10)
+        assert self._result, "still waiting"
+        return self._result[0]
 
 
 class Clock:
@@ -26,7 +48,7 @@ class Clock:
 
 def fail(throttle: LoginThrottle, user: str, source: str, times: int = 1) -> None:
     for _ in range(times):
-        assert throttle.attempt(user, source) == 0.0
+        assert throttle.attempt(user, source) is None
         throttle.done(user, source, ok=False)
 
 
@@ -44,50 +66,112 @@ def throttle(clock):
 
 def test_a_user_name_is_locked_after_its_limit_until_the_lockout_ends(throttle, clock):
     fail(throttle, "alice", "10.0.0.1", 3)
-    assert throttle.attempt("alice", "10.0.0.2") == 60.0         # from anywhere
+    assert throttle.attempt("alice", "10.0.0.2") == Refusal(60.0)         # from anywhere
     clock.now += 59
-    assert throttle.attempt("alice", "10.0.0.3") == pytest.approx(1.0)
+    assert throttle.attempt("alice", "10.0.0.3").wait == pytest.approx(1.0)
     clock.now += 1
-    assert throttle.attempt("alice", "10.0.0.3") == 0.0
+    assert throttle.attempt("alice", "10.0.0.3") is None
 
 
 def test_a_locked_name_does_not_lock_other_names(throttle):
     fail(throttle, "alice", "10.0.0.1", 3)
-    assert throttle.attempt("bob", "10.0.0.9") == 0.0
+    assert throttle.attempt("bob", "10.0.0.9") is None
 
 
 def test_a_source_is_locked_after_its_limit_whatever_the_names(throttle):
     for name in ("a", "b", "c", "d", "e"):
         fail(throttle, name, "10.0.0.1")
-    assert throttle.attempt("root", "10.0.0.1") == 60.0
-    assert throttle.attempt("root", "10.0.0.2") == 0.0
+    assert throttle.attempt("root", "10.0.0.1") == Refusal(60.0)
+    assert throttle.attempt("root", "10.0.0.2") is None
 
 
 def test_success_clears_the_names_failures_but_not_the_sources(throttle):
     fail(throttle, "alice", "10.0.0.1", 2)
-    assert throttle.attempt("alice", "10.0.0.1") == 0.0
+    assert throttle.attempt("alice", "10.0.0.1") is None
     throttle.done("alice", "10.0.0.1", ok=True)
     fail(throttle, "alice", "10.0.0.1", 2)
-    assert throttle.attempt("alice", "10.0.0.7") == 0.0          # 2 + 2 failures, a success between
+    assert throttle.attempt("alice", "10.0.0.7") is None          # 2 + 2 failures, a success between
     throttle.done("alice", "10.0.0.7", ok=True)
     fail(throttle, "bob", "10.0.0.1", 1)                          # the source's fifth failure
-    assert throttle.attempt("carol", "10.0.0.1") == 60.0
+    assert throttle.attempt("carol", "10.0.0.1") == Refusal(60.0)
 
 
 def test_failures_older_than_the_window_are_forgotten(throttle, clock):
     fail(throttle, "alice", "10.0.0.1", 2)
     clock.now += 301
     fail(throttle, "alice", "10.0.0.1", 2)
-    assert throttle.attempt("alice", "10.0.0.1") == 0.0
+    assert throttle.attempt("alice", "10.0.0.1") is None
 
 
-def test_attempts_in_flight_count_toward_the_limit(throttle):
+def test_attempts_in_flight_count_toward_the_limit(clock):
+    throttle = LoginThrottle(per_user=3, per_source=5, window=300, lockout=60, clock=clock, max_wait=0)
     for _ in range(3):
-        assert throttle.attempt("alice", "10.0.0.1") == 0.0      # three passwords being checked
-    assert throttle.attempt("alice", "10.0.0.2") > 0
+        assert throttle.attempt("alice", "10.0.0.1") is None      # three passwords being checked
+    assert throttle.attempt("alice", "10.0.0.2") == Refusal(1.0, busy=True)     # no turn within max_wait
     for _ in range(3):
         throttle.done("alice", "10.0.0.1", ok=False)
-    assert throttle.attempt("alice", "10.0.0.2") == 60.0
+    assert throttle.attempt("alice", "10.0.0.2") == Refusal(60.0)
+
+
+def test_an_attempt_past_the_limit_waits_for_a_check_to_end_and_a_success_frees_its_place(throttle):
+    for _ in range(3):
+        assert throttle.attempt("alice", "10.0.0.1") is None
+    waiter = Attempt(throttle, "alice", "10.0.0.2")
+    throttle.done("alice", "10.0.0.1", ok=True)                  # a right password: no failure counted
+    assert waiter.result() is None
+    assert not throttle._counts[("user", "alice")].failures
+
+
+def test_waiting_attempts_are_refused_at_once_when_the_checks_under_way_lock_the_name(throttle):
+    for _ in range(3):
+        assert throttle.attempt("alice", "10.0.0.1") is None
+    waiters = [Attempt(throttle, "alice", f"10.0.0.{n}") for n in (2, 3, 4)]
+    for _ in range(3):
+        throttle.done("alice", "10.0.0.1", ok=False)
+    assert [w.result() for w in waiters] == [Refusal(60.0)] * 3
+
+
+def test_a_locked_name_is_refused_without_waiting(throttle):
+    fail(throttle, "alice", "10.0.0.1", 3)
+    start = time.monotonic()
+    assert throttle.attempt("alice", "10.0.0.2") == Refusal(60.0)
+    assert throttle.waiting == 0 and time.monotonic() - start < throttle.max_wait / 2
+
+
+def test_concurrent_right_passwords_all_get_in_and_never_more_than_the_limit_at_once(throttle):
+    in_flight, most, guard = [0], [0], threading.Lock()
+
+    def login():
+        if throttle.attempt("alice", "10.0.0.1") is not None:
+            return False
+        with guard:
+            in_flight[0] += 1
+            most[0] = max(most[0], in_flight[0])
+        time.sleep(0.002)                                         # the password check
+        with guard:
+            in_flight[0] -= 1
+        throttle.done("alice", "10.0.0.1", ok=True)
+        return True
+
+    with ThreadPoolExecutor(40) as pool:
+        assert all(pool.map(lambda _: login(), range(40)))
+    assert most[0] <= 3                                           # per_user: 3
+    assert not throttle._counts                                   # nothing pending, nothing failed
+
+
+def test_concurrent_wrong_passwords_get_exactly_the_limits_worth_of_checks(throttle):
+    def guess(user):
+        refusal = throttle.attempt(user, "10.0.0.1")
+        if refusal is None:
+            throttle.done(user, "10.0.0.1", ok=False)
+        return refusal
+
+    with ThreadPoolExecutor(20) as pool:
+        one_name = list(pool.map(guess, ["alice"] * 20))
+    assert one_name.count(None) == 3 and set(one_name) == {None, Refusal(60.0)}
+    with ThreadPoolExecutor(20) as pool:                         # the source: 3 failures so far, 5 allowed
+        many_names = list(pool.map(guess, [f"user{n}" for n in range(20)]))
+    assert many_names.count(None) == 2 and set(many_names) == {None, Refusal(60.0)}
 
 
 def test_the_tables_stay_bounded(clock):
@@ -101,9 +185,9 @@ def test_a_zero_limit_turns_that_half_off(clock):
     throttle = LoginThrottle(per_user=0, per_source=2, window=300, lockout=60, clock=clock)
     for n in range(10):
         fail(throttle, "alice", f"10.0.0.{n}")
-    assert throttle.attempt("alice", "10.0.0.99") == 0.0        # no per-user limit
+    assert throttle.attempt("alice", "10.0.0.99") is None        # no per-user limit
     fail(throttle, "x", "10.0.0.0")
-    assert throttle.attempt("y", "10.0.0.0") == 60.0            # the per-source one still holds
+    assert throttle.attempt("y", "10.0.0.0") == Refusal(60.0)            # the per-source one still holds
 
 
 # -- through the server -----------------------------------------------------------------------
@@ -197,6 +281,59 @@ def test_refused_logins_are_in_the_audit_log(server):
     rows = running.session().xenapi.audit.get_records("0", "100")
     mine = [(r["user"], r["outcome"], r["address"].split(":")[0]) for r in rows if r["user"] == "alice"]
     assert mine == [("alice", "SESSION_AUTHENTICATION_FAILED", "127.0.0.1")] * 4
+
+
+# -- concurrent logins through the server ---------------------------------------------------------
+
+def test_32_concurrent_logins_with_the_right_password_all_get_in(tmp_path):
+    running = start_server(tmp_path)                    # the default limits: 5 per name, 20 per source
+    try:
+        start = threading.Barrier(32)
+
+        def login(_):
+            session = XenAPI.Session(running.url)
+            start.wait()
+            session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "pytest")
+            return session.xenapi.session.get_this_user(session.handle)
+
+        with ThreadPoolExecutor(32) as pool:
+            users = list(pool.map(login, range(32)))
+        assert len(users) == 32 and len(set(users)) == 1
+    finally:
+        stop_server(running)
+
+
+def concurrently(url: str, source: str, logins: list[tuple[str, str]]) -> list[list[str]]:
+    """The ErrorDescription (or ["ok"]) of each login, all sent at once, each on its own connection."""
+    peers = [Peer(url, source) for _ in logins]
+    start = threading.Barrier(len(logins))
+
+    def login(n):
+        start.wait()
+        answer = peers[n].login(*logins[n])
+        return ["ok"] if answer["Status"] == "Success" else answer["ErrorDescription"]
+
+    with ThreadPoolExecutor(len(logins)) as pool:
+        return list(pool.map(login, range(len(logins))))
+
+
+def test_concurrent_wrong_passwords_lock_the_name_and_the_right_one_is_refused_after(server):
+    running, here, there = server
+    answers = concurrently(running.url, "127.0.0.1", [("alice", f"guess{n}") for n in range(16)])
+    assert answers.count(["SESSION_AUTHENTICATION_FAILED", "alice", "Authentication failure"]) == 3   # per name: 3
+    assert answers.count(LOCKED) == 13
+    assert here.login("alice", "right")["ErrorDescription"] == LOCKED
+    assert there.login("alice", "right")["ErrorDescription"] == LOCKED
+
+
+def test_concurrent_wrong_passwords_lock_the_source_and_others_are_still_served(server):
+    running, here, there = server
+    answers = concurrently(running.url, "127.0.0.1", [(f"user{n}", "guess") for n in range(16)])
+    failed = [a for a in answers if a[2] == "Authentication failure"]
+    assert len(failed) == 6                                                  # per source: 6
+    assert all("too many failed logins" in a[2] for a in answers if a not in failed)
+    assert "too many failed logins" in here.login("root", ADMIN_PASSWORD)["ErrorDescription"][2]
+    assert there.login("root", ADMIN_PASSWORD)["Status"] == "Success"
 
 
 # -- every password check is throttled; key logins are not ----------------------------------------

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 from auth.grants import held
 from auth.rbac import NO_ROLE, role_permissions
-from auth.throttle import LoginThrottle, retry_text
+from auth.throttle import LoginThrottle
 from xenapi import errors as E
 from xenapi.context import Context, Identity, address_host
 from xenapi.errors import XenAPIError
@@ -98,13 +98,14 @@ class Sessions:
 
     def authenticate(self, uname: str, password: str, identity: Identity):
         """The user, if ``password`` is theirs and the throttle lets the check happen; else
-        SESSION_AUTHENTICATION_FAILED (saying when to retry, when throttled)."""
+        SESSION_AUTHENTICATION_FAILED (saying when to retry, when throttled).  While the limit's
+        worth of checks for the name or address is under way, this waits its turn (auth/throttle.py)."""
         source = source_of(identity)
-        wait = self.throttle.attempt(uname, source)
-        if wait:
-            log.warning("event=login-refused user=%s via=%s addr=%s reason=throttled retry_s=%.0f", uname,
-                        identity.via, identity.address or "-", wait)
-            raise XenAPIError(E.SESSION_AUTHENTICATION_FAILED, uname, retry_text(wait))
+        refusal = self.throttle.attempt(uname, source)     # may wait its turn behind checks under way
+        if refusal:
+            log.warning("event=login-refused user=%s via=%s addr=%s reason=%s retry_s=%.0f", uname, identity.via,
+                        identity.address or "-", "busy" if refusal.busy else "throttled", refusal.wait)
+            raise XenAPIError(E.SESSION_AUTHENTICATION_FAILED, uname, refusal.text)
         user = None
         try:
             user = self.server.users.authenticate(uname, password)
