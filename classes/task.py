@@ -44,9 +44,13 @@ def _setter(field, convert=lambda v: v):
 
 
 def set_other_config(ctx, self, value):
-    owner = _assert_may_change(ctx, self)["other_config"].get(OWNER)
+    _assert_may_change(ctx, self)
     value = {k: v for k, v in value.items() if k != OWNER}
-    ctx.store.update("task", self, {"other_config": {**value, OWNER: owner} if owner is not None else value})
+
+    def keep_owner(rec):             # read and written in one step: the owner is the record's
+        owner = rec["other_config"].get(OWNER)
+        return {"other_config": {**value, OWNER: owner} if owner is not None else value}
+    ctx.store.modify("task", self, keep_owner)
 
 
 task = declare_class(

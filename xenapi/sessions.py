@@ -36,7 +36,7 @@ from auth.throttle import LoginThrottle
 from xenapi import errors as E
 from xenapi.context import Context, Identity, address_host
 from xenapi.errors import XenAPIError
-from xenapi.store import delete, mod
+from xenapi.store import ObjectLocks, delete, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,8 @@ class Sessions:
                                       config.login_failure_window, config.login_lockout)
         self._live: dict[str, Live] = {}
         self._lock = threading.Lock()
+        self._opening = ObjectLocks()            # per user name: the cap's count and the new session together
+        self._records = threading.Lock()         # session records made, ended and their permissions rewritten
         self._users_lock = threading.Lock()
         self._users_next = 0.0           # monotonic time of the next look for removed users
         self._users_version: int | None = None
@@ -123,17 +125,19 @@ class Sessions:
             raise XenAPIError(E.SESSION_AUTHORIZATION_FAILED, uname, "no such local user")
         permissions = role_permissions(self.server.registry, user.role)
         self.server.publish_user(user)        # added by the CLI while the server runs: now it has an object
-        self._evict_beyond_cap(uname)
         ref = "OpaqueRef:" + str(_uuid.uuid4())
-        now = DateTime(self.clock())
-        self.store.create("session", {
-            "this_host": self.server.master_ref, "this_user": self.server.user_ref(uname), "last_active": now,
-            "pool": False, "is_local_superuser": uname == "root", "validation_time": now,
-            "auth_user_name": uname, "rbac_permissions": self._entries(uname, user.role, permissions),
-            "originator": originator,
-        }, ref=ref)
-        with self._lock:
-            self._live[ref] = Live(uname, permissions, now.seconds, now.seconds, user.created)
+        with self._opening.hold(uname):       # concurrent logins must not each find room under the cap
+            self._evict_beyond_cap(uname)
+            now = DateTime(self.clock())
+            with self._records:               # a grant changed meanwhile: its refresh must see this session
+                self.store.create("session", {
+                    "this_host": self.server.master_ref, "this_user": self.server.user_ref(uname), "last_active": now,
+                    "pool": False, "is_local_superuser": uname == "root", "validation_time": now,
+                    "auth_user_name": uname, "rbac_permissions": self._entries(uname, user.role, permissions),
+                    "originator": originator,
+                }, ref=ref)
+                with self._lock:
+                    self._live[ref] = Live(uname, permissions, now.seconds, now.seconds, user.created)
         log.info("event=login user=%s via=%s addr=%s originator=%s", uname, identity.via if identity else "-",
                  identity.address if identity and identity.address else "-", originator or "-")
         return ref
@@ -194,11 +198,12 @@ class Sessions:
 
     def logout(self, ref: str) -> bool:
         """End a session; False if it was not live."""
-        with self._lock:
-            live = self._live.pop(ref, None)
-        if live is None:
-            return False
-        self.store.delete("session", ref)
+        with self._records:
+            with self._lock:
+                live = self._live.pop(ref, None)
+            if live is None:
+                return False
+            self.store.delete("session", ref)
         self.server.events.forget(ref)
         self.store.wake()              # a blocked event.from of this session must end now
         return True
@@ -234,18 +239,21 @@ class Sessions:
         return sorted(permissions | self.server.access.describe(uname, role))
 
     def refresh_permissions(self) -> None:
-        """A grant or a user's groups changed: rewrite rbac_permissions of the sessions it alters."""
-        entries: dict[tuple, list[str]] = {}
-        ops = []
-        for ref, live in list(self._live.items()):
-            key = (live.user, live.permissions)
-            if key not in entries:
-                user = self.server.users.get(live.user)
-                entries[key] = self._entries(live.user, user.role if user else NO_ROLE, live.permissions)
-            rec = self.store.find("session", ref)
-            if rec is not None and rec["rbac_permissions"] != entries[key]:
-                ops.append(mod("session", ref, {"rbac_permissions": entries[key]}))
-        self.store.apply(ops)
+        """A grant or a user's groups changed: rewrite rbac_permissions of the sessions it alters.
+        Grants are read and sessions written in one step, with no session made or ended meanwhile,
+        so a refresh that read older grants never writes last and never writes an ended session."""
+        with self._records:
+            entries: dict[tuple, list[str]] = {}
+            ops = []
+            for ref, live in list(self._live.items()):
+                key = (live.user, live.permissions)
+                if key not in entries:
+                    user = self.server.users.get(live.user)
+                    entries[key] = self._entries(live.user, user.role if user else NO_ROLE, live.permissions)
+                rec = self.store.find("session", ref)
+                if rec is not None and rec["rbac_permissions"] != entries[key]:
+                    ops.append(mod("session", ref, {"rbac_permissions": entries[key]}))
+            self.store.apply(ops)
 
     def expire_idle(self) -> int:
         now = self.clock()

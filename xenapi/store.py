@@ -5,6 +5,17 @@ in-memory records (records are never mutated in place, so a record handed to a r
 the change log stays as it was) and appends a ``Change`` to the log.  Waiters (event.from,
 event.next, task waiters) are woken after the lock is released.
 
+A read-modify-write is atomic in one of two ways, and never by reading a record and writing back
+what was read:
+
+* ``modify(cls, ref, change)``: ``change(current record)`` gives the fields to write, and runs
+  under the store's lock, inside ``apply``.  For changes the store alone holds (a key added to
+  other_config, a tag removed): fast, and atomic against every other write of any kind.
+* ``object_lock(cls, ref)``: one writer at a time per object, for a change that must go to libvirt
+  first (writes go to libvirt, then to the store).  The writer reads, calls libvirt and applies
+  under it; the store's lock is never held across libvirt.  Locks are per object and made on
+  demand, so writers to different objects never wait on each other.
+
 Refs are opaque ``OpaqueRef:<uuid>`` strings.  Objects derived from libvirt get refs derived from
 their uuids, so refs stay the same across restarts without being stored.
 """
@@ -18,9 +29,10 @@ import threading
 import time
 import uuid as _uuid
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 import sqlite_utils
 
@@ -68,6 +80,36 @@ class Op:
     cls: str
     ref: str
     fields: dict | None = None
+    change: Callable[[dict], dict] | None = None   # mod: the fields to write, from the current record
+
+
+class ObjectLocks:
+    """A lock per key, made when first wanted and dropped when its last user leaves: keys never
+    share a lock, so holders of different keys never wait on each other, and the table holds only
+    the keys in use.  Re-entrant, so a hook may call another writer of the same object."""
+
+    def __init__(self):
+        self._mutex = threading.Lock()
+        self._locks: dict[Any, list] = {}          # key -> [RLock, users]
+
+    @contextmanager
+    def hold(self, key) -> Iterator[None]:
+        with self._mutex:
+            entry = self._locks.get(key)
+            if entry is None:
+                entry = self._locks[key] = [threading.RLock(), 0]
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._mutex:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._locks[key]
+
+    def __len__(self) -> int:
+        return len(self._locks)
 
 
 class Store:
@@ -89,6 +131,7 @@ class Store:
         self.db_lock = threading.RLock()
         if path != ":memory:":
             _private_database(path)
+        self._object_locks = ObjectLocks()
         self._db = sqlite_utils.Database(sqlite3.connect(path, check_same_thread=False))
         if path != ":memory:":
             self._db.conn.execute("PRAGMA journal_mode=WAL")
@@ -150,6 +193,17 @@ class Store:
     def update(self, cls: str, ref: str, fields: dict) -> None:
         self.apply([mod(cls, ref, fields)])
 
+    def modify(self, cls: str, ref: str, change: Callable[[dict], dict]) -> int:
+        """Write ``change(current record)`` (the fields to change; {} for none) atomically.
+        ``change`` runs under the store's lock: quick, pure, no libvirt, no store calls; what it
+        raises (a XenAPIError) leaves the record as it was.  HANDLE_INVALID if the object is gone."""
+        return self.apply([modify(cls, ref, change)])
+
+    def object_lock(self, cls: str, ref: str):
+        """Held by a writer that reads an object, writes libvirt, then the store: writers of the
+        same object take turns; writers of other objects never wait (see the module's doc)."""
+        return self._object_locks.hold((cls, ref))
+
     def delete(self, cls: str, ref: str) -> None:
         self.apply([delete(cls, ref)])
 
@@ -161,8 +215,9 @@ class Store:
         """Apply a batch atomically: all of it or, on a bad ref, none of it.  Returns the last id."""
         with self._lock:
             staged = []
+            seen: dict[str, dict | None] = {}         # ref -> its record after the ops staged so far
             for op in ops:
-                current = self._objs[op.cls].get(op.ref)
+                current = seen[op.ref] if op.ref in seen else self._objs[op.cls].get(op.ref)
                 if op.kind == "add":
                     new = FrozenRecord(op.fields)
                 elif current is None:
@@ -172,12 +227,14 @@ class Store:
                 elif op.kind == "touch":
                     new = current
                 elif op.kind == "mod":
-                    if all(current.get(k) == v for k, v in op.fields.items()):
+                    fields = op.fields if op.change is None else op.change(current)
+                    if all(current.get(k) == v for k, v in fields.items()):
                         continue                      # no change, no event
-                    new = FrozenRecord({**current, **op.fields})
+                    new = FrozenRecord({**current, **fields})
                 else:
                     new = None
                 staged.append((op, current, new))
+                seen[op.ref] = new
             if not staged:
                 return self.last_id
             self._persist(staged)
@@ -332,6 +389,11 @@ def add(cls: str, ref: str, record: dict) -> Op:
 
 def mod(cls: str, ref: str, fields: dict) -> Op:
     return Op("mod", cls, ref, fields)
+
+
+def modify(cls: str, ref: str, change: Callable[[dict], dict]) -> Op:
+    """A mod whose fields ``change`` computes from the current record, under the store's lock."""
+    return Op("mod", cls, ref, change=change)
 
 
 def delete(cls: str, ref: str) -> Op:

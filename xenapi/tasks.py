@@ -48,20 +48,20 @@ class Tasks:
         self.store.update("task", ref, {"progress": max(0.0, min(1.0, float(value)))})
 
     def set_cancellable(self, ref: str, allowed: bool) -> None:
-        rec = self.store.find("task", ref)
-        if rec is not None and rec["status"] == "pending":
-            self.store.update("task", ref, {"allowed_operations": ["cancel"] if allowed else []})
+        if self.store.exists("task", ref):        # a finished task must not become cancellable again
+            self._modify(ref, lambda rec: {"allowed_operations": ["cancel"] if allowed else []}
+                         if rec["status"] == "pending" else {})
 
     def is_cancelling(self, ref: str) -> bool:
         rec = self.store.find("task", ref)
         return rec is not None and rec["status"] == "cancelling"
 
     def cancel(self, ref: str) -> None:
-        rec = self.store.get("task", ref)
-        if "cancel" not in rec["allowed_operations"] or rec["status"] != "pending":
-            raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"task {ref} cannot be cancelled in its current state")
-        self.store.update("task", ref, {"status": "cancelling", "allowed_operations": [],
-                                        "current_operations": {ref: "cancel"}})
+        def cancelling(rec):                      # checked and marked in one step: a task finishing
+            if "cancel" not in rec["allowed_operations"] or rec["status"] != "pending":   # meanwhile stays finished
+                raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"task {ref} cannot be cancelled in its current state")
+            return {"status": "cancelling", "allowed_operations": [], "current_operations": {ref: "cancel"}}
+        self.store.modify("task", ref, cancelling)
 
     def succeed(self, ref: str, result) -> None:
         self._finish(ref, {"status": "success", "result": xmlrpc.value_to_string(result)})
@@ -72,9 +72,17 @@ class Tasks:
 
     def _finish(self, ref: str, fields: dict) -> None:
         if self.store.exists("task", ref):
-            self.store.update("task", ref, {"progress": 1.0, "finished": DateTime.now(), "allowed_operations": [],
-                                            "current_operations": {}, **fields})
+            self._modify(ref, lambda rec: {"progress": 1.0, "finished": DateTime.now(), "allowed_operations": [],
+                                           "current_operations": {}, **fields})
         self.collect()
+
+    def _modify(self, ref: str, change) -> None:
+        """store.modify, but a task destroyed meanwhile (task.destroy by its owner) is no error."""
+        try:
+            self.store.modify("task", ref, change)
+        except XenAPIError as e:
+            if e.code != E.HANDLE_INVALID:
+                raise
 
     # -- running calls ---------------------------------------------------------------------
     def run_sync(self, msg: Message, ctx: Context, args: list):

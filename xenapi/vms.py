@@ -1,6 +1,7 @@
 """VM work that spans libvirt and the store: define, clone, destroy, resize, and the setters whose
 value lives in the domain's XML.  Each writes libvirt first, then lets the reconciler observe the
-result, so the store never holds what libvirt refused.
+result, so the store never holds what libvirt refused.  Whatever rewrites a domain's definition does
+it under the VM's object lock (store.object_lock), so two edits of one domain never cross.
 """
 from __future__ import annotations
 
@@ -90,8 +91,9 @@ class VMs:
 
     def destroy(self, ctx, vm: str, rec: dict) -> None:
         host = self.hosts.home_of(vm)
-        self.hosts.connection(host).undefine(rec["uuid"])
-        self.reconciler.forget(rec["uuid"])
+        with self.store.object_lock("VM", vm):      # no setter's redefinition may land after the undefine
+            self.hosts.connection(host).undefine(rec["uuid"])
+            self.reconciler.forget(rec["uuid"])
         lxc_roots.release_root(self.server.config.state, rec["uuid"], rec["platform"])
 
     def set_memory(self, ctx, vm: str, rec: dict, static_min: int, static_max: int, dynamic_min: int,
@@ -100,13 +102,15 @@ class VMs:
             raise XenAPIError(E.VALUE_NOT_SUPPORTED, "memory_dynamic_min", str(dynamic_min),
                               "libvirt keeps one current memory size: dynamic_min must equal dynamic_max")
         host = self.hosts.home_of(vm)
-        self.hosts.connection(host).set_memory(rec["uuid"], static_max, dynamic_max, static_min=static_min)
-        self.reconciler.refresh(host, rec["uuid"])
+        with self.store.object_lock("VM", vm):      # the stamp is read and rewritten: one writer at a time
+            self.hosts.connection(host).set_memory(rec["uuid"], static_max, dynamic_max, static_min=static_min)
+            self.reconciler.refresh(host, rec["uuid"])
 
     def set_vcpus(self, ctx, vm: str, rec: dict, vcpus_max: int, at_startup: int) -> None:
         host = self.hosts.home_of(vm)
-        self.hosts.connection(host).set_vcpus(rec["uuid"], vcpus_max, at_startup)
-        self.reconciler.refresh(host, rec["uuid"])
+        with self.store.object_lock("VM", vm):
+            self.hosts.connection(host).set_vcpus(rec["uuid"], vcpus_max, at_startup)
+            self.reconciler.refresh(host, rec["uuid"])
 
     # -- setters with an effect in libvirt -------------------------------------------------
     def set_name_label(self, ctx, vm: str, value: str) -> None:
@@ -140,9 +144,12 @@ class VMs:
         return setter
 
     def _on_domain(self, vm: str, action) -> None:
+        """``action`` on the VM's domain (it may read and redefine its XML), then observed; under
+        the VM's object lock (held already by a generated setter), so edits never cross."""
         rec = self.store.get("VM", vm)
         if rec["is_control_domain"]:
             raise XenAPIError(E.OPERATION_NOT_ALLOWED, "the control domain is not a libvirt domain")
         host = self.hosts.home_of(vm)
-        action(self.hosts.connection(host), rec["uuid"])
-        self.reconciler.refresh(host, rec["uuid"])
+        with self.store.object_lock("VM", vm):
+            action(self.hosts.connection(host), rec["uuid"])
+            self.reconciler.refresh(host, rec["uuid"])

@@ -1,9 +1,12 @@
 """The registry: every class and message of the API, built once from the declarations.
 
 Implicit messages (getters, setters, map and set accessors, records, lookups, constructors) are
-derived here from the fields, never written per class.  The registry checks itself when built:
-a message without a doc or roles, an undeclared error code, or a Ref to an unknown class fails at
-import, not at the first call.
+derived here from the fields, never written per class.  The map and set messages (``add_to_<f>``,
+``remove_from_<f>``, ``add_<f>``, ``remove_<f>``) are atomic, as xapi's: concurrent calls on one
+object never lose each other's changes (xenapi/store.py: ``modify``, ``object_lock``).
+
+The registry checks itself when built: a message without a doc or roles, an undeclared error code,
+or a Ref to an unknown class fails at import, not at the first call.
 """
 from __future__ import annotations
 
@@ -159,24 +162,36 @@ def _field_messages(decl: ClassDecl, f: Field, self_param) -> list[Message]:
     setter = decl.hooks.get(f"set_{name}")
 
     def set_value(ctx, ref, value):
-        if setter:
-            return setter(ctx, ref, value)
-        ctx.store.update(cls, ref, {name: value})
+        if setter is None:
+            ctx.store.update(cls, ref, {name: value})
+            return
+        with ctx.store.object_lock(cls, ref):      # a hook may go to libvirt: one writer of the object at a time
+            setter(ctx, ref, value)
+
+    def edit(ctx, ref, change):
+        """Set the field to ``change(record)`` atomically (None: leave it): under the store's lock
+        when the store alone holds the field, else read, hook and write under the object's lock."""
+        if setter is None:
+            ctx.store.modify(cls, ref, lambda rec: _field(name, change(rec)))
+            return
+        with ctx.store.object_lock(cls, ref):
+            value = change(ctx.store.get(cls, ref))
+            if value is not None:
+                setter(ctx, ref, value)
 
     out.append(Message(f"set_{name}", f"Set the {name} field of the given {cls}.",
                        [self_param, param(f.type, "value", "new value to set")], roles=roles,
                        impl=set_value, implicit=True))
     if isinstance(f.type, T.Map):
         def add_to(ctx, ref, key, value):
-            current = ctx.store.get(cls, ref)[name]
-            if key in current:
-                raise XenAPIError(E.MAP_DUPLICATE_KEY, cls, name, ctx.store.get(cls, ref).get("uuid", ref), key)
-            set_value(ctx, ref, {**current, key: value})
+            def change(rec):
+                if key in rec[name]:
+                    raise XenAPIError(E.MAP_DUPLICATE_KEY, cls, name, rec.get("uuid", ref), key)
+                return {**rec[name], key: value}
+            edit(ctx, ref, change)
 
         def remove_from(ctx, ref, key):
-            current = ctx.store.get(cls, ref)[name]
-            if key in current:
-                set_value(ctx, ref, {k: v for k, v in current.items() if k != key})
+            edit(ctx, ref, lambda rec: {k: v for k, v in rec[name].items() if k != key} if key in rec[name] else None)
 
         out += [
             Message(f"add_to_{name}", f"Add the given key-value pair to the {name} field of the given {cls}.",
@@ -188,14 +203,10 @@ def _field_messages(decl: ClassDecl, f: Field, self_param) -> list[Message]:
         ]
     elif isinstance(f.type, T.Set):
         def add(ctx, ref, value):
-            current = ctx.store.get(cls, ref)[name]
-            if value not in current:
-                set_value(ctx, ref, [*current, value])
+            edit(ctx, ref, lambda rec: None if value in rec[name] else [*rec[name], value])
 
         def remove(ctx, ref, value):
-            current = ctx.store.get(cls, ref)[name]
-            if value in current:
-                set_value(ctx, ref, [v for v in current if v != value])
+            edit(ctx, ref, lambda rec: [v for v in rec[name] if v != value] if value in rec[name] else None)
 
         out += [
             Message(f"add_{name}", f"Add the given value to the {name} field of the given {cls}; already there is not an error.",
@@ -204,6 +215,10 @@ def _field_messages(decl: ClassDecl, f: Field, self_param) -> list[Message]:
                     [self_param, param(f.type.of, "value", "value to remove")], roles=roles, impl=remove, implicit=True),
         ]
     return out
+
+
+def _field(name: str, value) -> dict:
+    return {} if value is None else {name: value}
 
 
 def _where(ctx, cls: str, expr: str):
