@@ -45,9 +45,9 @@ def test_blocked_operation_is_refused_with_its_code(xapi):
 
 def test_create_defines_a_halted_domain_in_libvirt_with_every_field(running, xapi):
     vm = xapi.xenapi.VM.create(vm_create_args(name_label="made"))
-    rec = xapi.xenapi.VM.getvm_create_args(vm)
+    rec = xapi.xenapi.VM.get_record(vm)
     assert rec["power_state"] == "Halted" and rec["VCPUs_max"] == "2" and rec["other_config"] == {"owner": "tests"}
-    assert set(rec) == set(xapi.xenapi.VM.getvm_create_args(guest_vm(xapi, "Running")))
+    assert set(rec) == set(xapi.xenapi.VM.get_record(guest_vm(xapi, "Running")))
     xml = running.server.hosts.connection(running.server.master_ref).xml(rec["uuid"], inactive=True)
     assert "<title>made</title>" in xml
 
@@ -78,7 +78,7 @@ def test_clone_copies_settings_with_a_new_identity_and_template_stays_template(x
     vm = xapi.xenapi.VM.create(vm_create_args(name_label="tmpl", is_a_template=True))
     xapi.xenapi.VM.add_profiles(vm, "web-server")
     clone = xapi.xenapi.VM.clone(vm, "from-tmpl")
-    src, dst = xapi.xenapi.VM.getvm_create_args(vm), xapi.xenapi.VM.getvm_create_args(clone)
+    src, dst = xapi.xenapi.VM.get_record(vm), xapi.xenapi.VM.get_record(clone)
     assert dst["uuid"] != src["uuid"] and dst["name_label"] == "from-tmpl"
     assert dst["is_a_template"] and dst["profiles"] == ["web-server"] and dst["other_config"] == src["other_config"]
     assert fails(xapi.xenapi.VM.start, clone, False, False) == ["VM_IS_TEMPLATE", clone, "start"]
@@ -106,7 +106,7 @@ def test_set_memory_limits_checks_the_constraint_and_reaches_libvirt(running, xa
     assert fails(xapi.xenapi.VM.set_memory_limits, vm, str(512 * MiB), str(256 * MiB), str(256 * MiB),
                   str(256 * MiB))[0] == "MEMORY_CONSTRAINT_VIOLATION"
     xapi.xenapi.VM.set_memory_limits(vm, str(128 * MiB), str(512 * MiB), str(384 * MiB), str(384 * MiB))
-    rec = xapi.xenapi.VM.getvm_create_args(vm)
+    rec = xapi.xenapi.VM.get_record(vm)
     assert (rec["memory_static_min"], rec["memory_static_max"], rec["memory_dynamic_max"]) == (
         str(128 * MiB), str(512 * MiB), str(384 * MiB))
 
@@ -156,7 +156,7 @@ def test_async_start_failure_lands_in_the_task(xapi):
     task = xapi.xenapi.Async.VM.start(vm, False, False)
     while xapi.xenapi.task.get_status(task) == "pending":
         time.sleep(0.02)
-    rec = xapi.xenapi.task.getvm_create_args(task)
+    rec = xapi.xenapi.task.get_record(task)
     assert rec["status"] == "failure" and rec["error_info"] == ["VM_BAD_POWER_STATE", vm, "halted", "running"]
     xapi.xenapi.task.destroy(task)
     assert fails(xapi.xenapi.task.get_record, task)[0] == "HANDLE_INVALID"
@@ -171,7 +171,7 @@ def test_clean_shutdown_that_never_completes_times_out_and_leaves_vm_consistent(
         conn = running.server.hosts.connection(running.server.master_ref)
         conn.shutdown = lambda uuid: None                 # a guest that ignores the power button
         assert fails(xapi.xenapi.VM.clean_shutdown, vm) == ["VM_SHUTDOWN_TIMEOUT", vm, "0.3"]
-        rec = xapi.xenapi.VM.getvm_create_args(vm)
+        rec = xapi.xenapi.VM.get_record(vm)
         assert rec["power_state"] == "Running" and rec["current_operations"] == {}
         assert "clean_shutdown" in rec["allowed_operations"]
         xapi.xenapi.VM.shutdown(vm)                       # clean, then hard after the timeout
@@ -198,7 +198,7 @@ def test_cancelling_a_waiting_clean_shutdown_ends_its_task_cancelled(tmp_path):
         while xapi.xenapi.task.get_status(task) in ("pending", "cancelling"):
             assert time.monotonic() < deadline
             time.sleep(0.02)
-        rec = xapi.xenapi.task.getvm_create_args(task)
+        rec = xapi.xenapi.task.get_record(task)
         assert rec["status"] == "cancelled" and rec["error_info"] == ["TASK_CANCELLED", task]
         assert xapi.xenapi.VM.get_current_operations(vm) == {}
         assert fails(xapi.xenapi.task.cancel, task)[0] == "OPERATION_NOT_ALLOWED"

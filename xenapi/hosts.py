@@ -145,8 +145,7 @@ class Hosts:
                    self.store.get("host", ref)["other_config"].get(SYNC_KEY) == "synced" for ref in self.refs)
 
     def _set_sync(self, host: str, state: str) -> None:
-        self.store.apply([mod("host", host, {"other_config": {
-            **self.store.get("host", host)["other_config"], SYNC_KEY: state}})])
+        self.store.modify("host", host, lambda rec: {"other_config": {**rec["other_config"], SYNC_KEY: state}})
 
     def stop(self) -> None:
         self.sampler.stop()

@@ -21,6 +21,7 @@ their uuids, so refs stay the same across restarts without being stored.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -50,11 +51,13 @@ def new_uuid() -> str:
     return str(_uuid.uuid4())
 
 
+@functools.lru_cache(maxsize=1 << 16)     # a relist derives several per domain; uuid5 is not free
 def derived_ref(kind: str, key: str) -> str:
     """A stable ref for an object derived from something with its own identity (a domain uuid)."""
     return "OpaqueRef:" + str(_uuid.uuid5(_NS, f"{kind}/{key}"))
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def derived_uuid(kind: str, key: str) -> str:
     return str(_uuid.uuid5(_NS, f"uuid/{kind}/{key}"))
 
@@ -115,6 +118,8 @@ class ObjectLocks:
 class Store:
     def __init__(self, decls: dict[str, ClassDecl], path: str = ":memory:", log_size: int = 50_000):
         self._decls = decls
+        # per class: every field's empty value, and the fields whose value is a list or dict (copied per record)
+        self._templates = {c: _template(d) for c, d in decls.items()}
         self._lock = threading.RLock()
         self._cond = threading.Condition(threading.Lock())
         self._objs: dict[str, dict[str, dict]] = {c: {} for c in decls}
@@ -178,9 +183,8 @@ class Store:
     # -- writes ----------------------------------------------------------------------------
     def new_record(self, cls: str, values: dict, uuid: str | None = None) -> dict:
         """A complete record: every declared field, defaults filled in, ``values`` on top."""
-        decl = self._decls[cls]
-        rec = {f.name: f.empty() for f in decl.fields}
-        rec.update(values)
+        template, mutable = self._templates[cls]
+        rec = {**template, **{name: type(template[name])(template[name]) for name in mutable}, **values}
         if "uuid" in rec and not rec["uuid"]:
             rec["uuid"] = uuid or new_uuid()
         return rec
@@ -381,6 +385,11 @@ def _tighten(target: Path, mode: int) -> None:
             log.warning("event=state-mode-loose path=%s mode=%o reason=%s", target, was, e.strerror)
             return
         log.warning("event=state-mode-tightened path=%s mode=%o->%o", target, was, mode)
+
+
+def _template(decl: ClassDecl) -> tuple[dict, tuple[str, ...]]:
+    empty = {f.name: f.empty() for f in decl.fields}
+    return empty, tuple(name for name, value in empty.items() if isinstance(value, (list, dict)))
 
 
 def add(cls: str, ref: str, record: dict) -> Op:
