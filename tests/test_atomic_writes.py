@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -20,7 +17,7 @@ import XenAPI
 
 from classes import REGISTRY
 from tests.conftest import ADMIN_PASSWORD, guest_vm, node_xml, start_server, stop_server
-from tests.ports import free_port, wait_for_port
+from tests.serve_process import Serve
 from xenapi.model import types as T
 from xenapi.model.declare import RW
 from xenapi.store import ObjectLocks, Store
@@ -205,38 +202,13 @@ def test_object_locks_are_per_object_and_forgotten_when_free():
 
 # -- kill -9 during concurrent writes ------------------------------------------------------------
 
-class Serve:
-    """A real ``xenapi serve`` on a test-driver node file (the same domains, so the same refs, on
-    every start) and a state directory that outlives it."""
-
-    def __init__(self, directory: Path):
-        self.directory = directory
-        self.node = directory / "node.xml"
-        if not self.node.exists():
-            self.node.write_text(node_xml(domains=2, running=0))
-        self.port = free_port()
-        self.log = directory / f"serve-{self.port}.log"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "xenapi.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
-             "--state", str(directory / "state"), "--libvirt", f"test://{self.node}"],
-            stdout=subprocess.DEVNULL, stderr=open(self.log, "wb"),
-            env={**os.environ, "XENAPI_ADMIN_PASSWORD": ADMIN_PASSWORD})
-        wait_for_port(self.port, 60, proc=self.proc, log=self.log)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def session(self) -> XenAPI.Session:
-        session = XenAPI.Session(self.url)
-        session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "pytest")
-        return session
-
-    def kill(self) -> None:
-        self.proc.kill()                               # SIGKILL: no handler, no clean close
-        self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(30)
+def serve(directory: Path) -> Serve:
+    """A real ``xenapi serve`` on a test-driver node file: the same domains, so the same refs, on
+    every start, and a state directory that outlives it."""
+    node = directory / "node.xml"
+    if not node.exists():
+        node.write_text(node_xml(domains=2, running=0))
+    return Serve(directory, f"test://{node}")
 
 
 def persisted_rows(database: Path) -> list[tuple[str, str, dict]]:
@@ -257,7 +229,7 @@ def persisted_rows(database: Path) -> list[tuple[str, str, dict]]:
 
 
 def test_kill_9_during_concurrent_writes_loses_no_acknowledged_write(tmp_path):
-    served = Serve(tmp_path)
+    served = serve(tmp_path)
     stop = threading.Event()
     acked_add, acked_remove, tried_remove = set(), set(), set()
     noted = threading.Lock()
@@ -313,7 +285,7 @@ def test_kill_9_during_concurrent_writes_loses_no_acknowledged_write(tmp_path):
         for key in set(stored["other_config"]) ^ set(stored["tags"]):   # the two halves of one write
             assert key in tried_remove or key not in acked_add, key     # differ only where a call was cut
 
-        served = Serve(tmp_path)                       # the restart
+        served = serve(tmp_path)                       # the restart
         again = served.session()
         record = again.xenapi.VM.get_record(vm)
         check(record["other_config"], record["tags"])
