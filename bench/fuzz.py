@@ -38,24 +38,71 @@ from xenapi.wire import Limits  # noqa: E402
 SMALL = Limits(max_body_bytes=4096, max_depth=8, max_items=64)
 
 
-def _targets(harness_box):
+_SPICE = [b"<", b">", b"&", b'"', b"'", b"\xff", b"\x00", b"\xc3", b"\xed\xa0\x80", b"{", b"}", b"[", b"]", b",",
+          b":", b"\\", b"\\u", b"&#", b";", b"<!", b"<?", b"]]>", b"9" * 400, b"\r\n", b"\xef\xbb\xbf", b"<value>",
+          b"</value>", b"<array><data>", b"<struct><member>", b"1e999", b"-"]
+
+
+def mutants(data, rng, n: int):
+    """``n`` small edits of ``data`` (bytes or str): a byte changed, inserted (often markup or an
+    escape), a span deleted or doubled, the end cut off.  Cheap inputs near a structured one."""
+    text = isinstance(data, str)
+    base = data.encode("utf-8", "surrogatepass") if text else data
+    out = []
+    for _ in range(n):
+        b = bytearray(base)
+        for _ in range(rng.randint(1, 3)):
+            at = rng.randint(0, len(b))
+            op = rng.randrange(5)
+            if op == 0 and b:
+                b[min(at, len(b) - 1)] = rng.randrange(256)
+            elif op == 1:
+                b[at:at] = rng.choice(_SPICE) if rng.random() < 0.7 else bytes([rng.randrange(256)])
+            elif op == 2:
+                del b[at:at + rng.randint(1, 16)]
+            elif op == 3:
+                b[at:at] = b[at:at + rng.randint(1, 32)]
+            else:
+                del b[at:]
+        out.append(bytes(b).decode("utf-8", "surrogateescape") if text else bytes(b))
+    return out
+
+
+def amplified(check, n: int):
+    """``check`` of an input, then of ``n`` mutants of it (of the input's first item, when it is a
+    tuple), each within the time limit."""
+    import random
+
+    def run(value, count, limit):
+        with F.time_limit(limit):
+            check(value)
+        count(1)
+        doc, rest = (value[0], value[1:]) if isinstance(value, tuple) else (value, ())
+        for m in mutants(doc, random.Random(hash(doc)), n):
+            with F.time_limit(limit):
+                check((m, *rest) if rest else m)
+            count(1)
+    return run
+
+
+def _targets(harness_box, n: int):
     """name -> (strategy, check(input)).  Dispatcher inputs need the live harness."""
     return {
-        "xmlrpc.decode(bytes)": (st.binary(max_size=2000), F.check_xml_decode),
+        "xmlrpc.decode(bytes)": (st.binary(max_size=2000), amplified(F.check_xml_decode, n)),
         "xmlrpc.decode(documents)": (st.tuples(F.xml_documents(), st.sampled_from([Limits(), SMALL])),
-                                     lambda a: F.check_xml_decode(*a)),
+                                     amplified(lambda a: F.check_xml_decode(*a), n)),
         "xmlrpc.roundtrip": (F.wire_values, F.check_xml_roundtrip),
         "xmlrpc.encode": (F.outcomes, F.check_xml_encode_never_raises),
-        "jsonrpc.decode(bytes)": (st.binary(max_size=2000), F.check_json_decode),
+        "jsonrpc.decode(bytes)": (st.binary(max_size=2000), amplified(F.check_json_decode, n)),
         "jsonrpc.decode(documents)": (st.tuples(F.json_documents(), st.sampled_from([Limits(), SMALL])),
-                                      lambda a: F.check_json_decode(*a)),
+                                      amplified(lambda a: F.check_json_decode(*a), n)),
         "jsonrpc.roundtrip": (st.tuples(F.wire_values, st.lists(F.json_values, max_size=4)),
                               lambda a: F.check_json_roundtrip(*a)),
         "jsonrpc.encode": (st.tuples(F.outcomes, st.sampled_from(["jsonrpc1", "jsonrpc2"])),
                            lambda a: F.check_json_encode_never_raises(*a)),
         "where": (st.tuples(F.where_texts(), st.lists(F.store_records(REGISTRY), max_size=3),
                             st.one_of(st.none(), st.just("OpaqueRef:x"))),
-                  lambda a: F.check_where(*a)),
+                  amplified(lambda a: F.check_where(*a), n)),
         "dispatch": (st.data(), lambda data: F.check_dispatch(harness_box[0], data.draw(
             F.dispatcher_calls(harness_box[0])), harness_box[1])),
     }
@@ -105,16 +152,26 @@ class Run:
         return "\n".join(lines)
 
 
+def amp(check, n: int) -> int:
+    return n if getattr(check, "__name__", "") == "run" else 0
+
+
 def chunk(run: Run, name: str, strategy, check, size: int, limit: float) -> None:
     """One hypothesis run of ``size`` inputs; every finding recorded, none raised."""
+
+    def count(k):
+        run.inputs[name] += k
 
     @settings(settings.get_profile("xenapi-bench"), max_examples=size)
     @given(strategy)
     def each(value):
-        run.inputs[name] += 1
         try:
-            with F.time_limit(limit if name != "dispatch" else 0):     # check_dispatch keeps its own
-                check(value)
+            if amp(check, 1):                                          # amplified: counts and limits each
+                check(value, count, limit)
+            else:
+                count(1)
+                with F.time_limit(limit if name != "dispatch" else 0):     # check_dispatch keeps its own
+                    check(value)
         except F.Finding as e:
             run.record(name, e, e, e.data if e.data is not None else value)
         except F.Hang as e:
@@ -135,6 +192,8 @@ def main() -> int:
     parser.add_argument("--chunk", type=int, default=2000, help="inputs per hypothesis run (default 2000)")
     parser.add_argument("--time-limit", type=float, default=10.0, help="seconds one input may take (default 10)")
     parser.add_argument("--targets", default="", help="comma-separated target names or prefixes (default: all)")
+    parser.add_argument("--mutants", type=int, default=9,
+                        help="byte-level mutants checked after each generated document or expression (default 9)")
     parser.add_argument("--restart-every", type=int, default=50_000,
                         help="dispatcher inputs before a fresh server (default 50,000)")
     parser.add_argument("--out", type=Path, help="findings file (JSON lines; default: in a temp directory)")
@@ -144,7 +203,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="xenapi-fuzz-"))
     out = args.out or work / "findings.jsonl"
     harness_box = [None, args.time_limit]
-    targets = _targets(harness_box)
+    targets = _targets(harness_box, args.mutants)
     if args.targets:
         wanted = [t.strip() for t in args.targets.split(",") if t.strip()]
         targets = {k: v for k, v in targets.items() if any(k.startswith(w) for w in wanted)}
@@ -174,7 +233,8 @@ def main() -> int:
                 before = run.inputs[name]
                 hangs = sum(c for k, c in run.findings.items() if k[0] == name and k[1] == "hang")
                 t0 = time.monotonic()
-                chunk(run, name, strategy, check, min(args.chunk, left), args.time_limit)
+                chunk(run, name, strategy, check, min(args.chunk, max(1, left // (1 + amp(check, args.mutants)))),
+                      args.time_limit)
                 run.seconds[name] += time.monotonic() - t0
                 if run.inputs[name] == before:           # hypothesis found nothing more to try
                     share[name] = run.inputs[name]

@@ -38,3 +38,19 @@ def test_get_all_records_where_with_a_deep_expression_is_not_an_internal_error(h
     expr = "(" * 400 + 'field "name_label" = "x"' + ")" * 400
     outcome = harness.server.dispatcher.dispatch(Call("VM.get_all_records_where", (harness.session("root"), expr)))
     assert not (isinstance(outcome, Failure) and outcome.description[0] == "INTERNAL_ERROR"), outcome
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS assert-operation-valid-unknown-op: fix in xenapi/lifecycle.py")
+def test_assert_operation_valid_with_an_unimplemented_operation_is_refused_not_internal_error(harness):
+    store = harness.server.store
+    vm = next(ref for ref, rec in store.records("VM").items()
+              if not rec["is_control_domain"] and not rec["is_a_template"])
+    outcome = harness.server.dispatcher.dispatch(
+        Call("VM.assert_operation_valid", (harness.session("root"), vm, "snapshot")))
+    assert isinstance(outcome, Failure) and outcome.description[0] != "INTERNAL_ERROR", outcome
+
+
+@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS event-token-digits: fix in xenapi/events.py")
+def test_event_from_token_with_superscript_digits_is_a_parse_failure(harness):
+    outcome = harness.server.dispatcher.dispatch(Call("event.from", (harness.session("root"), ["*"], "²,1", 0.0)))
+    assert isinstance(outcome, Failure) and outcome.description[0] == "EVENT_FROM_TOKEN_PARSE_FAILURE", outcome
