@@ -1,5 +1,6 @@
 import contextlib
 import http.client
+import inspect
 import logging
 import os
 import shutil
@@ -7,11 +8,16 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 import xmlrpc.client
+from pathlib import Path
 
 import pytest
 
+from xenapi.config import Config, load
+from xenapi.transport import http as http_transport
 from xenapi.transport.http import HTTPServer, Request, Response
+from xenapi.transport.slots import Slots, source_of
 from xenapi.wire import Call, Failure, Success, WireError
 from xenapi.wire import xmlrpc as codec
 
@@ -32,14 +38,32 @@ def serving(handler=echo, listen=("127.0.0.1", 0), **options):
         server.shutdown()
 
 
-def connect(server) -> socket.socket:
+def connect(server, source: str | None = None) -> socket.socket:
+    """A client socket to ``server``, from the loopback address ``source`` if given (all of
+    127/8 answers on Linux, so 127.0.0.2 is a second client address)."""
     if isinstance(server.address, str):
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     else:
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(5)
+        if source:
+            sock.bind((source, 0))
+    sock.settimeout(10)
     sock.connect(server.address)
     return sock
+
+
+def served_eventually(server, source: str, within: float = 10.0) -> bool:
+    """Whether a request from ``source`` gets a 200 before ``within`` s (a closed connection's
+    slot comes back once its thread has seen the close)."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with connect(server, source) as sock:
+            with contextlib.suppress(OSError):
+                sock.sendall(post(b"again"))
+                if read_response(sock).status == 200:
+                    return True
+        time.sleep(0.05)
+    return False
 
 
 def read_until_closed(sock: socket.socket) -> bytes:
@@ -217,9 +241,209 @@ def test_connections_over_limit_get_503():
             assert read_until_closed(second).startswith(b"HTTP/1.1 503 ")
 
 
-def test_idle_connection_is_closed_after_timeout():
-    with serving(idle_timeout=0.2) as server, connect(server) as sock:
+def test_connections_past_a_sources_share_get_503_while_another_source_is_served():
+    with serving(max_connections=10, max_connections_per_source=3) as server:
+        held = [connect(server, source="127.0.0.1") for _ in range(3)]
+        for sock in held:
+            sock.sendall(b"POST / HTTP/1.1\r\nHo")          # half a head: each holds its slot
+        with connect(server, source="127.0.0.1") as over:
+            assert read_until_closed(over).startswith(b"HTTP/1.1 503 ")
+        with connect(server, source="127.0.0.2") as other:
+            other.sendall(post(b"served"))
+            assert read_response(other).status == 200
+        for sock in held:
+            sock.close()
+        assert served_eventually(server, "127.0.0.1")       # the slots come back with the close
+
+
+def test_unix_socket_connections_count_only_towards_the_cap(socket_path):
+    with serving(listen=socket_path, max_connections=3, max_connections_per_source=1) as server:
+        socks = [connect(server) for _ in range(3)]
+        for sock in socks:
+            sock.sendall(post(b"local"))
+            assert read_response(sock).status == 200
+        with connect(server) as fourth:
+            assert read_until_closed(fourth).startswith(b"HTTP/1.1 503 ")
+        for sock in socks:
+            sock.close()
+
+
+def test_refusals_in_a_burst_are_logged_once(caplog):
+    with serving(max_connections=10, max_connections_per_source=1) as server, connect(server) as holder:
+        holder.sendall(post(b"x"))
+        read_response(holder)
+        for _ in range(5):
+            with connect(server) as over:
+                assert read_until_closed(over).startswith(b"HTTP/1.1 503 ")
+    refusals = [r for r in caplog.records if "refused connection" in r.getMessage()]
+    assert len(refusals) == 1 and "max_connections_per_source=1" in refusals[0].getMessage()
+
+
+@pytest.mark.parametrize("host, source", [
+    ("192.0.2.7", "192.0.2.7"),
+    ("::ffff:192.0.2.7", "192.0.2.7"),
+    ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+    ("2001:db8:1:2:ffff:ffff:ffff:ffff", "2001:db8:1:2::/64"),
+    ("fe80::1%eth0", "fe80::/64"),
+], ids=["ipv4", "ipv4_mapped", "ipv6", "ipv6_same_64", "ipv6_zone"])
+def test_a_source_is_an_ipv4_address_or_an_ipv6_64(host, source):
+    assert source_of(host) == source
+
+
+def test_slots_refuse_past_the_share_and_the_cap_and_come_back():
+    slots = Slots(total=3, per_source=2)
+    assert slots.take("a") is None and slots.take("a") is None
+    assert slots.take("a") == "max_connections_per_source=2"
+    assert slots.take(None) is None                      # no address: the cap only
+    assert slots.take("b") == "max_connections=3"
+    slots.give_back("a")
+    assert slots.held_by("a") == 1 and slots.take("b") is None
+
+
+# -- time limits: receiving a request is bounded, answering it is not ---------------------------
+
+def test_a_half_sent_head_gets_408_and_close_after_the_header_timeout():
+    with serving(header_timeout=0.3) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Le")
+        reply = read_until_closed(sock)
+    assert reply.startswith(b"HTTP/1.1 408 ") and b"Connection: close\r\n" in reply
+
+
+def test_a_head_trickled_byte_by_byte_is_cut_at_the_header_timeout_all_the_same():
+    trickle = b"POST / HTTP/1.1\r\nX-Slow: " + b"a" * 200             # 20 s at one byte per 0.1 s
+    with serving(header_timeout=0.5) as server, connect(server) as sock:
+        stop = threading.Event()
+
+        def drip():
+            for byte in trickle:
+                if stop.wait(0.1):
+                    return
+                try:
+                    sock.send(bytes([byte]))
+                except OSError:
+                    return
+        dripper = threading.Thread(target=drip)
+        dripper.start()
+        try:
+            reply = read_until_closed(sock)
+            assert dripper.is_alive()                    # cut long before the trickle's end
+        finally:
+            stop.set()
+            dripper.join()
+    assert reply.startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_slow_body_gets_408_and_close_after_the_body_timeout():
+    with serving(body_timeout=0.3) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nonly ten b")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_slow_chunked_body_gets_408_too():
+    with serving(body_timeout=0.3) as server, connect(server) as sock:
+        sock.sendall(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 408 ")
+
+
+def test_a_silent_new_connection_is_closed_without_a_word_after_the_header_timeout():
+    with serving(header_timeout=0.2) as server, connect(server) as sock:
         assert read_until_closed(sock) == b""
+
+
+def test_an_idle_keep_alive_connection_is_closed_without_a_word_after_the_keepalive_timeout():
+    with serving(keepalive_timeout=0.3, header_timeout=30) as server, connect(server) as sock:
+        sock.sendall(post(b"first"))
+        assert read_response(sock).status == 200
+        assert read_until_closed(sock) == b""            # no 408 that could cross a new request
+
+
+def test_the_keepalive_timeout_ends_at_the_first_byte_and_the_header_timeout_takes_over():
+    with serving(keepalive_timeout=0.2, header_timeout=30) as server, connect(server) as sock:
+        sock.sendall(post(b"first"))
+        read_response(sock)
+        sock.sendall(b"POST / HTTP/1.1\r\n")            # the next request begins ...
+        time.sleep(0.6)                                  # ... and takes longer than keep-alive allows
+        sock.sendall(b"Content-Length: 6\r\n\r\nsecond")
+        response = read_response(sock)
+    assert response.status == 200
+
+
+def test_a_handler_slower_than_every_limit_still_answers():
+    def slow(request):
+        time.sleep(1.0)                                  # an event.from long poll, shortened
+        return echo(request)
+
+    with serving(slow, header_timeout=0.2, body_timeout=0.2, keepalive_timeout=0.2) as server, \
+            connect(server) as sock:
+        sock.sendall(post(b"late but whole"))
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200 and response.read() == b"late but whole"
+
+
+def test_a_client_that_stops_reading_its_response_is_dropped_after_the_send_stall(monkeypatch):
+    monkeypatch.setattr(http_transport, "_SEND_STALL_SECONDS", 0.3)
+    big = b"x" * (64 * 1024 * 1024)                      # far more than any socket buffers
+
+    def large(request):
+        return Response(200, "application/octet-stream", big)
+
+    with serving(large, header_timeout=0.2, body_timeout=0.2, keepalive_timeout=0.2) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(server.address)
+        with sock:
+            sock.sendall(post(b""))                      # and never reads the answer
+            deadline = time.monotonic() + 20
+            while server._connections and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert not server._connections               # the server let go of it
+
+
+def test_an_upgraded_connection_idle_past_every_limit_stays_open():
+    def upgrading(request: Request) -> Response:
+        def echo_lines(sock: socket.socket, early: bytes) -> None:
+            while data := sock.recv(100):
+                sock.sendall(data.upper())
+        return Response(101, "", b"", [("Upgrade", "shout"), ("Connection", "Upgrade")], upgrade=echo_lines)
+
+    with serving(upgrading, header_timeout=0.2, body_timeout=0.2, keepalive_timeout=0.2) as server, \
+            connect(server) as sock:
+        sock.sendall(post(b"", extra=b"Upgrade: shout\r\nConnection: Upgrade\r\n"))
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += sock.recv(4096)
+        assert head.startswith(b"HTTP/1.1 101 ")
+        time.sleep(0.8)                                  # idle four times the limits
+        sock.sendall(b"still there")
+        assert sock.recv(100) == b"STILL THERE"
+
+
+def test_a_tls_client_that_never_finishes_its_handshake_is_closed_after_the_header_timeout(tls_context):
+    with serving(ssl_context=tls_context, header_timeout=0.3) as server, connect(server) as sock:
+        sock.sendall(b"\x16\x03\x01")                    # the start of a ClientHello, and no more
+        assert read_until_closed(sock) == b""
+
+
+def test_the_servers_defaults_are_the_configs():
+    defaults = {name: p.default for name, p in inspect.signature(HTTPServer).parameters.items()}
+    config = Config()
+    assert {name: defaults[name] for name in config.http_limits()} == \
+        {**config.http_limits(), "max_connections_per_source": None}
+    assert config.max_connections_per_source == config.max_connections // 4
+
+
+def test_the_shipped_xenapi_conf_states_the_limits_at_their_defaults():
+    shipped = load(str(Path(__file__).parents[1] / "xenapi.conf"))
+    assert shipped.http_limits() == Config().http_limits()
+
+
+@pytest.mark.parametrize("setting", ["header_timeout", "body_timeout", "keepalive_timeout"])
+def test_a_time_limit_of_zero_is_refused_at_load(tmp_path, setting):
+    conf = tmp_path / "xenapi.conf"
+    conf.write_text(f"[server]\n{setting} = 0\n")
+    with pytest.raises(ValueError, match=f"{setting} = '0' must be above 0"):
+        load(str(conf))
 
 
 def test_shutdown_closes_idle_keep_alive_connections():

@@ -59,12 +59,10 @@ def cmd_serve(args) -> int:
         print(f"created user root (pool-admin) with password: {generated}", file=sys.stderr, flush=True)
     server.start()
     api = Api(server)
-    listeners = [HTTPServer(cfg.listen_address(), api, max_body_bytes=cfg.max_body_bytes,
-                            max_connections=cfg.max_connections, ssl_context=ssl_context)]
+    listeners = [HTTPServer(cfg.listen_address(), api, ssl_context=ssl_context, **cfg.http_limits())]
     if cfg.unix_socket_path():
         try:
-            listeners.append(HTTPServer(cfg.unix_socket_path(), api, max_body_bytes=cfg.max_body_bytes,
-                                        max_connections=cfg.max_connections))
+            listeners.append(HTTPServer(cfg.unix_socket_path(), api, **cfg.http_limits()))
         except OSError as e:
             if cfg.unix_socket:              # asked for by name: a real error
                 raise

@@ -15,6 +15,10 @@ class Config:
     state: str = "/var/lib/xenapi"
     max_body_bytes: int = 300 * 1024
     max_connections: int = 800
+    max_connections_per_source: int = 200
+    header_timeout: float = 20.0
+    body_timeout: float = 30.0
+    keepalive_timeout: float = 120.0
     libvirt_uris: list[str] = field(default_factory=lambda: [DEFAULT_URI])
     domain_type: str = "auto"
     xen_boot: str = "pv"
@@ -46,6 +50,13 @@ class Config:
     def database(self) -> str:
         return ":memory:" if self.state == ":memory:" else str(Path(self.state) / "xenapi.db")
 
+    def http_limits(self) -> dict:
+        """The HTTP listeners' limits, as keyword arguments of transport.http.HTTPServer."""
+        return {"max_body_bytes": self.max_body_bytes, "max_connections": self.max_connections,
+                "max_connections_per_source": self.max_connections_per_source,
+                "header_timeout": self.header_timeout, "body_timeout": self.body_timeout,
+                "keepalive_timeout": self.keepalive_timeout}
+
     def listen_address(self) -> tuple[str, int]:
         return _host_port("listen", self.listen)
 
@@ -73,6 +84,9 @@ def _host_port(name: str, value: str) -> tuple[str, int]:
 _KEYS = {
     ("server", "listen"): "listen", ("server", "unix_socket"): "unix_socket", ("server", "state"): "state",
     ("server", "max_body_bytes"): "max_body_bytes", ("server", "max_connections"): "max_connections",
+    ("server", "max_connections_per_source"): "max_connections_per_source",
+    ("server", "header_timeout"): "header_timeout", ("server", "body_timeout"): "body_timeout",
+    ("server", "keepalive_timeout"): "keepalive_timeout",
     ("libvirt", "uri"): "libvirt_uris", ("libvirt", "domain_type"): "domain_type", ("libvirt", "xen_boot"): "xen_boot",
     ("libvirt", "open_timeout"): "libvirt_open_timeout", ("libvirt", "keepalive_interval"): "libvirt_keepalive_interval",
     ("libvirt", "keepalive_count"): "libvirt_keepalive_count", ("libvirt", "sync_wait"): "libvirt_sync_wait",
@@ -92,6 +106,8 @@ _KEYS = {
 
 # Settings with a fixed set of values.
 _CHOICES = {"xen_boot": ("pv", "hvm")}
+# Time limits that must be above zero (0 would close every connection at once).
+_POSITIVE = {"header_timeout", "body_timeout", "keepalive_timeout"}
 
 
 def load(path: str | None) -> Config:
@@ -121,5 +137,7 @@ def load(path: str | None) -> Config:
                     raise ValueError(f"{path}: [{section}] {key} = {text!r} is not a {types[attr].__name__}") from None
             if attr in _CHOICES and value not in _CHOICES[attr]:
                 raise ValueError(f"{path}: [{section}] {key} = {text!r} is not one of {', '.join(_CHOICES[attr])}")
+            if attr in _POSITIVE and not value > 0:
+                raise ValueError(f"{path}: [{section}] {key} = {text!r} must be above 0")
             setattr(config, attr, value)
     return config

@@ -1,89 +1,89 @@
-"""A lean threaded HTTP/1.1 server: raw sockets, one thread per connection, keep-alive.
+"""A lean threaded HTTP/1.1 server: raw sockets, one thread per connection, keep-alive, with time
+limits for slow clients and a per-source share of the connection cap.
+
+Only HTTP lives here (the I/O shell; parsing and writing are xenapi/transport/http_wire.py's pure
+functions); which codec a path gets is the caller's business (the handler).  Errors the client
+caused get a short plain-text status (400, 408, 413, 431, 501) and the connection closes; a
+handler that raises gives a 500 whose traceback goes only to the log; a client that goes away
+mid-request ends its thread quietly (DEBUG log).
+
+Slow clients.  Receiving a request is bounded in time, as Apache's mod_reqtimeout and nginx's
+client_header_timeout/client_body_timeout/keepalive_timeout bound it:
+
+* the head must be in within ``header_timeout`` s of its first byte (for a connection's first
+  request, of the connection's start, so the TLS handshake and a silent client count too);
+* the body within ``body_timeout`` s of the end of the head;
+* between keep-alive requests a connection waits ``keepalive_timeout`` s for the next one.
+
+Past the header or body limit the client gets 408 and is disconnected.  A connection that has
+sent nothing of a request (silent since it connected, or idle between requests) is closed
+without a word: a 408 there could cross a request the client is sending at that moment and be
+read as its answer.  The limits bound *receiving* only: while the handler works (an
+``event.from`` long poll is held for up to its timeout) nothing is read and no limit runs.
+Sending a response must make progress every 60 s (nginx's send_timeout; its first bytes may wait
+as long as the read limit in force, keep-alive's included), however long the response is.
+An upgraded connection (a 101, such as ``xenapi stdio``'s stream on the unix socket) has no limit
+at all: that protocol decides when it ends, and a stream stays open for as long as its user
+(an SSH session, say) sits idle.  Each accepted connection takes a slot of ``max_connections``
+and, by its source address, of ``max_connections_per_source`` (xenapi/transport/slots.py); past
+either, the accept loop answers 503 itself, without a thread.
+
+Why our own HTTP and not a library (weighed in issue 8; figures from the 2-core dev machine):
+
+* h11 is I/O-free: time limits, connection caps and sockets would still be written here, as with
+  any parser.  It takes 50 us to parse a typical XML-RPC request (xmlrpc.client's head, a
+  400-byte body) and frame its response; http_wire takes 7 us.  Through xmlrpc.client (medians
+  of 11 interleaved rounds) this server answered 4560 calls/s, the same handler behind an h11
+  loop on the same threads 2896, and the stdlib SimpleXMLRPCServer floor 3668: h11 would take
+  the ratio to the floor from 1.24 to 0.79 (another run: 1.30 to 0.99), below the floor.
+* httptools (llhttp, in C) parses in 4 us: 3 us saved on a call of about 250 us is not worth a
+  compiled dependency, and it bounds no time either.
+* A production server (uvicorn, hypercorn) would put asyncio and ASGI around a synchronous
+  dispatcher whose long polls each hold a thread anyway, rebuild the unix socket's SO_PEERCRED
+  and upgrade hand-over, and still not bound receiving a request (uvicorn's only timer is the
+  keep-alive one, and each byte received resets it).
+What http_wire parses is small and strict (request line, fields without obs-fold or bare CR,
+Content-Length or chunked but never both, pipelining, 100-continue) and tests/test_http.py and
+tests/test_bad_input.py hold it to that.  The limits cost no system call per request: a
+keep-alive wait keeps the socket timeout it had, and a response goes out in one send().
+A browser console (noVNC speaks WebSocket) needs no new server either: wsproto is I/O-free; its
+``generate_accept_token`` answers the handshake from a parsed Request, and its post-handshake
+``wsproto.Connection`` runs on the socket that a 101 ``Response.upgrade`` hands over, as the
+stream protocol's loop does today.
 
 Why not ``http.server``: BaseHTTPRequestHandler parses every header block with email.parser,
-which costs more than decoding the XML-RPC call it carries.  This server reads with recv()
-into its own buffer (a typical request arrives whole in one recv), parses the head with
-bytes.split, and writes each response with one sendall.
-
-Only HTTP lives here; which codec a path gets is the caller's business (the handler).
-Errors the client caused get a short plain-text status (400, 413, 431, 501) and the
-connection closes; a handler that raises gives a 500 whose traceback goes only to the log;
-a client that goes away mid-request ends its thread quietly (DEBUG log).
+which costs more than decoding the XML-RPC call it carries.  This server reads with recv() into
+its own buffer (a typical request arrives whole in one recv), parses the head with bytes.split,
+and writes each response with one send.
 """
 from __future__ import annotations
 
 import errno
-import functools
 import itertools
 import logging
 import os
-import re
 import selectors
 import socket
 import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from email.utils import formatdate
-from http import HTTPStatus
+from collections.abc import Callable
+
+from xenapi.transport.http_wire import (CHUNK_SIZE, CONTINUE, ProtocolError, Request, Response, head_end,
+                                        keep_alive, parse_head, plain, serialize)
+from xenapi.transport.slots import Slots, source_of
 
 log = logging.getLogger(__name__)
 
 __all__ = ["Request", "Response", "HTTPServer"]
 
-
-@dataclass(slots=True)
-class Request:
-    method: str
-    path: str                        # the request-target's path, without the query
-    headers: dict[str, str]          # lower-case names; repeated fields joined with ", "
-    body: bytes
-    peer: tuple | str                # (host, port), or "unix" on a unix socket
-    scheme: str                      # "http" or "https"
-    query: str = ""                  # after "?", undecoded
-    peer_uid: int | None = None      # on a unix socket: the peer process's uid (SO_PEERCRED)
-
-
-@dataclass(slots=True)
-class Response:
-    status: int
-    content_type: str
-    body: bytes
-    headers: Sequence[tuple[str, str]] = ()
-    # With status 101: called with the socket and any bytes already read past the request once
-    # the response is sent; it owns the connection until it returns (then the socket closes).
-    upgrade: Callable[[socket.socket, bytes], None] | None = None
-
-
 _RECV = 65536
-_REASONS = {s.value: s.phrase for s in HTTPStatus}
-_HEAD_END = re.compile(rb"\r?\n\r?\n")             # RFC 9112 §2.2: a bare LF ends a line too
-_TOKEN = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-_FIELD_VALUE = re.compile(rb"[\t\x20-\x7e\x80-\xff]*")
-_VERSION = re.compile(rb"HTTP/1\.([0-9])")
-_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
-_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _LINGER_SECONDS = 1.0
 _SHUTDOWN_GRACE_SECONDS = 1.0
-
-
-@functools.lru_cache(maxsize=2)
-def _http_date(second: int) -> str:
-    return formatdate(second, usegmt=True)
-
-
-def _plain(status: int, text: str) -> Response:
-    return Response(status, "text/plain", text.encode() + b"\n")
-
-
-class _ProtocolError(Exception):
-    """The client broke HTTP: answer ``status`` and close."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
+_SEND_STALL_SECONDS = 60.0               # a response's bytes must move at least this often
+_TIMEOUT_SLACK = 0.05                    # how far past a read deadline a recv() may wait
+_REFUSAL_LOG_SECONDS = 10.0              # at most one refusal line per this (a flood logs one)
 
 
 class _Disconnected(Exception):
@@ -95,18 +95,26 @@ class HTTPServer:
 
     ``serve_forever()`` runs the accept loop in the caller's thread; ``start()`` runs it in a
     daemon thread named ``http-accept``.  Each connection gets a daemon thread ``http-<n>``.
+    ``max_connections_per_source`` (None: a quarter of ``max_connections``; 0: no share) applies
+    to TCP only: a unix socket's peers are the server's own user and root.
     """
 
     def __init__(self, listen: tuple[str, int] | str, handler: Callable[[Request], Response], *,
                  max_body_bytes: int = 300 * 1024, max_header_bytes: int = 16 * 1024,
-                 max_connections: int = 800, idle_timeout: float = 300.0, ssl_context=None):
+                 max_connections: int = 800, max_connections_per_source: int | None = None,
+                 header_timeout: float = 20.0, body_timeout: float = 30.0, keepalive_timeout: float = 120.0,
+                 ssl_context=None):
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
-        self.max_connections = max_connections
-        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.keepalive_timeout = keepalive_timeout
         self.ssl_context = ssl_context
         self.scheme = "https" if ssl_context else "http"
+        if max_connections_per_source is None:
+            max_connections_per_source = max(1, max_connections // 4)
+        self.slots = Slots(max_connections, None if isinstance(listen, str) else max_connections_per_source)
         if isinstance(listen, str):
             self._listener = _bind_unix(listen)
             self._unix_path: str | None = listen
@@ -120,13 +128,19 @@ class HTTPServer:
             self.address = self._listener.getsockname()[:2]
         self._listener.setblocking(False)
         self._wake_r, self._wake_w = socket.socketpair()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()    # guards _connections and slots
         self._connections: set[_Connection] = set()
         self._ids = itertools.count(1)
         self._closing = False
         self._stopped = threading.Event()
         self._stopped.set()              # not serving yet
         self._accept_thread: threading.Thread | None = None
+        self._refused = 0                # refusals not logged yet (the accept thread's own)
+        self._refusal_logged = -_REFUSAL_LOG_SECONDS
+
+    @property
+    def max_connections(self) -> int:
+        return self.slots.total
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -197,35 +211,55 @@ class HTTPServer:
         if self._unix_path is None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             peer: tuple | str = addr[:2]
+            source: str | None = source_of(addr[0])
         else:
-            peer = "unix"
+            peer, source = "unix", None
         with self._lock:
-            if len(self._connections) >= self.max_connections:
-                connection = None
-            else:
-                connection = _Connection(self, sock, peer, f"http-{next(self._ids)}")
+            refusal = self.slots.take(source)
+            if refusal is None:
+                connection = _Connection(self, sock, peer, source, f"http-{next(self._ids)}")
                 self._connections.add(connection)
-        if connection is None:
-            log.warning("refused connection peer=%s reason=max_connections=%d",
-                        peer, self.max_connections)
+        if refusal is not None:
+            self._log_refusal(peer, refusal)
             _refuse(sock)
             return
-        connection.thread.start()
+        try:
+            connection.thread.start()
+        except RuntimeError as e:        # no more threads: as full as max_connections
+            log.warning("refused connection peer=%s reason=%s", peer, e)
+            self._forget(connection)
+            _refuse(sock)
+
+    def _log_refusal(self, peer, reason: str) -> None:
+        """One WARNING line per refusal, but at most one per _REFUSAL_LOG_SECONDS, with how many
+        it stands for: a flood of connections must not become a flood of log lines."""
+        self._refused += 1
+        now = time.monotonic()
+        if now - self._refusal_logged >= _REFUSAL_LOG_SECONDS:
+            log.warning("refused connection peer=%s reason=%s refused=%d", peer, reason, self._refused)
+            self._refused = 0
+            self._refusal_logged = now
 
     def _forget(self, connection: _Connection) -> None:
         with self._lock:
-            self._connections.discard(connection)
+            if connection in self._connections:
+                self._connections.discard(connection)
+                self.slots.give_back(connection.source)
 
 
 class _Connection:
     """One client connection: read a request, call the handler, write the response, repeat."""
 
-    def __init__(self, server: HTTPServer, sock: socket.socket, peer, name: str):
+    def __init__(self, server: HTTPServer, sock: socket.socket, peer, source: str | None, name: str):
         self.server = server
         self.sock = sock
         self.peer = peer
+        self.source = source
         self.peer_uid = _peer_uid(sock) if peer == "unix" else None
+        self.opened = time.monotonic()
+        self.served = 0                  # requests answered on this connection
         self.buf = b""                   # received but not yet consumed (pipelined requests too)
+        self.deadline = 0.0              # when the body being read must be in (time.monotonic)
         self.busy = False                # between a request's head and its response's last byte
         self.thread = threading.Thread(target=self.run, name=name, daemon=True)
 
@@ -239,11 +273,12 @@ class _Connection:
     def run(self) -> None:
         server = self.server
         try:
-            self.sock.settimeout(server.idle_timeout)
             if server.ssl_context is not None:
+                # the handshake is part of the first request's head: the same limit holds
+                self.sock.settimeout(server.header_timeout)
                 self.sock = server.ssl_context.wrap_socket(self.sock, server_side=True)
             while self._serve_one() and not server._closing:
-                pass
+                self.served += 1
         except (_Disconnected, OSError) as e:   # OSError covers timeouts, resets and TLS errors
             log.debug("connection ended peer=%s reason=%r", self.peer, e)
         finally:
@@ -255,14 +290,15 @@ class _Connection:
         try:
             head = self._read_head()
             if head is None:
-                return False             # closed cleanly between requests
+                return False             # closed between requests, or silent past its limit
             self.busy = True
-            method, target, minor, headers = _parse_head(head)
-            keep_alive = _keep_alive(minor, headers.get("connection"))
+            method, target, minor, headers = parse_head(head)
+            keep = keep_alive(minor, headers.get("connection"))
+            self.deadline = time.monotonic() + self.server.body_timeout
             body = self._read_body(minor, headers)
-        except _ProtocolError as e:
+        except ProtocolError as e:
             log.debug("bad request peer=%s status=%d reason=%s", self.peer, e.status, e)
-            self.sock.sendall(_serialize(_plain(e.status, str(e)), False, 1, False))
+            self._send(serialize(plain(e.status, str(e)), False, 1, False))
             self._linger()
             return False
         path, _, query = target.partition("?")
@@ -270,18 +306,35 @@ class _Connection:
         upgrade = None
         try:
             response = self.server.handler(request)
-            out = _serialize(response, keep_alive, minor, method == "HEAD")
+            out = serialize(response, keep, minor, method == "HEAD")
             upgrade = response.upgrade if response.status == 101 else None
         except Exception:
             log.exception("handler failed method=%s path=%s peer=%s", method, path, self.peer)
-            out = _serialize(_plain(500, "internal server error"), keep_alive, minor, False)
-        self.sock.sendall(out)
+            out = serialize(plain(500, "internal server error"), keep, minor, False)
+        self._send(out)
         self.busy = False
         if upgrade is not None:
             self.sock.settimeout(None)   # the upgraded protocol decides when the connection ends
             upgrade(self.sock, self.buf)
             return False
-        return keep_alive
+        return keep
+
+    def _send(self, data: bytes) -> None:
+        """Send all of ``data``; each send() waits at most _SEND_STALL_SECONDS for room (sendall's
+        timeout would bound the whole response, however large, by that time).  The first send
+        keeps the socket's read timeout: a response nearly always fits the send buffer at once,
+        and not switching saves a system call per request."""
+        try:
+            sent = self.sock.send(data)
+        except TimeoutError:             # no room within the read limit's timeout ...
+            if self.sock.gettimeout() >= _SEND_STALL_SECONDS:
+                raise                    # ... which was as long as a stall may be
+            sent = 0
+        if sent < len(data):
+            self.sock.settimeout(_SEND_STALL_SECONDS)
+            view = memoryview(data)[sent:]
+            while view:
+                view = view[self.sock.send(view):]
 
     def _linger(self) -> None:
         """Read and drop what the client is still sending (briefly) before closing: closing
@@ -289,40 +342,74 @@ class _Connection:
         before the client reads it."""
         try:
             self.sock.shutdown(socket.SHUT_WR)
-            self.sock.settimeout(_LINGER_SECONDS)
+            deadline = time.monotonic() + _LINGER_SECONDS
             budget = 4 * self.server.max_body_bytes
-            while budget > 0 and (data := self.sock.recv(_RECV)):
+            while budget > 0 and (data := self._recv_by(deadline)):
                 budget -= len(data)
-        except OSError:
+        except OSError:                  # TimeoutError too
             pass
 
     # -- reading -------------------------------------------------------------------------------
 
+    def _recv_by(self, deadline: float) -> bytes:
+        """recv(), waiting until ``deadline`` (time.monotonic) at most; TimeoutError past it.
+        The socket's timeout is left as it is when it ends within _TIMEOUT_SLACK after the
+        deadline (each keep-alive wait sets the same one): settimeout() is a system call."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("time limit reached")
+        current = self.sock.gettimeout()
+        if current is None or not remaining <= current <= remaining + _TIMEOUT_SLACK:
+            self.sock.settimeout(remaining)
+        return self.sock.recv(_RECV)
+
     def _recv(self) -> bytes:
-        data = self.sock.recv(_RECV)
+        """More of the body: by the body's deadline, else 408."""
+        try:
+            data = self._recv_by(self.deadline)
+        except TimeoutError:
+            raise ProtocolError(408, f"request body not received within {self.server.body_timeout:g} s") from None
         if not data:
             raise _Disconnected("peer closed the connection mid-request")
         return data
 
     def _read_head(self) -> bytes | None:
+        """The next request's head, or None when the connection should close quietly: the
+        client closed it, or sent nothing of a request within its time."""
+        server = self.server
         buf = self.buf
-        limit = self.server.max_header_bytes
+        limit = server.max_header_bytes
+        if self.served == 0:             # the first request: counted from the connection's start
+            waiting, deadline = False, self.opened + server.header_timeout
+        elif buf:                        # pipelined: the request has begun
+            waiting, deadline = False, time.monotonic() + server.header_timeout
+        else:                            # keep-alive: idle until the first byte of the next one
+            waiting, deadline = True, time.monotonic() + server.keepalive_timeout
         while True:
             if buf[:1] in (b"\r", b"\n"):
                 buf = buf.lstrip(b"\r\n")   # RFC 9112 §2.2: ignore empty lines before a request
-            end = _head_end(buf)
+            end = head_end(buf)
             if end is not None:
                 if end[0] > limit:
-                    raise _ProtocolError(431, "request header too large")
+                    raise ProtocolError(431, "request header too large")
                 self.buf = buf[end[1]:]
                 return buf[:end[0]]
             if len(buf) > limit:
-                raise _ProtocolError(431, "request header too large")
-            data = self.sock.recv(_RECV)
+                raise ProtocolError(431, "request header too large")
+            try:
+                data = self._recv_by(deadline)
+            except TimeoutError:
+                if buf:
+                    raise ProtocolError(408, f"request header not received within {server.header_timeout:g} s") from None
+                log.debug("connection closed peer=%s reason=%s", self.peer,
+                          "idle" if self.served else "silent")
+                return None
             if not data:
                 if buf:
                     raise _Disconnected("peer closed the connection mid-header")
                 return None
+            if waiting:                  # a byte (even an empty line) starts the head's clock
+                waiting, deadline = False, time.monotonic() + server.header_timeout
             buf += data
 
     def _read_exact(self, n: int) -> bytes:
@@ -342,7 +429,7 @@ class _Connection:
         """One line (without its terminator) of a chunked body."""
         while (end := self.buf.find(b"\n")) < 0:
             if len(self.buf) > self.server.max_header_bytes:
-                raise _ProtocolError(400, "chunk line too long")
+                raise ProtocolError(400, "chunk line too long")
             self.buf += self._recv()
         line, self.buf = self.buf[:end], self.buf[end + 1:]
         return line.rstrip(b"\r")
@@ -352,18 +439,18 @@ class _Connection:
         length = headers.get("content-length")
         if encoding is not None:
             if length is not None:       # ambiguous framing: the classic smuggling vector
-                raise _ProtocolError(400, "both Content-Length and Transfer-Encoding")
+                raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
             if encoding.lower() != "chunked":
-                raise _ProtocolError(501, f"unsupported transfer-encoding {encoding[:40]}")
+                raise ProtocolError(501, f"unsupported transfer-encoding {encoding[:40]}")
             self._continue(minor, headers)
             return self._read_chunked()
         if length is None:
             return b""
         if not (length.isascii() and length.isdigit()):
-            raise _ProtocolError(400, "bad Content-Length")
+            raise ProtocolError(400, "bad Content-Length")
         n = int(length)
         if n > self.server.max_body_bytes:
-            raise _ProtocolError(413, f"request body over {self.server.max_body_bytes} bytes")
+            raise ProtocolError(413, f"request body over {self.server.max_body_bytes} bytes")
         if len(self.buf) < n:
             self._continue(minor, headers)
         return self._read_exact(n)
@@ -371,7 +458,7 @@ class _Connection:
     def _continue(self, minor: int, headers: dict[str, str]) -> None:
         """Answer ``Expect: 100-continue`` once we know we will read the body."""
         if minor >= 1 and headers.get("expect", "").lower() == "100-continue" and not self.buf:
-            self.sock.sendall(_CONTINUE)
+            self._send(CONTINUE)
 
     def _read_chunked(self) -> bytes:
         limit = self.server.max_body_bytes
@@ -379,104 +466,35 @@ class _Connection:
         total = 0
         while True:
             size = self._read_line().split(b";", 1)[0].strip(b" \t")
-            if not _CHUNK_SIZE.fullmatch(size):
-                raise _ProtocolError(400, "bad chunk size")
+            if not CHUNK_SIZE.fullmatch(size):
+                raise ProtocolError(400, "bad chunk size")
             n = int(size, 16)
             if n == 0:
                 break
             total += n
             if total > limit:
-                raise _ProtocolError(413, f"request body over {limit} bytes")
+                raise ProtocolError(413, f"request body over {limit} bytes")
             parts.append(self._read_exact(n))
             if self._read_line():
-                raise _ProtocolError(400, "chunk data longer than its size")
+                raise ProtocolError(400, "chunk data longer than its size")
         trailer = 0
         while line := self._read_line():  # trailer fields are read and dropped
             trailer += len(line)
             if trailer > self.server.max_header_bytes:
-                raise _ProtocolError(431, "trailer too large")
+                raise ProtocolError(431, "trailer too large")
         return b"".join(parts)
 
 
-# -- parsing and writing (pure functions) ------------------------------------------------------
-
-def _head_end(buf: bytes) -> tuple[int, int] | None:
-    """Where the head ends and the body starts.  find() serves every real client; the regex
-    (ten times slower) only runs for heads that use bare LF line ends."""
-    end = buf.find(b"\r\n\r\n")
-    if end >= 0 and buf.find(b"\n\n", 0, end) < 0:
-        return end, end + 4
-    match = _HEAD_END.search(buf)
-    return None if match is None else match.span()
-
-
-def _parse_head(head: bytes) -> tuple[str, str, int, dict[str, str]]:
-    """(method, target, HTTP minor version, headers) from a request head without its blank line."""
-    lines = head.split(b"\n")
-    parts = lines[0].rstrip(b"\r").split(b" ")
-    if len(parts) != 3 or not _TOKEN.fullmatch(parts[0]) or not parts[1]:
-        raise _ProtocolError(400, "bad request line")
-    version = _VERSION.fullmatch(parts[2])
-    if version is None:
-        raise _ProtocolError(400, "unsupported HTTP version")
-    try:
-        target = parts[1].decode("ascii")
-    except UnicodeDecodeError:
-        raise _ProtocolError(400, "non-ASCII request target") from None
-    if target.startswith(("http://", "https://")):   # absolute form: keep path and query
-        target = "/" + target.split("/", 3)[3] if target.count("/") >= 3 else "/"
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        line = line.rstrip(b"\r")
-        name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.fullmatch(name):   # also refuses obsolete line folding
-            raise _ProtocolError(400, "bad header line")
-        value = value.strip(b" \t")
-        if not _FIELD_VALUE.fullmatch(value):
-            raise _ProtocolError(400, "bad header value")
-        key = name.decode("ascii").lower()
-        text = value.decode("latin-1")
-        headers[key] = f"{headers[key]}, {text}" if key in headers else text
-    return parts[0].decode("ascii"), target, int(version.group(1)), headers
-
-
-def _keep_alive(minor: int, connection: str | None) -> bool:
-    """HTTP/1.1 stays open unless told ``close``; HTTP/1.0 only when asked ``keep-alive``."""
-    if connection is None:
-        return minor >= 1
-    tokens = {t.strip().lower() for t in connection.split(",")}
-    return "close" not in tokens and (minor >= 1 or "keep-alive" in tokens)
-
-
-def _serialize(response: Response, keep_alive: bool, minor: int, head_only: bool) -> bytes:
-    body = response.body
-    if not isinstance(body, (bytes, bytearray)):
-        raise TypeError(f"response body must be bytes, not {type(body).__name__}")
-    lines = [f"HTTP/1.1 {int(response.status)} {_REASONS.get(response.status, '')}\r\n"
-             f"Date: {_http_date(int(time.time()))}\r\n"]
-    if response.status >= 200:           # a 1xx carries neither (RFC 9110 8.6, 15.2)
-        lines += [f"Content-Type: {response.content_type}\r\n", f"Content-Length: {len(body)}\r\n"]
-    for name, value in response.headers:
-        lines.append(f"{name}: {value}\r\n")
-    if not keep_alive:
-        lines.append("Connection: close\r\n")
-    elif minor == 0:
-        lines.append("Connection: keep-alive\r\n")
-    lines.append("\r\n")
-    head = "".join(lines)
-    crlf = len(lines) + 1                # the first element holds two lines
-    if head.count("\n") != crlf or head.count("\r") != crlf:
-        raise ValueError("CR or LF inside a response header")   # the handler's own fault
-    head_bytes = head.encode("latin-1")
-    return head_bytes if head_only else head_bytes + body
-
-
 def _refuse(sock: socket.socket) -> None:
-    """Tell a connection over the limit to come back later, without giving it a thread."""
+    """Tell a connection over the cap or its source's share to come back later, without giving
+    it a thread (the accept loop's own time: nothing here waits)."""
     try:
-        sock.settimeout(1.0)
-        sock.sendall(_serialize(_plain(503, "too many connections"), False, 1, False))
-    except OSError:
+        sock.setblocking(False)
+        sock.send(serialize(plain(503, "too many connections"), False, 1, False))   # fits any send buffer
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(_RECV):          # drop what already came, so close() sends no reset
+            pass
+    except OSError:                      # BlockingIOError: nothing (more) to read
         pass
     finally:
         sock.close()
