@@ -101,8 +101,11 @@ class KnownDefect:
     matches: object       # (target, exception or log text) -> bool
 
 
-def _recursion(target, exc) -> bool:
-    return "RecursionError" in (exc if isinstance(exc, str) else type(exc).__name__)
+def _where_recursion(target, exc) -> bool:
+    if target.startswith("where"):
+        return isinstance(exc, RecursionError)
+    text = str(exc)                      # the dispatcher: what its log said
+    return target.startswith("dispatch") and "RecursionError" in text and ("_where" in text or "grant." in text)
 
 
 KNOWN_DEFECTS = [
@@ -112,14 +115,15 @@ KNOWN_DEFECTS = [
         "(encoding=\"foo\", \"utf-7\", \"utf-32\", \"hex\", \"idna\"), not WireError: expat asks Python's "
         "codecs for it. Over HTTP the client gets a bare 500 and the log a traceback; on a stdio/SSH "
         "stream the whole stream ends.",
-        lambda target, exc: target in ("xmlrpc.decode",) and isinstance(exc, (LookupError, ValueError))),
+        lambda target, exc: target == "xmlrpc.decode" and isinstance(exc, (LookupError, ValueError))
+        and ("encoding" in str(exc) or "codec" in str(exc))),
     KnownDefect(
         "where-recursion", "xenapi/where.py",
         "compile_where and the compiled predicate recurse once per nesting level: 330 nested "
         "parentheses, ~1,000 `not`, or ~1,000 chained `and`/`or` raise RecursionError (a 3 KiB "
         "expression; the body limit is 300 KiB). get_all_records_where and grant.create then answer "
         "INTERNAL_ERROR \"unexpected server error\" with a traceback in the log.",
-        lambda target, exc: target.startswith(("where", "dispatch")) and _recursion(target, exc)),
+        _where_recursion),
     KnownDefect(
         "assert-operation-valid-unknown-op", "xenapi/lifecycle.py",
         "VM.assert_operation_valid(vm, op) with a vm_operations value this server does not implement "
@@ -148,7 +152,8 @@ KNOWN_DEFECTS = [
         "(a 310-digit <int>, or a JSON integer literal): a float parameter (event.from's timeout, "
         "task.set_progress) answers INTERNAL_ERROR \"unexpected server error\" instead of "
         "FIELD_TYPE_ERROR.",
-        lambda target, exc: target.startswith("dispatch") and "OverflowError" in str(exc)),
+        lambda target, exc: target.startswith("dispatch") and "OverflowError: int too large to convert to float"
+        in str(exc)),
 ]
 
 
