@@ -101,60 +101,11 @@ class KnownDefect:
     matches: object       # (target, exception or log text) -> bool
 
 
-def _where_recursion(target, exc) -> bool:
-    if target.startswith("where"):
-        return isinstance(exc, RecursionError)
-    text = str(exc)                      # the dispatcher: what its log said
-    return target.startswith("dispatch") and "RecursionError" in text and ("_where" in text or "grant." in text)
-
-
-KNOWN_DEFECTS = [
-    KnownDefect(
-        "xmlrpc-encoding", "xenapi/wire/xmlrpc.py",
-        "decode lets an XML declaration's encoding escape as LookupError/ValueError/UnicodeError "
-        "(encoding=\"foo\", \"utf-7\", \"utf-32\", \"hex\", \"idna\"), not WireError: expat asks Python's "
-        "codecs for it. Over HTTP the client gets a bare 500 and the log a traceback; on a stdio/SSH "
-        "stream the whole stream ends.",
-        lambda target, exc: target == "xmlrpc.decode" and isinstance(exc, (LookupError, ValueError))
-        and ("encoding" in str(exc) or "codec" in str(exc))),
-    KnownDefect(
-        "where-recursion", "xenapi/where.py",
-        "compile_where and the compiled predicate recurse once per nesting level: 330 nested "
-        "parentheses, ~1,000 `not`, or ~1,000 chained `and`/`or` raise RecursionError (a 3 KiB "
-        "expression; the body limit is 300 KiB). get_all_records_where and grant.create then answer "
-        "INTERNAL_ERROR \"unexpected server error\" with a traceback in the log.",
-        _where_recursion),
-    KnownDefect(
-        "assert-operation-valid-unknown-op", "xenapi/lifecycle.py",
-        "VM.assert_operation_valid(vm, op) with a vm_operations value this server does not implement "
-        "(snapshot, create_template, migrate_send, ...) on an ordinary VM looks the op up in ALLOWED_IN "
-        "and raises KeyError: INTERNAL_ERROR \"unexpected server error\" instead of a Xen-API refusal "
-        "(OPERATION_NOT_ALLOWED).",
-        lambda target, exc: target.startswith("dispatch") and "assert_operation_valid" in str(exc)
-        and "KeyError" in str(exc)),
-    KnownDefect(
-        "event-token-digits", "xenapi/events.py",
-        "event.from's token check uses str.isdigit(), which is true for superscripts and other digits "
-        "int() refuses: the token \"²,1\" raises ValueError, answered INTERNAL_ERROR \"unexpected server "
-        "error\" instead of EVENT_FROM_TOKEN_PARSE_FAILURE (isdecimal(), or ASCII digits only, fixes it).",
-        lambda target, exc: target.startswith("dispatch") and "event.from" in str(exc)
-        and "invalid literal for int()" in str(exc)),
-    KnownDefect(
-        "datetime-before-1000", "xenapi/wire/values.py",
-        "DateTime.wire() formats with strftime('%Y...'), which does not pad years before 1000 to four "
-        "digits on glibc: 0999-12-31 is sent as 9991231T23:59:59Z, which reads back as another date or "
-        "not at all (xapi writes %04d). A client can send such a date; it comes back wrong wherever "
-        "the server echoes it.",
-        lambda target, exc: target == "xmlrpc.roundtrip" and "before 1000" in str(exc)),
-    KnownDefect(
-        "float-overflow", "xenapi/model/types.py",
-        "Float.convert(int) calls float(value), which raises OverflowError for an int beyond ~1.8e308 "
-        "(a 310-digit <int>, or a JSON integer literal): a float parameter (event.from's timeout, "
-        "task.set_progress) answers INTERNAL_ERROR \"unexpected server error\" instead of "
-        "FIELD_TYPE_ERROR.",
-        lambda target, exc: target.startswith("dispatch") and "OverflowError: int too large to convert to float"
-        in str(exc)),
-]
+# Empty now: the six found so far (an XML declaration's unusable encoding, where expressions deep
+# enough to recurse out, VM.assert_operation_valid with an operation not implemented, event.from
+# tokens of non-ASCII digits, dates before year 1000, float parameters beyond any float) are fixed,
+# each with a regression test in tests/test_fuzz_*.py.
+KNOWN_DEFECTS: list[KnownDefect] = []
 
 
 def known_defect(target: str, exc) -> KnownDefect | None:

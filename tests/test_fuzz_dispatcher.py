@@ -24,23 +24,20 @@ def test_any_call_ends_in_a_xen_api_outcome(harness, data):
     F.check_dispatch(harness, data.draw(F.dispatcher_calls(harness)))
 
 
-# -- known defects (tests/fuzzing.py KNOWN_DEFECTS): these pass once fixed; then drop the entry ------
+# -- defects fuzzing found, fixed: regressions -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS float-overflow: fix in xenapi/model/types.py")
 def test_float_param_given_an_int_beyond_float_is_field_type_error(harness):
     call = Call("task.set_progress", (harness.session("root"), "OpaqueRef:NULL", 10 ** 400), "jsonrpc2", 1)
     outcome = harness.server.dispatcher.dispatch(call)
     assert isinstance(outcome, Failure) and outcome.description[0] == "FIELD_TYPE_ERROR", outcome
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS where-recursion: fix in xenapi/where.py")
 def test_get_all_records_where_with_a_deep_expression_is_not_an_internal_error(harness):
     expr = "(" * 400 + 'field "name_label" = "x"' + ")" * 400
     outcome = harness.server.dispatcher.dispatch(Call("VM.get_all_records_where", (harness.session("root"), expr)))
     assert not (isinstance(outcome, Failure) and outcome.description[0] == "INTERNAL_ERROR"), outcome
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS assert-operation-valid-unknown-op: fix in xenapi/lifecycle.py")
 def test_assert_operation_valid_with_an_unimplemented_operation_is_refused_not_internal_error(harness):
     store = harness.server.store
     vm = next(ref for ref, rec in store.records("VM").items()
@@ -50,7 +47,6 @@ def test_assert_operation_valid_with_an_unimplemented_operation_is_refused_not_i
     assert isinstance(outcome, Failure) and outcome.description[0] != "INTERNAL_ERROR", outcome
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS event-token-digits: fix in xenapi/events.py")
 def test_event_from_token_with_superscript_digits_is_a_parse_failure(harness):
     outcome = harness.server.dispatcher.dispatch(Call("event.from", (harness.session("root"), ["*"], "²,1", 0.0)))
     assert isinstance(outcome, Failure) and outcome.description[0] == "EVENT_FROM_TOKEN_PARSE_FAILURE", outcome

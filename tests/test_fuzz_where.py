@@ -24,9 +24,8 @@ def test_where_of_a_non_string_raises_type_error(expr):
     F.check_where(expr, [])
 
 
-# -- known defects (tests/fuzzing.py KNOWN_DEFECTS): these pass once fixed; then drop the entry ------
+# -- defects fuzzing found, fixed: regressions -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, raises=RecursionError, reason="KNOWN_DEFECTS where-recursion: fix in xenapi/where.py")
 @pytest.mark.parametrize("expr", ["(" * 400 + "true" + ")" * 400, "not " * 1200 + "true", "true and " * 1200 + "true"],
                          ids=["parentheses", "not", "and"])
 def test_deep_expression_compiles_or_is_a_syntax_error(expr):

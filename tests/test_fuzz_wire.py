@@ -60,9 +60,8 @@ def test_jsonrpc_encode_of_any_outcome_never_raises(outcome, protocol):
     F.check_json_encode_never_raises(outcome, protocol)
 
 
-# -- known defects (tests/fuzzing.py KNOWN_DEFECTS): these pass once fixed; then drop the entry ------
+# -- defects fuzzing found, fixed: regressions -----------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS xmlrpc-encoding: fix in xenapi/wire/xmlrpc.py")
 @pytest.mark.parametrize("encoding", ["foo", "utf-7", "utf-32", "hex", "idna"])
 def test_xml_declaration_with_an_unusable_encoding_is_a_wire_error(encoding):
     body = f'<?xml version="1.0" encoding="{encoding}"?><methodCall><methodName>a</methodName></methodCall>'
@@ -70,6 +69,5 @@ def test_xml_declaration_with_an_unusable_encoding_is_a_wire_error(encoding):
         xmlrpc.decode(body.encode())
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN_DEFECTS datetime-before-1000: fix in xenapi/wire/values.py")
 def test_datetime_before_year_1000_keeps_four_year_digits():
     assert DateTime.parse("0999-12-31T23:59:59Z").wire() == "09991231T23:59:59Z"

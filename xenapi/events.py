@@ -80,7 +80,7 @@ class Events:
         if token == "":
             return None
         epoch, sep, last = token.partition(",")
-        if not sep or not epoch.isdigit() or not last.isdigit():
+        if not sep or not _ascii_digits(epoch) or not _ascii_digits(last):
             raise XenAPIError(E.EVENT_FROM_TOKEN_PARSE_FAILURE, token)
         if int(epoch) != self.store.epoch or int(last) > self.store.last_id:
             return None
@@ -316,3 +316,8 @@ def _wanted(cls: str, ref: str, names, objects) -> bool:
 def _registered(cls: str, ref: str, subs: set[str]) -> bool:
     lower = cls.lower()
     return "*" in subs or lower in subs or f"{lower}/{ref}" in subs
+
+
+def _ascii_digits(text: str) -> bool:
+    """0-9 only: str.isdigit also takes "²" and other digits int() refuses."""
+    return text.isascii() and text.isdigit()

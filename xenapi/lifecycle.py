@@ -59,6 +59,8 @@ def check(rec: dict, ref: str, op: str) -> None:
     """Raise the error xapi gives for ``op`` on this VM now, if any."""
     if rec["is_control_domain"]:
         raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not allowed on the control domain")
+    if op not in ALLOWED_IN:        # one of xapi's vm_operations that this server does not implement
+        raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not supported by this server")
     if rec["is_a_template"] and op not in TEMPLATE_OPS:
         raise XenAPIError(E.VM_IS_TEMPLATE, ref, op)
     if not rec["is_a_template"] and op in TEMPLATE_ONLY_OPS:

@@ -289,11 +289,26 @@ def _describe(tok: _Token) -> str:
     return repr(text)
 
 
+MAX_NESTING = 100    # parentheses and `not`s inside each other; chains of and/or may be any length
+
+
 class _Parser:
     def __init__(self, expr: str):
         self.expr = expr
         self._it = _tokens(expr)
         self._tok: _Token | None = None
+        self._depth = 0
+
+    def _nested(self, tok: _Token, inner: Callable[[], Any]):
+        """Parse ``inner`` one level deeper: the parser, the compiler and the predicate recurse
+        per level, so nesting is bounded (a syntax error) rather than left to Python's stack."""
+        if self._depth >= MAX_NESTING:
+            self.fail(tok, f"nested more than {MAX_NESTING} levels deep (parentheses and not)")
+        self._depth += 1
+        try:
+            return inner()
+        finally:
+            self._depth -= 1
 
     def peek(self) -> _Token:
         if self._tok is None:
@@ -324,8 +339,8 @@ class _Parser:
 
     def expr_(self):
         if self.peek()[0] == "NOT":
-            self.take()
-            return ("not", self.expr_())
+            tok = self.take()
+            return ("not", self._nested(tok, self.expr_))
         return self.chain()
 
     def chain(self):
@@ -333,8 +348,8 @@ class _Parser:
         while self.peek()[0] in ("AND", "OR"):
             op = self.take()[0].lower()
             if self.peek()[0] == "NOT":
-                self.take()
-                right = ("not", self.expr_())
+                tok = self.take()
+                right = ("not", self._nested(tok, self.expr_))
             else:
                 right = self.atom()
             left = (op, left, right)
@@ -353,7 +368,7 @@ class _Parser:
             self.take()
             if self.peek()[0] == "RPAREN":
                 self.fail(self.peek(), "empty parentheses: expected an expression")
-            node = self.expr_()
+            node = self._nested(tok, self.expr_)
             close = self.peek()
             if close[0] != "RPAREN":
                 self.fail(close, f"expected ')' to close the '(' at offset {tok[2]}, "
@@ -464,12 +479,8 @@ def _compile(node) -> Callable:
         if inner is _false:
             return _true
         return lambda rec, ref: not inner(rec, ref)
-    if kind == "and":
-        a, b = _compile(node[1]), _compile(node[2])
-        return lambda rec, ref: a(rec, ref) and b(rec, ref)
-    if kind == "or":
-        a, b = _compile(node[1]), _compile(node[2])
-        return lambda rec, ref: a(rec, ref) or b(rec, ref)
+    if kind in ("and", "or"):
+        return _compile_chain(node)
     if kind == "eq":
         left, right = node[1], node[2]
         if left[0] == "lit" and right[0] == "lit":
@@ -514,13 +525,41 @@ def _compile(node) -> Callable:
     raise AssertionError(f"unknown node {node!r}")  # pragma: no cover
 
 
+def _spine(node) -> tuple[Any, list[tuple[str, Any]]]:
+    """A left-deep chain ``((a op b) op c) ...`` as its first operand and the (op, operand) pairs
+    after it, walked without recursion: a chain may be thousands of terms long."""
+    steps = []
+    while node[0] in ("and", "or"):
+        steps.append((node[0], node[2]))
+        node = node[1]
+    steps.reverse()
+    return node, steps
+
+
+def _compile_chain(node) -> Callable:
+    first, steps = _spine(node)
+    head = _compile(first)
+    rest = [(op == "and", _compile(operand)) for op, operand in steps]
+
+    def chain(rec, ref):            # left to right, short-circuiting as nested and/or would
+        value = head(rec, ref)
+        for is_and, operand in rest:
+            if bool(value) != is_and:
+                continue            # true or ..., false and ...: decided already
+            value = operand(rec, ref)
+        return value
+
+    return chain
+
+
 def _fields_of(node, out: list[str]) -> None:
     kind = node[0]
     if kind in ("not",):
         _fields_of(node[1], out)
     elif kind in ("and", "or"):
-        _fields_of(node[1], out)
-        _fields_of(node[2], out)
+        first, steps = _spine(node)
+        for operand in [first, *(operand for _, operand in steps)]:
+            _fields_of(operand, out)
     elif kind in ("eq", "in"):
         for v in node[1:]:
             if v[0] == "field" and v[1] not in out:

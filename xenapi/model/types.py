@@ -74,12 +74,10 @@ class _Float(WireType):
     def convert(self, value, where):
         if isinstance(value, bool):
             raise _wrong(where)
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+        if isinstance(value, (int, float, str)):
             try:
                 return float(value)
-            except ValueError:
+            except (ValueError, OverflowError):    # "x", or an int beyond any float (10**400)
                 pass
         raise _wrong(where)
 

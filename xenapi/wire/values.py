@@ -21,7 +21,9 @@ class DateTime:
         return cls(_dt.datetime.now(_dt.timezone.utc).timestamp())
 
     def wire(self) -> str:
-        return _dt.datetime.fromtimestamp(int(self.seconds), _dt.timezone.utc).strftime(WIRE_DATETIME)
+        d = _dt.datetime.fromtimestamp(int(self.seconds), _dt.timezone.utc)
+        # by hand, not strftime: glibc's %Y gives years before 1000 fewer than four digits
+        return f"{d.year:04d}{d.month:02d}{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}Z"
 
     @classmethod
     def parse(cls, text: str) -> "DateTime":

@@ -196,6 +196,8 @@ def decode(body: bytes, limits: Limits = Limits()) -> Call:
         raise _malformed(str(e)) from None
     except DefusedXmlException as e:
         raise _malformed(f"forbidden XML construct: {type(e).__name__}") from None
+    except (LookupError, ValueError) as e:   # an XML declaration's encoding that Python's codecs refuse
+        raise _malformed(f"unusable encoding: {e}") from None
     if not builder.method:
         raise _malformed("no <methodName>")
     return Call(builder.method, tuple(builder.params or ()), "xmlrpc")
