@@ -32,6 +32,7 @@ class Config:
     login_failures_per_source: int = 20
     login_failure_window: float = 300.0
     login_lockout: float = 60.0
+    login_wait: float = 30.0
     audit_keep: int = 100_000
     clean_shutdown_timeout: float = 60.0
     task_keep_seconds: float = 3900.0
@@ -94,6 +95,7 @@ _KEYS = {
     ("logins", "failures_per_user"): "login_failures_per_user",
     ("logins", "failures_per_source"): "login_failures_per_source",
     ("logins", "window"): "login_failure_window", ("logins", "lockout"): "login_lockout",
+    ("logins", "wait"): "login_wait",
     ("audit", "keep"): "audit_keep",
     ("vm", "clean_shutdown_timeout"): "clean_shutdown_timeout",
     ("tasks", "keep_seconds"): "task_keep_seconds", ("tasks", "keep_count"): "task_keep_count",

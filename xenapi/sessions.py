@@ -67,7 +67,8 @@ class Sessions:
         self.clock = clock
         config = server.config
         self.throttle = LoginThrottle(config.login_failures_per_user, config.login_failures_per_source,
-                                      config.login_failure_window, config.login_lockout)
+                                      config.login_failure_window, config.login_lockout,
+                                      max_wait=config.login_wait)
         self._live: dict[str, Live] = {}
         self._lock = threading.Lock()
         self._opening = ObjectLocks()            # per user name: the cap's count and the new session together
