@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 import XenAPI  # noqa: E402  (after the path)
 
+from tests.conftest import vm_create_args  # noqa: E402
 from tests.ports import free_port, wait_for_port  # noqa: E402
 
 PASSWORD = "soak-pw"
@@ -57,15 +58,10 @@ TIMEOUT = 60.0                           # any one call; event.from asks for at 
 
 
 def vm_record(label: str) -> dict:
-    """VM.create's record, as xapi's clients send it: a small HVM guest."""
-    return {"name_label": label, "name_description": "soak", "user_version": "1", "is_a_template": False,
-            "affinity": "OpaqueRef:NULL", "memory_static_max": str(128 * MIB), "memory_dynamic_max": str(128 * MIB),
-            "memory_dynamic_min": str(128 * MIB), "memory_static_min": str(128 * MIB), "VCPUs_params": {},
-            "VCPUs_max": "1", "VCPUs_at_startup": "1", "actions_after_shutdown": "destroy",
-            "actions_after_reboot": "restart", "actions_after_crash": "destroy", "PV_bootloader": "",
-            "PV_kernel": "", "PV_ramdisk": "", "PV_args": "", "PV_bootloader_args": "", "PV_legacy_args": "",
-            "HVM_boot_policy": "BIOS order", "HVM_boot_params": {"order": "c"}, "platform": {}, "PCI_bus": "",
-            "other_config": {"soak": "yes"}, "recommendations": ""}
+    """VM.create's record: a small HVM guest (128 MiB, one vCPU)."""
+    return vm_create_args(name_label=label, name_description="soak", memory_static_max=str(128 * MIB),
+                          memory_dynamic_max=str(128 * MIB), memory_dynamic_min=str(128 * MIB),
+                          memory_static_min=str(128 * MIB), VCPUs_max="1", other_config={"soak": "yes"})
 
 
 # -- the server -------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import XenAPI
 
-from tests.conftest import ADMIN_PASSWORD, node_xml, start_server, stop_server
+from tests.conftest import ADMIN_PASSWORD, node_xml
 from tests.ports import free_port, wait_for_port
 from tests.streams import XENAPI, Stream, call, value
 from xenapi.api import Api
@@ -65,13 +65,6 @@ def xenapi_session(address: tuple[str, int], source: str) -> XenAPI.Session:
     session = XenAPI.Session("http://%s:%d" % address, transport=FromAddress(source))
     session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "pytest-slow-clients")
     return session
-
-
-@pytest.fixture
-def running(tmp_path):
-    r = start_server(tmp_path)
-    yield r
-    stop_server(r)
 
 
 @pytest.fixture
