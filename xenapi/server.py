@@ -8,6 +8,8 @@ record (``other_config:libvirt_sync``) and its VMs arrive as ordinary events.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import threading
 
@@ -32,6 +34,24 @@ from xenapi.vms import VMs
 log = logging.getLogger(__name__)
 
 POOL_REF = derived_ref("pool", "pool")
+_M_MMAP_THRESHOLD = -3           # glibc's mallopt parameter
+LARGE_ALLOCATION = 1 << 20
+
+
+def return_large_allocations() -> None:
+    """Have glibc give every allocation of 1 MiB or more back to the system when it is freed.
+
+    Each password check (scrypt) allocates 16 MiB.  glibc's threshold for serving an allocation
+    from its own mapping grows to the largest one freed, so after the first check such blocks
+    come from the per-thread heaps and stay there: a soak's concurrent logins left the server at
+    500 MiB of RSS within 30 s (16 threads of scrypt: 15 -> 271 MiB; with a fixed threshold, 15).
+    Fixing the threshold keeps that memory out of the server's footprint."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        if not libc.mallopt(_M_MMAP_THRESHOLD, LARGE_ALLOCATION):
+            log.info("event=mallopt-refused parameter=M_MMAP_THRESHOLD")
+    except (OSError, AttributeError):       # not glibc (musl has no mallopt): nothing to tune
+        pass
 HOUSEKEEPING_SECONDS = 60.0
 
 
@@ -70,6 +90,7 @@ class Server:
             self.store.apply([add("user", self.user_ref(user.name), self._user_record(user))])
 
     def start(self) -> None:
+        return_large_allocations()
         ensure_event_loop()
         loaded = self.store.load()
         self.sessions.restore()

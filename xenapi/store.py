@@ -266,6 +266,8 @@ class Store:
         objs, uuids = self._objs[cls], self._uuids[cls]
         if old is not None and old.get("uuid") and (new is None or new.get("uuid") != old["uuid"]):
             uuids.pop(old["uuid"], None)
+        if old is not None and old is not new:
+            old.forget_wire()        # the change log may keep the old version: not its encodings too
         if new is None:
             objs.pop(ref, None)
         else:

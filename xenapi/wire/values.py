@@ -59,6 +59,10 @@ class FrozenRecord(dict):
         self.xml: str | None = None            # filled by the XML-RPC codec on first encoding
         self.json: str | None = None           # ... and by the JSON-RPC codec
 
+    def forget_wire(self) -> None:
+        """Drop the cached encodings (a newer version replaced this one; an old one is seldom sent)."""
+        self.xml = self.json = None
+
     def _frozen(self, *args, **kwargs):
         raise TypeError("store records are copy-on-write: build a new dict instead")
 
