@@ -11,6 +11,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from tests.ports import free_port, wait_for_port  # noqa: E402  (after the path)
+from tests.serve_process import wait_until_synced  # noqa: E402
+
+import XenAPI  # noqa: E402
 
 PASSWORD = "bench-pw"
 
@@ -32,6 +35,10 @@ class XenapiServer:
             env=env, stdout=subprocess.DEVNULL, stderr=open(self.dir / "server.log", "wb"))
         if wait:
             wait_for_port(self.port, 120, proc=self.process, log=self.dir / "server.log")
+            session = XenAPI.Session(f"http://127.0.0.1:{self.port}")
+            session.xenapi.login_with_password("root", PASSWORD, "2.21", "bench")
+            wait_until_synced(session, 300)
+            session.xenapi.session.logout()
         self.url = f"http://127.0.0.1:{self.port}"
 
     def stop(self) -> None:

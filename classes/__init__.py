@@ -13,9 +13,24 @@ from classes.task import task
 from classes.user import user
 from classes.vm import VM
 from classes.vm_metrics import VM_guest_metrics, VM_metrics
+from xenapi.model.declare import relations
 from xenapi.model.registry import Registry
 
 DECLARATIONS = [session, pool, host, host_metrics, host_cpu, VM, VM_metrics, VM_guest_metrics, console, task,
                 event, role, user, grant, audit]
 
-REGISTRY = Registry(DECLARATIONS)
+# xapi's relations (ocaml/idl/datamodel.ml, all_relations) between the classes declared: the ref
+# on the left is what gets written, the set on the right is kept from it by the store.
+RELATIONS = relations("""
+    VM.resident_on     host.resident_VMs
+    host_cpu.host      host.host_CPUs
+    console.VM         VM.consoles
+    VM.snapshot_of     VM.snapshots
+    VM.parent          VM.children
+    task.subtask_of    task.subtasks
+""")
+# Sets of refs that are no relation's side: role.subroles is many to many (the role ladder), and
+# xapi keeps session.tasks from a task field it does not publish.
+UNRELATED = ("role.subroles", "session.tasks")
+
+REGISTRY = Registry(DECLARATIONS, RELATIONS, UNRELATED)

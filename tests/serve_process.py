@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import XenAPI
@@ -29,6 +30,7 @@ class Serve:
             env={**os.environ, "XENAPI_ADMIN_PASSWORD": ADMIN_PASSWORD})
         wait_for_port(self.port, 60, proc=self.proc, log=self.log)
         self.url = f"http://127.0.0.1:{self.port}"
+        wait_until_synced(self.session())
 
     def session(self) -> XenAPI.Session:
         session = XenAPI.Session(self.url)
@@ -43,3 +45,16 @@ class Serve:
         if self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(30)
+
+
+def wait_until_synced(session: XenAPI.Session, timeout: float = 60.0) -> None:
+    """Wait until every host's domains are listed (``other_config:libvirt_sync``): a server
+    answers before that when its hosts are slow to list ([libvirt] sync_wait)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {rec["other_config"].get("libvirt_sync") for rec in session.xenapi.host.get_all_records().values()}
+        if states == {"synced"}:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"hosts not listed within {timeout} s: {states}")
+        time.sleep(0.05)

@@ -5,7 +5,7 @@ from classes import REGISTRY
 from xenapi import docgen
 from xenapi.errors import ERRORS
 from xenapi.model import types as T
-from xenapi.model.declare import declare_class, fields, message, param
+from xenapi.model.declare import declare_class, fields, message, param, relations
 from xenapi.model.registry import Registry
 from xenapi.model.roles import LADDER
 
@@ -71,3 +71,28 @@ def test_parameter_without_default_after_one_with_is_rejected():
 
 def test_docs_reference_is_current():
     assert docgen.OUT.read_text() == docgen.render(REGISTRY), "run: python -m xenapi.docgen"
+
+
+def test_a_set_of_refs_with_no_relation_is_rejected_at_build():
+    owner = declare_class("owner", "d", fields("uuid:s items:@item[]", {}))
+    item = declare_class("item", "d", fields("uuid:s owner:@owner", {}))
+    with pytest.raises(ValueError, match="owner.items: a set of item refs with no relation"):
+        Registry([owner, item])
+    Registry([owner, item], relations("item.owner owner.items"))      # declared: both sides known
+    Registry([owner, item], unrelated=["owner.items"])                # or said to be no relation's side
+
+
+def test_a_relation_whose_sides_do_not_match_is_rejected_at_build():
+    owner = declare_class("owner", "d", fields("uuid:s items*:@item[] name:s", {}))
+    item = declare_class("item", "d", fields("uuid:s owner:@owner", {}))
+    with pytest.raises(ValueError, match="cannot be RW"):
+        Registry([owner, item], relations("item.owner owner.items"))
+    with pytest.raises(ValueError, match="expected Ref"):
+        Registry([owner, item], relations("item.owner owner.name"), unrelated=["owner.items"])
+    with pytest.raises(ValueError, match="no field"):
+        Registry([owner, item], relations("item.nowhere owner.items"))
+
+
+def test_every_declared_set_of_refs_is_a_relation_or_said_unrelated():
+    sides = {f"{r.many_cls}.{r.many_field}" for r in REGISTRY.relations}
+    assert {"host.resident_VMs", "VM.consoles", "host.host_CPUs", "task.subtasks"} <= sides

@@ -92,3 +92,57 @@ def test_a_write_after_close_raises_store_closed_and_changes_nothing(tmp_path):
     with pytest.raises(StoreClosed):
         store.update("pool", ref, {"name_label": "q"})
     assert store.get("pool", ref)["name_label"] == "p"
+
+
+# -- relations: only the ref is written; the store keeps the set on the other side ----------------
+
+@pytest.fixture
+def related(tmp_path):
+    return Store(REGISTRY.classes, str(tmp_path / "db.sqlite"), relations=REGISTRY.relations)
+
+
+def test_a_ref_written_moves_its_object_between_sets_with_events_on_both_sides(related):
+    a = related.create("host", {"name_label": "a"})
+    b = related.create("host", {"name_label": "b"})
+    vm = related.create("VM", {"name_label": "v", "resident_on": a})
+    assert related.get("host", a)["resident_VMs"] == [vm]
+    mark = related.last_id
+    related.update("VM", vm, {"resident_on": b})
+    assert related.get("host", a)["resident_VMs"] == [] and related.get("host", b)["resident_VMs"] == [vm]
+    assert {(c.cls, c.ref, c.op) for c in related.changes_after(mark)} == {
+        ("VM", vm, "mod"), ("host", a, "mod"), ("host", b, "mod")}
+    related.delete("VM", vm)
+    assert related.get("host", b)["resident_VMs"] == []
+
+
+def test_one_batch_writes_a_set_once_however_many_refs_join_it(related):
+    host = related.create("host", {"name_label": "h"})
+    mark = related.last_id
+    vms = [f"OpaqueRef:vm-{n}" for n in range(50)]
+    related.apply([add("VM", ref, related.new_record("VM", {"resident_on": host})) for ref in vms])
+    assert related.get("host", host)["resident_VMs"] == sorted(vms)
+    assert [c.ref for c in related.changes_after(mark) if c.cls == "host"] == [host]
+
+
+def test_an_object_added_after_the_refs_to_it_gets_its_set(related):
+    vm = related.create("VM", {"name_label": "v", "resident_on": "OpaqueRef:later"})
+    related.apply([add("host", "OpaqueRef:later", related.new_record("host", {"name_label": "late"}))])
+    assert related.get("host", "OpaqueRef:later")["resident_VMs"] == [vm]
+
+
+def test_a_relations_set_is_never_written_directly(related):
+    host = related.create("host", {"name_label": "h"})
+    with pytest.raises(ValueError, match="kept by the store"):
+        related.update("host", host, {"resident_VMs": ["OpaqueRef:x"]})
+
+
+def test_loading_rebuilds_the_sets_from_the_refs(tmp_path):
+    path = str(tmp_path / "db.sqlite")
+    first = Store(REGISTRY.classes, path, relations=REGISTRY.relations)
+    vm = first.create("VM", {"name_label": "v"})                       # VM records persist
+    first.update("VM", vm, {"resident_on": "OpaqueRef:host-of-last-run"})
+    first.close()
+    again = Store(REGISTRY.classes, path, relations=REGISTRY.relations)
+    again.load()
+    again.apply([add("host", "OpaqueRef:host-of-last-run", again.new_record("host", {}))])
+    assert again.get("host", "OpaqueRef:host-of-last-run")["resident_VMs"] == [vm]

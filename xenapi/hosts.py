@@ -44,6 +44,7 @@ class Hosts:
         self.sampler = Sampler(self, server.config.metrics_interval)
         self._settled: dict[str, threading.Event] = {}   # host -> first connect tried, and listed if it answered
         self._bringing_up: list[threading.Thread] = []
+        self._synced: set[str] = set()                   # hosts listed since they last came up, this run
         self._kept: dict[str, KeptDomains] = {}          # the embedded default's host -> its kept domains
         for uri in dict.fromkeys(map(_resolved, uris)):
             ref = derived_ref("host", uri)
@@ -97,6 +98,9 @@ class Hosts:
         """Bring every host up side by side, each on a thread of its own, and return at once: a
         host shows as soon as it is known, its VMs as they are listed.  A host that does not answer
         keeps being tried in the background (the reconciler lists it when it does)."""
+        for ref in self._conns:                # before any listing: a state kept from the last run means nothing
+            self._publish(ref)
+            self._set_sync(ref, "connecting")
         for n, ref in enumerate(self._conns):
             self._settled[ref] = threading.Event()
             thread = threading.Thread(target=self._bring_up, args=(ref,), name=f"host-up-{n}", daemon=True)
@@ -115,8 +119,6 @@ class Hosts:
         conn = self._conns[host]
         _yield_to_requests()
         try:
-            self._publish(host)
-            self._set_sync(host, "connecting")
             try:
                 conn.open(keep_trying=True)
             except XenAPIError as e:
@@ -136,13 +138,13 @@ class Hosts:
         them defines any more (undefined while the server was away) go."""
         self._set_sync(host, "syncing")
         self.server.reconciler.relist(host)
+        self._synced.add(host)
         self._set_sync(host, "synced")
         if self.all_synced():
             self.server.reconciler.drop_unclaimed()
 
     def all_synced(self) -> bool:
-        return all(self.store.find("host", ref) is not None and
-                   self.store.get("host", ref)["other_config"].get(SYNC_KEY) == "synced" for ref in self.refs)
+        return self._synced >= set(self.refs)
 
     def _set_sync(self, host: str, state: str) -> None:
         self.store.modify("host", host, lambda rec: {"other_config": {**rec["other_config"], SYNC_KEY: state}})
@@ -159,6 +161,7 @@ class Hosts:
         if live:
             self._publish(host)
         elif self.store.exists("host", host):
+            self._synced.discard(host)
             self._set_sync(host, "connecting")
             self.store.update("host_metrics", self.store.get("host", host)["metrics"],
                               {"live": False, "last_updated": DateTime.now()})
@@ -203,7 +206,7 @@ class Hosts:
         return add(cls, ref, self.store.new_record(cls, {**fields, "uuid": uuid}))
 
     def _host_fields(self, uri, facts: HostFacts | None, metrics, control, cpus) -> dict:
-        fields = {"metrics": metrics, "control_domain": control, "host_CPUs": cpus,
+        fields = {"metrics": metrics, "control_domain": control,
                   "address": urlparse(uri).hostname or "127.0.0.1",
                   "API_version_vendor_implementation": {"libvirt_uri": uri}}
         if facts is None:

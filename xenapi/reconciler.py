@@ -58,7 +58,6 @@ class Reconciler:
         self._reads = itertools.count(1)         # numbers every read of libvirt's state
         self._read_at: dict[str, int] = {}       # domain uuid -> number of the read last applied (or forgotten)
         self._relists = 0                        # relists in progress (tombstones in _read_at matter then)
-        self._resident: dict[str, set[str]] = {} # host ref -> refs of the VMs running there
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._stopping = False
         self._unclaimed: set[str] = set()
@@ -138,8 +137,6 @@ class Reconciler:
                     if home == host and rec is not None and rec["uuid"] not in seen \
                             and self._read_at.get(rec["uuid"], 0) < read:
                         self._forget(ref)
-                self._resident.setdefault(host, set())
-                self.store.apply(self._resident_ops({host}))     # also clears a list persisted stale
         finally:
             with self._lock:
                 self._relists -= 1
@@ -182,14 +179,13 @@ class Reconciler:
         ops = [delete("VM", ref), delete("VM_metrics", rec["metrics"])]
         ops += [delete("console", c) for c in rec["consoles"]]
         home = self.homes.pop(ref, home)
-        ops += self._resident_ops(self._place(ref, None))
         self.store.apply(ops)
         if kept := self.server.hosts.kept(home):
             kept.note_gone(rec["uuid"])
 
     def _observe_batch(self, host: str, states, read: int) -> None:
         """Apply the observations newer than what was applied of each domain, in one store write."""
-        ops, moved, applied = [], set(), []
+        ops, applied = [], []
         with lifecycle.guard():     # allowed_operations must see the current_operations of this instant
             for state in states:
                 if self._read_at.get(state.uuid, 0) > read:
@@ -203,9 +199,8 @@ class Reconciler:
                 ref = vm_ref(state.uuid)
                 ops += self._observation_ops(host, ref, state, parsed, self.store.find("VM", ref))
                 self.homes[ref] = host
-                moved |= self._place(ref, host if state.power_state in _RUNS else None)
                 applied.append(state)
-            self.store.apply(ops + self._resident_ops(moved))
+            self.store.apply(ops)
         if kept := self.server.hosts.kept(host):
             kept.note(applied)
 
@@ -217,7 +212,6 @@ class Reconciler:
             domarch=self.server.hosts.facts(host).arch if running else "",
             metrics=derived_ref("VM_metrics", state.uuid),
             is_a_template=parsed["stamp"].get("template") == "true",
-            consoles=[derived_ref("console", f"{state.uuid}/{c['protocol']}") for c in parsed["consoles"]] if running else [],
         )
         ops = []
         if current is None:
@@ -229,7 +223,7 @@ class Reconciler:
             derived["allowed_operations"] = allowed_operations({**current, **derived})
             ops.append(mod("VM", ref, derived))
         ops += self._metrics_ops(host, state, parsed, current)
-        ops += self._console_ops(ref, state, parsed, current, derived["consoles"])
+        ops += self._console_ops(ref, state, parsed, current)
         return ops
 
     def _metrics_ops(self, host, state, parsed, current) -> list:
@@ -263,38 +257,18 @@ class Reconciler:
         changed = {k: v for k, v in fields.items() if existing[k] != v}
         return [mod("VM_metrics", ref, {**changed, "last_updated": DateTime.now()})] if changed else []
 
-    def _console_ops(self, vm: str, state, parsed, current, wanted: list[str]) -> list:
-        ops = []
-        have = set(current["consoles"]) if current else set()
+    def _console_ops(self, vm: str, state, parsed, current) -> list:
+        """The consoles of a running domain (VM.consoles follows from their VM field), none otherwise."""
+        ops, wanted = [], set()
         for console in (parsed["consoles"] if state.power_state in _RUNS else []):
             ref = derived_ref("console", f"{state.uuid}/{console['protocol']}")
+            wanted.add(ref)
             fields = {"protocol": console["protocol"], "location": console["location"], "VM": vm}
-            if ref in have or self.store.exists("console", ref):
+            if self.store.exists("console", ref):
                 ops.append(mod("console", ref, fields))
             else:
                 ops.append(add("console", ref, self.store.new_record(
                     "console", {**fields, "uuid": derived_uuid("console", ref)})))
-        ops += [delete("console", ref) for ref in have - set(wanted)]
-        return ops
-
-    def _place(self, ref: str, host: str | None) -> set[str]:
-        """Record where a VM runs (None: nowhere); the hosts whose resident_VMs change."""
-        moved = set()
-        for other, refs in self._resident.items():
-            if ref in refs and other != host:
-                refs.discard(ref)
-                moved.add(other)
-        if host is not None and ref not in self._resident.setdefault(host, set()):
-            self._resident[host].add(ref)
-            moved.add(host)
-        return moved
-
-    def _resident_ops(self, hosts: set[str]) -> list:
-        """host.resident_VMs of these hosts: the VMs running there and the host's control domain."""
-        ops = []
-        for host in hosts:
-            rec = self.store.find("host", host)
-            if rec is not None:
-                control = {rec["control_domain"]} - {NULL_REF}
-                ops.append(mod("host", host, {"resident_VMs": sorted(self._resident[host] | control)}))
+        have = set(current["consoles"]) if current else set()
+        ops += [delete("console", ref) for ref in have - wanted]
         return ops

@@ -61,7 +61,7 @@ class Server:
             from classes import REGISTRY as registry
         self.config = config
         self.registry = registry
-        self.store = Store(registry.classes, config.database, config.event_log_size)
+        self.store = Store(registry.classes, config.database, config.event_log_size, registry.relations)
         self.users = Users(self.store.db, self.store.db_lock)
         self.keys = Keys(self.store.db, self.store.db_lock)
         self.metrics = Metrics()

@@ -39,7 +39,8 @@ import sqlite_utils
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
-from xenapi.model.declare import ClassDecl
+from xenapi.model.declare import ClassDecl, Relation
+from xenapi.model.types import NULL_REF
 from xenapi.wire.values import DateTime, FrozenRecord
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,13 @@ class ObjectLocks:
 
 
 class Store:
-    def __init__(self, decls: dict[str, ClassDecl], path: str = ":memory:", log_size: int = 50_000):
+    def __init__(self, decls: dict[str, ClassDecl], path: str = ":memory:", log_size: int = 50_000,
+                 relations: Iterable[Relation] = ()):
         self._decls = decls
+        self._relations = tuple(relations)
+        # (relation index, ref of the set's owner) -> refs whose ref field names it
+        self._members: dict[tuple[int, str], set[str]] = {}
+        self._kept_sets = {(r.many_cls, r.many_field) for r in self._relations}
         # per class: every field's empty value, and the fields whose value is a list or dict (copied per record)
         self._templates = {c: _template(d) for c, d in decls.items()}
         self._lock = threading.RLock()
@@ -232,6 +238,8 @@ class Store:
                     new = current
                 elif op.kind == "mod":
                     fields = op.fields if op.change is None else op.change(current)
+                    if self._kept_sets and any((op.cls, k) in self._kept_sets for k in fields):
+                        raise ValueError(f"{op.cls}: a relation's set is kept by the store, not written")
                     if all(current.get(k) == v for k, v in fields.items()):
                         continue                      # no change, no event
                     new = FrozenRecord({**current, **fields})
@@ -241,7 +249,13 @@ class Store:
                 seen[op.ref] = new
             if not staged:
                 return self.last_id
+            members = self._follow_relations(staged, seen) if self._relations else {}
             self._persist(staged)
+            for key, refs in members.items():
+                if refs:
+                    self._members[key] = refs
+                else:
+                    self._members.pop(key, None)
             now = time.time()
             for op, current, new in staged:
                 self._install(op.cls, op.ref, current, new)
@@ -261,6 +275,40 @@ class Store:
         with self._cond:
             self._cond.notify_all()
         return self.last_id
+
+    def _follow_relations(self, staged: list, seen: dict) -> dict[tuple[int, str], set[str]]:
+        """Stage the set side of every relation whose ref side the batch changes (and fill the
+        set of an object the batch adds); returns the members to record once the batch is in.
+        One write per set per batch, however many refs of the batch move into or out of it."""
+        members: dict[tuple[int, str], set[str]] = {}
+
+        def of(key):
+            if key not in members:
+                members[key] = set(self._members.get(key, ()))
+            return members[key]
+
+        for n, rel in enumerate(self._relations):
+            touched = []
+            for op, current, new in staged:
+                if op.cls == rel.one_cls:
+                    was = current.get(rel.one_field) if current is not None else None
+                    now = new.get(rel.one_field) if new is not None else None
+                    if was != now:
+                        for target, present in ((was, False), (now, True)):
+                            if target and target != NULL_REF:
+                                (of((n, target)).add if present else of((n, target)).discard)(op.ref)
+                                touched.append(target)
+                if op.cls == rel.many_cls and current is None and new is not None:
+                    of((n, op.ref))
+                    touched.append(op.ref)
+            for target in dict.fromkeys(touched):
+                rec = seen[target] if target in seen else self._objs[rel.many_cls].get(target)
+                value = sorted(members[(n, target)])
+                if rec is not None and rec.get(rel.many_field) != value:
+                    new = FrozenRecord({**rec, rel.many_field: value})
+                    staged.append((Op("mod", rel.many_cls, target, {rel.many_field: value}), rec, new))
+                    seen[target] = new
+        return members
 
     def _install(self, cls: str, ref: str, old: dict | None, new: dict | None) -> None:
         objs, uuids = self._objs[cls], self._uuids[cls]
@@ -311,7 +359,21 @@ class Store:
                 rec = {f.name: rec[f.name] for f in self._decls[cls].fields}   # drop fields no longer declared
                 self._install(cls, ref, None, FrozenRecord(rec))
                 n += 1
+            self._rebuild_relations()
         return n
+
+    def _rebuild_relations(self) -> None:
+        """The relations' sets from the refs loaded (a set persisted stale is put right)."""
+        self._members.clear()
+        for n, rel in enumerate(self._relations):
+            for ref, rec in self._objs[rel.one_cls].items():
+                target = rec.get(rel.one_field)
+                if target and target != NULL_REF:
+                    self._members.setdefault((n, target), set()).add(ref)
+            for ref, rec in list(self._objs[rel.many_cls].items()):
+                value = sorted(self._members.get((n, ref), ()))
+                if rec.get(rel.many_field) != value:
+                    self._install(rel.many_cls, ref, rec, FrozenRecord({**rec, rel.many_field: value}))
 
     # -- the change log --------------------------------------------------------------------
     def changes_after(self, after: int) -> list[Change] | None:

@@ -134,6 +134,29 @@ def declare_class(name, doc, fields, messages=(), **kw) -> ClassDecl:
     return ClassDecl(name, doc, list(fields), list(messages), **kw)
 
 
+@dataclass(frozen=True)
+class Relation:
+    """One of xapi's relations: a Ref field on one class (``VM.resident_on``) and the set of refs
+    on the other that follows from it (``host.resident_VMs``).  Only the ref is ever written; the
+    store keeps the set (and emits its mod events) from it."""
+    one_cls: str
+    one_field: str
+    many_cls: str
+    many_field: str
+
+    def __str__(self) -> str:
+        return f"{self.one_cls}.{self.one_field} <-> {self.many_cls}.{self.many_field}"
+
+
+def relations(spec: str) -> list[Relation]:
+    """Pairs ``Class.ref_field  Other.set_field``, one per line."""
+    out = []
+    for line in spec.strip().splitlines():
+        one, many = line.split()
+        out.append(Relation(*one.split("."), *many.split(".")))
+    return out
+
+
 # --- the compact field notation -------------------------------------------------------------
 #
 #   name[qualifier]:type      qualifier: none = RO (runtime), ^ = StaticRO (constructor), * = RW

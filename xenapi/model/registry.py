@@ -15,7 +15,7 @@ from typing import Iterable
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
-from xenapi.model.declare import CTOR, MISSING, RW, ClassDecl, Field, Message, param
+from xenapi.model.declare import CTOR, MISSING, RW, ClassDecl, Field, Message, Relation, param
 from xenapi.model.roles import LADDER, READ_ONLY
 
 # Classes that later parts of the API bring (storage, networking, devices...).  Until they are
@@ -28,13 +28,18 @@ FORWARD_CLASSES = frozenset("""
 
 
 class Registry:
-    def __init__(self, decls: Iterable[ClassDecl]):
+    def __init__(self, decls: Iterable[ClassDecl], relations: Iterable[Relation] = (),
+                 unrelated: Iterable[str] = ()):
+        """``relations``: xapi's relations between the classes; ``unrelated``: the Set(Ref)
+        fields (``Class.field``) that are no relation's side, each for a reason."""
         self.classes: dict[str, ClassDecl] = {}
         self.messages: dict[str, Message] = {}
         self._names: dict[str, Message] = {}      # every accepted spelling -> message
+        self.relations = tuple(relations)
         for decl in decls:
             self._add_class(decl)
         self._check()
+        self._check_relations(set(unrelated))
 
     # -- building ---------------------------------------------------------------------------
     def _add_class(self, decl: ClassDecl) -> None:
@@ -69,6 +74,29 @@ class Registry:
         for decl in self.classes.values():
             for f in decl.fields:
                 _check_type(f.type, known, f"{decl.name}.{f.name}")
+
+    def _check_relations(self, unrelated: set[str]) -> None:
+        """Both sides of every relation declared and typed for each other, the set side never
+        written by anyone (RO), and every set of refs to a declared class one side of a relation
+        or named as unrelated: a one-sided relation fails here, not as a stale set later."""
+        sides = set()
+        for rel in self.relations:
+            try:
+                one = self.classes[rel.one_cls].field(rel.one_field)
+                many = self.classes[rel.many_cls].field(rel.many_field)
+            except KeyError as e:
+                raise ValueError(f"relation {rel}: no field {e}") from None
+            if one.type != T.Ref(rel.many_cls) or many.type != T.Set(T.Ref(rel.one_cls)):
+                raise ValueError(f"relation {rel}: expected Ref({rel.many_cls}) and Set(Ref({rel.one_cls}))")
+            if many.qualifier == RW:
+                raise ValueError(f"relation {rel}: the set side is kept by the store and cannot be RW")
+            sides.add(f"{rel.many_cls}.{rel.many_field}")
+        for decl in self.classes.values():
+            for f in decl.fields:
+                name = f"{decl.name}.{f.name}"
+                if isinstance(f.type, T.Set) and isinstance(f.type.of, T.Ref) and f.type.of.cls in self.classes \
+                        and name not in sides and name not in unrelated:
+                    raise ValueError(f"{name}: a set of {f.type.of.cls} refs with no relation (or say it is unrelated)")
 
     # -- lookups ----------------------------------------------------------------------------
     def lookup(self, method: str) -> tuple[Message, bool] | None:
