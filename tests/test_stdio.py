@@ -98,6 +98,14 @@ def test_json_rpc_lines_work_the_same_way_and_mix_with_xml(served):
     assert value(responses(lines[4])[0])
 
 
+def test_a_json_line_nested_past_pythons_stack_is_an_error_and_the_stream_goes_on(served):
+    data = b"{\"id\": " + b"[" * 200_000 + b"\n" + jcall("VM.get_all", "", id="after")
+    out = served.stdio(data, "--user", "alice").stdout
+    broken, after = (json.loads(line) for line in out.split(b"\n")[:2])
+    assert broken["id"] is None and broken["error"]["message"] == "XMLRPC_UNMARSHAL_FAILURE"
+    assert after["id"] == "after" and after["result"]
+
+
 def test_without_user_the_caller_logs_in_with_a_password(served):
     answers = responses(served.stdio(call("VM.get_all", "") + call("session.login_with_password", "alice", "wrong")
                                      + call("session.login_with_password", "alice", "alice-pw")).stdout)

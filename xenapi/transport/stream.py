@@ -322,7 +322,7 @@ def _broken(kind: str, doc: Document, reason: str) -> bytes:
     call = Call("", (), "jsonrpc2", None)
     try:
         parsed = json.loads(doc.body) if doc.body else None
-    except ValueError:
+    except (ValueError, RecursionError):     # nested deeper than Python's stack: no id to echo
         parsed = None
     if isinstance(parsed, dict) and type(parsed.get("id")) in (str, int):
         call = Call("", (), "jsonrpc2" if "jsonrpc" in parsed else "jsonrpc1", parsed["id"])
