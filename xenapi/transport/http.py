@@ -80,7 +80,7 @@ __all__ = ["Request", "Response", "HTTPServer"]
 
 _RECV = 65536
 _LINGER_SECONDS = 1.0
-_SHUTDOWN_GRACE_SECONDS = 1.0
+_SHUTDOWN_GRACE_SECONDS = 2.0             # for a request in flight at shutdown to send its answer (a busy machine needs more than 1 s)
 _SEND_STALL_SECONDS = 60.0               # a response's bytes must move at least this often
 _TIMEOUT_SLACK = 0.05                    # how far past a read deadline a recv() may wait
 _REFUSAL_LOG_SECONDS = 10.0              # at most one refusal line per this (a flood logs one)
