@@ -101,16 +101,10 @@ class VMs:
         if dynamic_min != dynamic_max:
             raise XenAPIError(E.VALUE_NOT_SUPPORTED, "memory_dynamic_min", str(dynamic_min),
                               "libvirt keeps one current memory size: dynamic_min must equal dynamic_max")
-        host = self.hosts.home_of(vm)
-        with self.store.object_lock("VM", vm):      # the stamp is read and rewritten: one writer at a time
-            self.hosts.connection(host).set_memory(rec["uuid"], static_max, dynamic_max, static_min=static_min)
-            self.reconciler.refresh(host, rec["uuid"])
+        self._on_domain(vm, lambda conn, uuid: conn.set_memory(uuid, static_max, dynamic_max, static_min=static_min))
 
     def set_vcpus(self, ctx, vm: str, rec: dict, vcpus_max: int, at_startup: int) -> None:
-        host = self.hosts.home_of(vm)
-        with self.store.object_lock("VM", vm):
-            self.hosts.connection(host).set_vcpus(rec["uuid"], vcpus_max, at_startup)
-            self.reconciler.refresh(host, rec["uuid"])
+        self._on_domain(vm, lambda conn, uuid: conn.set_vcpus(uuid, vcpus_max, at_startup))
 
     # -- setters with an effect in libvirt -------------------------------------------------
     def set_name_label(self, ctx, vm: str, value: str) -> None:
