@@ -165,3 +165,19 @@ def test_stopping_server_answers_a_blocked_event_from_at_once(tmp_path):
     t.join(10)
     assert answers and answers[0]["events"] == [] and answers[0]["token"]
     assert time.monotonic() - start < 3                  # not the 60 s timeout, nor shutdown's 5 s
+
+
+def test_a_long_poll_that_starts_after_the_server_began_stopping_answers_at_once(tmp_path):
+    """The race a drain must not lose: the request was read, the stop came, then it would wait."""
+    running = start_server(tmp_path)
+    try:
+        x = running.session().xenapi
+        token = x.event_from(["vm"], "", 0.0)["token"]
+        x.event.register(["vm"])
+        running.server.drain()
+        start = time.monotonic()
+        assert x.event_from(["vm"], token, 60.0)["events"] == []
+        assert x.event.next() == []
+        assert time.monotonic() - start < 5               # not the 60 s (or event.next's 30 s) wait
+    finally:
+        stop_server(running)

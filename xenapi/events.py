@@ -98,15 +98,15 @@ class Events:
                 events, last = self._collect_restricted(ctx, names, objects, after)
             else:
                 events, last = self._collect(names, objects, after)
-            if events or time.monotonic() >= deadline:        # counts only for the answer
+            # the server stopping: answer with what there is.  Checked after reading the generation,
+            # so a stop that comes later wakes the wait below: either way no long poll outlives it.
+            if events or self.server.stopping or time.monotonic() >= deadline:
                 counts = self._restricted_counts(ctx, names) if restricted else self._counts(names)
                 return {"events": events, "valid_ref_counts": counts, "token": self.token(last)}
             after = last
             self.store.wait(generation, deadline - time.monotonic())
             if ctx.session_ref and not self.server.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
-            if self.server.stopping:
-                deadline = time.monotonic()          # answer with what there is: the server stops
 
     def _touched(self, names, after: int) -> tuple[list[tuple[str, str, str]], int]:
         """(cls, ref, op) of every object changed since ``after``, coalesced, and the last id."""
@@ -245,11 +245,11 @@ class Events:
                 events = [self._next_event(c) for c in wanted]
                 if events:
                     return events
+            if self.server.stopping:             # as in event_from: checked after reading the generation
+                return []
             self.store.wait(generation, 30.0)
             if not self.server.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
-            if self.server.stopping:
-                return []
 
     def _visible_changes(self, ctx, changes) -> list:
         """For a restricted session: changes to objects it may read now, and deletions of objects
