@@ -15,6 +15,9 @@ Lexical rules (as xapi's ocamllex lexer)
   taken literally) and a closing ``"``.  There is no escape: a literal cannot contain ``"``.
 * Anything else (bare words, numbers, ``'single'`` quotes, ``<>``, ``!=``, ``&&``) is a lexing
   error.
+* EXTENSION: ``<``, ``<=``, ``>`` and ``>=`` are tokens (xapi has none, so no expression xapi
+  accepts contains them outside a string).  Directly after one of them, and only there, an
+  optionally signed integer may go unquoted (``> 10``).  ``<>`` and ``!=`` stay lexing errors.
 
 Grammar (EBNF; xapi's yacc grammar with its precedence declarations resolved)
 -----------------------------------------------------------------------------
@@ -28,9 +31,11 @@ Grammar (EBNF; xapi's yacc grammar with its precedence declarations resolved)
     atom       = "true" | "false"
                | "(" expr ")"
                | value "=" value
-               | value "in" "field" STRING ;             (* EXTENSION, see below *)
+               | value "in" "field" STRING               (* EXTENSION, see below *)
+               | value ("<" | "<=" | ">" | ">=") cvalue ; (* EXTENSION, see below *)
     value      = STRING                                   (* a literal *)
                | "field" STRING ;                         (* a field's DB string *)
+    cvalue     = value | INTEGER ;                        (* INTEGER: unquoted, e.g. -42 *)
 
 This is what xapi's ``%right LNOT`` / ``%left LAND LOR`` (declared in that order, so ``not``
 binds *loosest*) produce:
@@ -72,22 +77,42 @@ A syntax error raises :class:`WhereSyntaxError` from :func:`compile_where`; xapi
 ``INVALID_VALUE [expr; Printexc.to_string exn]`` where ``exn`` is ``Stdlib.Parsing.Parse_error``
 or ``Failure("lexing: empty token")``: :attr:`WhereSyntaxError.xapi_params` gives exactly that.
 
-Extension (not in xapi)
------------------------
-xapi's grammar has no membership test.  This module adds ``value in field "name"``: true when the
+Extensions (not in xapi)
+------------------------
+Membership.  xapi's grammar has no membership test.  This module adds ``value in field "name"``: true when the
 value's string is an element of the set field ``name`` or a key of the map field ``name``
 (elements and keys compared by their DB string), e.g. ``"web-server" in field "profiles"``.
 The right-hand side must be a field; a field that is not a set or map raises
 :class:`WhereFieldTypeError`.  ``in`` is a keyword like the others (``"a"infield"x"`` lexes); no
 expression valid in xapi contains it outside a string, so xapi expressions are unaffected.
+
+Numeric comparisons.  ``a < b``, ``a <= b``, ``a > b`` and ``a >= b`` compare numbers, for the
+"database-like attributes" of the storage classes, e.g.
+``field "virtual_size" > "10737418240" and field "SR" = "OpaqueRef:..."``.  Each side is a field
+holding an int or a float (the declared type of an int or float field; bool is not a number) or a
+literal that is a decimal integer (any size, compared exactly: int64 bounds and beyond) or decimal
+fraction (``"0.5"``, ``"-1.5e3"``; no spaces, ``_``, hex, ``inf`` or ``nan``); either side may
+be the field, both may be.  Ints and floats compare by value (Python's exact mixed comparison),
+a NaN field compares false.  The literal is converted once, when the expression is compiled.
+
+* A literal that is not a number is a syntax error (:class:`WhereSyntaxError`, reported like
+  every other extension syntax error as ``INVALID_VALUE [expr; "Stdlib.Parsing.Parse_error"]``).
+* A field whose value is not an int or float (string, enum, bool, datetime, set, map...) raises
+  :class:`WhereFieldNotNumericError` (a :class:`WhereFieldTypeError`) when it is reached, with
+  ``xapi_params`` ``["field is not a number", name, ""]``.
+* A field the record does not have raises :class:`WhereFieldError` when reached, as for ``=``.
+* ``<>`` and ``!=`` are not added: ``not a = b`` says it, and they stay xapi's lexing error.
 """
 from __future__ import annotations
 
+import operator
+import re
 from typing import Any, Callable, Iterator, Mapping
 
 __all__ = [
-    "WhereSyntaxError", "WhereFieldError", "WhereFieldTypeError",
-    "compile_where", "parse_where", "db_string", "XAPI_PARSE_ERROR", "XAPI_LEX_ERROR",
+    "WhereSyntaxError", "WhereFieldError", "WhereFieldTypeError", "WhereFieldNotNumericError",
+    "compile_where", "parse_where", "parse_number", "db_string", "XAPI_PARSE_ERROR",
+    "XAPI_LEX_ERROR",
 ]
 
 # What xapi's Printexc.to_string says for its two syntax failures (second INVALID_VALUE param).
@@ -141,6 +166,22 @@ class WhereFieldTypeError(WhereFieldError):
     @property
     def xapi_params(self) -> list[str]:
         return ["field is not a set or map", self.field, ""]
+
+
+class WhereFieldNotNumericError(WhereFieldTypeError):
+    """``<``, ``<=``, ``>`` or ``>=`` on a field that holds no int or float (extension only)."""
+
+    def __init__(self, field: str, value: Any, op: str):
+        super().__init__(field, value)
+        self.op = op
+
+    def __str__(self) -> str:
+        return (f"{self.op!r} compares numbers, but field {self.field!r} holds a "
+                f"{self.value_type}, not an int or float; compare it with '=' instead")
+
+    @property
+    def xapi_params(self) -> list[str]:
+        return ["field is not a number", self.field, ""]
 
 
 # --- the DB string form ------------------------------------------------------------------------
@@ -212,12 +253,32 @@ def db_string(value: Any) -> str:
     raise TypeError(f"no xapi DB string form for a {type(value).__name__} value: {value!r}")
 
 
+# --- numbers (the comparison extension) ---------------------------------------------------------
+
+# A literal a comparison accepts: an optionally signed decimal integer (any size: int64 and beyond
+# compare exactly) or decimal fraction with an optional exponent.  No spaces, "_", hex, inf or nan.
+_INTEGER = re.compile(r"[+-]?[0-9]+\Z")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+_BARE_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+def parse_number(text: str) -> int | float | None:
+    """The number a comparison's literal denotes (an int if it is an integer), else ``None``."""
+    if _INTEGER.match(text):
+        return int(text)
+    if _DECIMAL.match(text):
+        return float(text)
+    return None
+
+
 # --- lexer -------------------------------------------------------------------------------------
 
 _WS = " \t\n"
 _KEYWORDS = (("true", "TRUE"), ("false", "FALSE"), ("field", "FIELD"), ("and", "AND"),
              ("or", "OR"), ("not", "NOT"), ("in", "IN"))
 _SINGLE = {"=": "EQ", "(": "LPAREN", ")": "RPAREN"}
+_COMPARE = {"<": "LT", "<=": "LE", ">": "GT", ">=": "GE"}          # EXTENSION
+_COMPARE_KINDS = frozenset(_COMPARE.values())
 
 _Token = tuple  # (kind, text, offset)
 
@@ -248,6 +309,7 @@ def _lex_hint(expr: str, i: int) -> str:
 def _tokens(expr: str) -> Iterator[_Token]:
     """Lazily, like ocamllex feeding ocamlyacc: a lexing error surfaces only when reached."""
     i, n = 0, len(expr)
+    after_compare = False
     while True:
         while i < n and expr[i] in _WS:
             i += 1
@@ -257,9 +319,32 @@ def _tokens(expr: str) -> Iterator[_Token]:
         c = expr[i]
         kind = _SINGLE.get(c)
         if kind is not None:
+            after_compare = False
             yield (kind, c, i)
             i += 1
             continue
+        if c in "<>":
+            # EXTENSION.  "<>" stays the lexing error it is in xapi (it is no operator here either).
+            if expr.startswith("<>", i):
+                raise WhereSyntaxError(expr, i, _lex_hint(expr, i), XAPI_LEX_ERROR)
+            op = expr[i:i + 2] if expr.startswith("=", i + 1) else c
+            after_compare = True
+            yield (_COMPARE[op], op, i)
+            i += len(op)
+            continue
+        if after_compare:
+            # EXTENSION: right after a comparison (and only there) an integer may go unquoted.
+            after_compare = False
+            m = _BARE_INTEGER.match(expr, i)
+            if m:
+                j = m.end()
+                if j < n and (expr[j] in "._eE" or expr[j].isdigit()):
+                    raise WhereSyntaxError(
+                        expr, i, "only integers may be written without quotes: quote the "
+                                 "number, e.g. \"10.5\"", XAPI_LEX_ERROR)
+                yield ("NUMBER", m.group(), i)
+                i = j
+                continue
         if c == '"':
             j = expr.find('"', i + 1)
             if j < 0:
@@ -333,6 +418,9 @@ class _Parser:
                 self.fail(tok, "unbalanced ')': no '(' to close")
             if tok[0] == "EQ":
                 self.fail(tok, "'=' compares two values only: a = b = c is not allowed")
+            if tok[0] in _COMPARE_KINDS:
+                self.fail(tok, f"{tok[1]!r} compares two values only: join comparisons with "
+                               f"and / or (a < b and b < c)")
             self.fail(tok, f"unexpected {_describe(tok)} after a complete expression "
                            f"(join expressions with and / or)")
         return node
@@ -384,6 +472,8 @@ class _Parser:
                 if right[0] in ("TRUE", "FALSE"):
                     self.fail(right, f"{right[1]} is an expression, not a value: "
                                      f"compare with the string \"{right[1]}\"")
+                if right[0] in _COMPARE_KINDS and right[2] == op[2] + 1 and len(right[1]) == 1:
+                    self.fail(op, f"'={right[1]}' is not an operator: write {right[1]}=")
                 return ("eq", left, self.value())
             if op[0] == "IN":
                 self.take()
@@ -392,6 +482,15 @@ class _Parser:
                     self.fail(rhs, f"'in' needs a set or map field on its right "
                                    f"(in field \"name\"), found {_describe(rhs)}")
                 return ("in", left, self.value())
+            if op[0] in _COMPARE_KINDS:
+                self.take()
+                rhs = self.peek()
+                if rhs[0] in ("TRUE", "FALSE"):
+                    self.fail(rhs, f"{op[1]!r} compares numbers: {rhs[1]} is not one")
+                right = self.value()
+                self._numeric(tok, left, op)
+                self._numeric(rhs, right, op)
+                return (_CMP_NODE[op[0]], left, right)
             self.fail(op, f"expected '=' after {_value_text(left)}, found {_describe(op)}")
         if kind == "EOF":
             self.fail(tok, "expression ends too early: expected true, false, '(', "
@@ -399,9 +498,15 @@ class _Parser:
         self.fail(tok, f"expected true, false, '(', \"literal\" or field \"name\", "
                        f"found {_describe(tok)}")
 
+    def _numeric(self, tok: _Token, v, op: _Token) -> None:
+        if v[0] == "lit" and parse_number(v[1]) is None:
+            self.fail(tok, f"{op[1]!r} compares numbers, but \"{v[1]}\" is not a number: write "
+                           f"an integer (\"10737418240\", \"-1\") or a decimal (\"0.5\", "
+                           f"\"1e9\"); compare strings with '='")
+
     def value(self):
         tok = self.peek()
-        if tok[0] == "STRING":
+        if tok[0] in ("STRING", "NUMBER"):      # NUMBER: only ever lexed after a comparison
             self.take()
             return ("lit", tok[1])
         if tok[0] == "FIELD":
@@ -413,6 +518,9 @@ class _Parser:
             self.take()
             return ("field", name[1])
         self.fail(tok, f"expected a value (\"literal\" or field \"name\"), found {_describe(tok)}")
+
+
+_CMP_NODE = {"LT": "lt", "LE": "le", "GT": "gt", "GE": "ge"}
 
 
 def _value_text(v) -> str:
@@ -456,6 +564,55 @@ def _string_of(v) -> Callable:
         return x if type(x) is str else db_string(x)
 
     return field_string
+
+
+_CMP_FN = {"lt": operator.lt, "le": operator.le, "gt": operator.gt, "ge": operator.ge}
+_CMP_TEXT = {"lt": "<", "le": "<=", "gt": ">", "ge": ">="}
+_CMP_FLIP = {"lt": "gt", "le": "ge", "gt": "lt", "ge": "le"}     # a < b  is  b > a
+
+
+def _as_number(x, name: str, op: str):
+    """``x`` if it is an int or float field's value (bool is not), else the type error."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return x
+    raise WhereFieldNotNumericError(name, x, op)
+
+
+def _number_of(v, op: str) -> Callable:
+    """A closure giving the number of a field node for a record (type-checked)."""
+    get, name = _getter(v[1]), v[1]
+
+    def number(rec, ref):
+        x = get(rec, ref)
+        t = type(x)
+        return x if t is int or t is float else _as_number(x, name, op)
+
+    return number
+
+
+def _compile_compare(kind: str, left, right) -> Callable:
+    if left[0] == "lit" and right[0] == "lit":
+        return _true if _CMP_FN[kind](parse_number(left[1]), parse_number(right[1])) else _false
+    if left[0] == "lit":                         # "n" < field "x"  is  field "x" > "n"
+        kind, left, right = _CMP_FLIP[kind], right, left
+    cmp, op = _CMP_FN[kind], _CMP_TEXT[kind]
+    if right[0] == "lit":
+        n = parse_number(right[1])               # once, here: never per record
+        get, name = _getter(left[1]), left[1]
+
+        def compare_literal(rec, ref):
+            x = get(rec, ref)
+            t = type(x)
+            return cmp(x if t is int or t is float else _as_number(x, name, op), n)
+
+        return compare_literal
+    lhs, rhs = _number_of(left, op), _number_of(right, op)
+
+    def compare_fields(rec, ref):              # the right field first, as '=' reads them
+        r = rhs(rec, ref)
+        return cmp(lhs(rec, ref), r)
+
+    return compare_fields
 
 
 def _true(rec, ref):
@@ -504,6 +661,8 @@ def _compile(node) -> Callable:
             return (x if type(x) is str else db_string(x)) == s
 
         return eq_literal
+    if kind in _CMP_FN:
+        return _compile_compare(kind, node[1], node[2])
     if kind == "in":
         needle_of = _string_of(node[1])
         name = node[2][1]
@@ -560,7 +719,7 @@ def _fields_of(node, out: list[str]) -> None:
         first, steps = _spine(node)
         for operand in [first, *(operand for _, operand in steps)]:
             _fields_of(operand, out)
-    elif kind in ("eq", "in"):
+    elif kind in ("eq", "in", "lt", "le", "gt", "ge"):
         for v in node[1:]:
             if v[0] == "field" and v[1] not in out:
                 out.append(v[1])
