@@ -6,18 +6,23 @@ from classes.grant import grant
 from classes.host import host
 from classes.host_cpu import host_cpu
 from classes.host_metrics import host_metrics
+from classes.pbd import PBD
 from classes.pool import pool
 from classes.role import role
 from classes.session import session
+from classes.sm import SM
+from classes.sr import SR
 from classes.task import task
 from classes.user import user
+from classes.vbd import VBD
+from classes.vdi import VDI
 from classes.vm import VM
 from classes.vm_metrics import VM_guest_metrics, VM_metrics
 from xenapi.model.declare import relations
 from xenapi.model.registry import Registry
 
-DECLARATIONS = [session, pool, host, host_metrics, host_cpu, VM, VM_metrics, VM_guest_metrics, console, task,
-                event, role, user, grant, audit]
+DECLARATIONS = [session, pool, host, host_metrics, host_cpu, VM, VM_metrics, VM_guest_metrics, console, SR, PBD,
+                VDI, VBD, SM, task, event, role, user, grant, audit]
 
 # xapi's relations (ocaml/idl/datamodel.ml, all_relations) between the classes declared: the ref
 # on the left is what gets written, the set on the right is kept from it by the store.
@@ -28,6 +33,13 @@ RELATIONS = relations("""
     VM.snapshot_of     VM.snapshots
     VM.parent          VM.children
     task.subtask_of    task.subtasks
+    VBD.VM             VM.VBDs
+    VBD.VDI            VDI.VBDs
+    VDI.SR             SR.VDIs
+    VDI.snapshot_of    VDI.snapshots
+    VDI.metadata_of_pool  pool.metadata_VDIs
+    PBD.SR             SR.PBDs
+    PBD.host           host.PBDs
 """)
 # Sets of refs that are no relation's side: role.subroles is many to many (the role ladder), and
 # xapi keeps session.tasks from a task field it does not publish.

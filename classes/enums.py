@@ -31,6 +31,16 @@ _ALL = [
          "sync_updates get_updates apply_updates tls_verification_enable cert_refresh exchange_certificates_on_join "
          "exchange_ca_certificates_on_join copy_primary_host_certs eject"),
     enum("console_protocol", "vt100 rfb rdp"),
+    enum("storage_operations", "scan destroy forget plug unplug update vdi_create vdi_introduce vdi_destroy vdi_resize "
+         "vdi_clone vdi_snapshot vdi_mirror vdi_enable_cbt vdi_disable_cbt vdi_data_destroy vdi_list_changed_blocks "
+         "vdi_set_on_boot pbd_create pbd_destroy"),
+    enum("vdi_operations", "clone copy resize resize_online snapshot mirror destroy forget update force_unlock "
+         "generate_config enable_cbt disable_cbt data_destroy list_changed_blocks set_on_boot blocked"),
+    enum("vdi_type", "system user ephemeral suspend crashdump ha_statefile metadata redo_log rrd pvs_cache cbt_metadata"),
+    enum("on_boot", "reset persist"),
+    enum("vbd_operations", "attach eject insert plug unplug unplug_force pause unpause"),
+    enum("vbd_type", "CD Disk Floppy"),
+    enum("vbd_mode", "RO RW"),
     enum("telemetry_frequency", "daily weekly monthly"),
     enum("update_sync_frequency", "daily weekly"),
 ]

@@ -39,6 +39,7 @@ VM_FIELDS = fields("""
     has_vendor_device^:b requires_reboot:b reference_label^:s domain_type^:domain_type NVRAM^:s2s
     pending_guidances:update_guidances[] ?pending_guidances_recommended:update_guidances[]
     ?pending_guidances_full:update_guidances[] ?secureboot_certificates_state:vm_secureboot_certificates_state
+    ?groups:@VM_group[]
     profiles*:s[]
 """, ENUMS,
     defaults={"power_state": "Halted", "domid": -1, "HVM_shadow_multiplier": 1.0, "domain_type": "unspecified",
@@ -54,10 +55,17 @@ VM_FIELDS = fields("""
     docs={"profiles": "The VM's profiles (from the Xen-API draft): any strings, e.g. those the pool suggests.",
           "resident_on": "the host the VM runs on (OpaqueRef:NULL when halted)"},
     writers={"tags": VM_OP, "profiles": VM_ADMIN, "affinity": VM_POWER_ADMIN},
+    # what the domain observer reads from libvirt (its XML, its state) at every observation
+    observed="""name_label name_description memory_static_max memory_dynamic_max memory_dynamic_min memory_static_min
+        VCPUs_max VCPUs_at_startup actions_after_shutdown actions_after_reboot actions_after_crash PV_bootloader
+        PV_bootloader_args PV_kernel PV_ramdisk PV_args HVM_boot_policy HVM_boot_params platform domain_type
+        power_state domid resident_on domarch metrics is_a_template""",
     # xapi's protected keys: a folder or custom field is the operator's; PCI passthrough is the admin's
     key_roles={"other_config": {"folder": VM_OP, "XenCenter.CustomFields.*": VM_OP,
                                 "pci": POOL_ADMIN, "hvm_serial": POOL_ADMIN}},
 )
+
+OBSERVED = tuple(f.name for f in VM_FIELDS if f.observed)
 
 _VM = param(T.Ref("VM"), "vm", "The VM")
 _SELF = param(T.Ref("VM"), "self", "The VM")
@@ -185,7 +193,7 @@ def clone(ctx, vm, new_name):
 
 def copy(ctx, vm, new_name, sr):
     with lifecycle.operation(ctx, vm, "copy") as rec:
-        return ctx.server.vms.clone(ctx, vm, rec, new_name)
+        return ctx.server.vms.clone(ctx, vm, rec, new_name, copy_to=sr)
 
 
 def provision(ctx, vm):
@@ -196,6 +204,20 @@ def provision(ctx, vm):
 def destroy(ctx, self):
     with lifecycle.operation(ctx, self, "destroy") as rec:
         ctx.server.vms.destroy(ctx, self, rec)
+
+
+# xapi's device slots: 16 VBDs (xvda..xvdp / hda..; HVM's 0-3 are its emulated IDE), 7 VIFs
+_VBD_SLOTS, _VIF_SLOTS = 16, 7
+
+
+def get_allowed_VBD_devices(ctx, vm):
+    taken = {ctx.store.get("VBD", v)["userdevice"] for v in ctx.store.get("VM", vm)["VBDs"]}
+    return [str(n) for n in range(_VBD_SLOTS) if str(n) not in taken]
+
+
+def get_allowed_VIF_devices(ctx, vm):
+    taken = {ctx.store.get("VIF", v)["device"] for v in ctx.store.get("VM", vm)["VIFs"]}
+    return [str(n) for n in range(_VIF_SLOTS) if str(n) not in taken]
 
 
 def assert_operation_valid(ctx, self, op):
@@ -234,15 +256,15 @@ VM = declare_class(
              [_VM], suspend, errors=_POWER_ERRORS),
         _msg("resume", "Awaken the specified VM and resume it. This can only be called when the specified VM is in the Suspended state.",
              [_VM, _START_PAUSED, _FORCE], resume, errors=_POWER_ERRORS),
-        _msg("clone", "Clones the specified VM, making a new VM with a new UUID, libvirt name and MAC addresses. Templates stay templates.",
+        _msg("clone", "Clones the specified VM, making a new VM with a new UUID, libvirt name and MAC addresses; its writable disks are cloned (a qcow2 overlay on a template's disk, else a copy). Templates stay templates.",
              [_VM, param(T.String, "new_name", "The name of the cloned VM")], clone, roles=VM_ADMIN,
              result=T.Ref("VM"), errors=_POWER_ERRORS),
-        _msg("copy", "Copies the specified VM, making a new VM. Until storage repositories exist, sr must be OpaqueRef:NULL (the disks stay where they are).",
+        _msg("copy", "Copies the specified VM, making a new VM: its writable disks are copied in full into the given SR (OpaqueRef:NULL or \"\": each into its own SR); read-only disks and CDs are shared.",
              [_VM, param(T.String, "new_name", "The name of the copied VM"),
               param(T.Ref("SR"), "sr", "An SR to copy all the VM's disks into (OpaqueRef:NULL: the same SRs)", null_ok=True)],
              copy, roles=VM_ADMIN, result=T.Ref("VM"), errors=_POWER_ERRORS),
         _msg("provision", "Inspects the disk configuration contained within the VM's other_config, creates VDIs and VBDs and then executes any applicable post-install script.",
-             [_VM], provision, roles=VM_ADMIN, errors=(*_POWER_ERRORS, E.ONLY_PROVISION_TEMPLATE, E.VALUE_NOT_SUPPORTED)),
+             [_VM], provision, roles=VM_ADMIN, errors=(*_POWER_ERRORS, E.ONLY_PROVISION_TEMPLATE, E.VALUE_NOT_SUPPORTED, E.UUID_INVALID)),
         _msg("set_memory_limits", "Set the memory limits of this VM (only while halted).",
              [_SELF, param(T.Int, "static_min", "The new value of memory_static_min."),
               param(T.Int, "static_max", "The new value of memory_static_max."),
@@ -257,6 +279,10 @@ VM = declare_class(
              roles=VM_ADMIN, errors=(*_POWER_ERRORS, E.VALUE_NOT_SUPPORTED), is_async=False),
         _msg("destroy", "Destroy the specified VM. The VM is completely removed from the system (libvirt's definition is undefined); only Halted or Suspended VMs.",
              [_SELF], destroy, roles=VM_ADMIN, errors=_POWER_ERRORS),
+        _msg("get_allowed_VBD_devices", "Returns a list of the allowed values that a VBD device field can take",
+             [_VM], get_allowed_VBD_devices, roles=READ_ONLY, result=T.Set(T.String), is_async=False),
+        _msg("get_allowed_VIF_devices", "Returns a list of the allowed values that a VIF device field can take",
+             [_VM], get_allowed_VIF_devices, roles=READ_ONLY, result=T.Set(T.String), is_async=False),
         _msg("assert_operation_valid", "Check to see whether this operation is acceptable in the current state of the system, raising an error if the operation is invalid for some reason.",
              [_SELF, param(ENUMS["vm_operations"], "op", "proposed operation")], assert_operation_valid,
              roles=READ_ONLY, errors=_POWER_ERRORS, is_async=True, changes_nothing=True),

@@ -115,6 +115,26 @@ def guest_vm(xapi, power_state: str) -> str:
     raise LookupError(power_state)
 
 
+def default_sr(xapi) -> str:
+    return xapi.xenapi.pool.get_default_SR(xapi.xenapi.pool.get_all()[0])
+
+
+def new_vdi(xapi, size: int = 1 << 20, sr: str | None = None, **fields) -> str:
+    """A VDI made through the API, as Ansible's and XO's VDI.create records have it."""
+    return xapi.xenapi.VDI.create({"SR": sr or default_sr(xapi), "virtual_size": str(size), "type": "user",
+                                   "sharable": False, "read_only": False, "other_config": {},
+                                   "name_label": "pytest disk", **fields})
+
+
+def new_vbd(xapi, vm: str, vdi: str, userdevice: str = "autodetect", **fields) -> str:
+    """A disk VBD (or, with type CD, a CD drive) made through the API, as Ansible's records have it."""
+    cd = fields.get("type") == "CD"
+    return xapi.xenapi.VBD.create({"VM": vm, "VDI": vdi, "userdevice": userdevice, "bootable": False,
+                                   "mode": "RO" if cd else "RW", "type": "Disk",
+                                   "empty": vdi == "OpaqueRef:NULL", "other_config": {},
+                                   "qos_algorithm_type": "", "qos_algorithm_params": {}, **fields})
+
+
 def wait_for_event(xapi, classes: list[str], token: str, predicate, timeout: float = 10.0) -> dict:
     """Loop event_from until an event satisfies ``predicate``; a change may take several batches."""
     import time

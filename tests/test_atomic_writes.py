@@ -16,7 +16,7 @@ import pytest
 import XenAPI
 
 from classes import REGISTRY
-from tests.conftest import ADMIN_PASSWORD, guest_vm, node_xml, start_server, stop_server
+from tests.conftest import ADMIN_PASSWORD, guest_vm, new_vbd, new_vdi, node_xml, start_server, stop_server
 from tests.serve_process import Serve
 from xenapi.model import types as T
 from xenapi.model.declare import RW
@@ -64,6 +64,10 @@ def target(running, session, cls: str) -> str:
         return login(running).handle                 # a session of its own, written by others
     if cls == "VM":
         return guest_vm(session, "Halted")
+    if cls == "VDI":
+        return new_vdi(session)
+    if cls == "VBD":
+        return new_vbd(session, guest_vm(session, "Halted"), new_vdi(session))
     return sorted(running.server.store.refs(cls))[0]
 
 

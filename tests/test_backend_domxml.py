@@ -291,7 +291,7 @@ def test_parse_rejects_unknown_memory_unit():
     ("kvm", {}, [disk("/images/a\nb.raw")], "absolute host path"),
     ("kvm", {}, [disk("")], "a disk needs a path"),
     ("kvm", {}, [disk("/a", readonly="yes")], "readonly must be a bool"),
-    ("kvm", {}, [disk("/srv", type="dir")], "disk type must be 'file' or 'block'"),
+    ("kvm", {}, [disk("/srv", type="dir")], "disk type must be 'file', 'block' or 'volume'"),
     ("kvm", {}, [nic(network="default", bridge="br0")], "not both"),
     ("kvm", {}, [nic(mac="52:54:00:zz:00:01")], "mac must look like"),
     ("kvm", {}, [nic(bridge=["br0"])], "nic bridge must be a string"),

@@ -55,10 +55,19 @@ def test_message_without_doc_is_rejected_at_build():
         Registry([bad])
 
 
-def test_ref_to_unknown_class_is_rejected_at_build():
-    bad = declare_class("thing", "A thing.", fields("uuid:s other:@nosuchclass", {}))
-    with pytest.raises(ValueError, match="unknown class"):
+def test_message_naming_an_undeclared_class_is_rejected_at_build():
+    bad = declare_class("thing", "A thing.", fields("uuid:s", {}), [message(
+        "poke", "Poke.", impl=lambda ctx, a: None, params=[param(T.Ref("nosuchclass"), "a")])])
+    with pytest.raises(ValueError, match="unknown class nosuchclass"):
         Registry([bad])
+
+
+def test_a_field_of_an_undeclared_class_is_absent_not_forwarded():
+    """A class is declared or does not exist: a field naming one of xapi's classes this server
+    does not declare is always empty, and the registry says which classes those are."""
+    registry = Registry([declare_class("thing", "A thing.", fields("uuid:s gadgets:@gadget[]", {}))])
+    assert registry.absent == {"gadget"}
+    assert "VIF" in REGISTRY.absent and not REGISTRY.absent & set(REGISTRY.classes)
 
 
 def test_parameter_without_default_after_one_with_is_rejected():

@@ -40,6 +40,9 @@ class Config:
     event_log_size: int = 50_000
     metrics_interval: float = 5.0
     metrics_public: bool = False
+    storage_local_path: str = ""
+    storage_poll_interval: float = 0.5
+    storage_resync_interval: float = 300.0
     tls_cert: str = ""
     tls_key: str = ""
     tls_self_signed: bool = False
@@ -101,6 +104,8 @@ _KEYS = {
     ("tasks", "keep_seconds"): "task_keep_seconds", ("tasks", "keep_count"): "task_keep_count",
     ("events", "log_size"): "event_log_size", ("metrics", "interval"): "metrics_interval",
     ("metrics", "public"): "metrics_public",
+    ("storage", "local_path"): "storage_local_path", ("storage", "poll_interval"): "storage_poll_interval",
+    ("storage", "resync_interval"): "storage_resync_interval",
     ("tls", "cert"): "tls_cert", ("tls", "key"): "tls_key", ("tls", "self_signed"): "tls_self_signed",
     ("ssh", "listen"): "ssh_listen", ("ssh", "host_key"): "ssh_host_key",
     ("ssh", "allow_passwords"): "ssh_allow_passwords",
@@ -109,7 +114,7 @@ _KEYS = {
 # Settings with a fixed set of values.
 _CHOICES = {"xen_boot": ("pv", "hvm")}
 # Time limits that must be above zero (0 would close every connection at once).
-_POSITIVE = {"header_timeout", "body_timeout", "keepalive_timeout"}
+_POSITIVE = {"header_timeout", "body_timeout", "keepalive_timeout", "storage_poll_interval"}
 
 
 def load(path: str | None) -> Config:

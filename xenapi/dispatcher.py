@@ -21,7 +21,6 @@ from xenapi.context import Context, Identity
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.model.declare import MISSING, Message
-from xenapi.model.registry import FORWARD_CLASSES
 from xenapi.wire import Bare, Call, Failure, Fault, Outcome, Success
 
 log = logging.getLogger(__name__)
@@ -123,14 +122,14 @@ class Dispatcher:
         return Success(self.access.filter(ctx, msg, args, result) if filtered else result)
 
     def _check_refs(self, msg: Message, args: list) -> None:
-        for p, value in zip(msg.params, args):
+        for n, (p, value) in enumerate(zip(msg.params, args)):
             if not isinstance(p.type, T.Ref) or p.default is not MISSING and value == p.default:
                 continue
-            cls = p.type.cls
-            if value == T.NULL_REF and (p.null_ok or cls in FORWARD_CLASSES):
+            if p.null_ok and value in (T.NULL_REF, ""):
+                args[n] = T.NULL_REF          # xapi takes "" for a NULL ref there (Xen Orchestra's VM.copy sends it)
                 continue
-            if cls in FORWARD_CLASSES or not self.store.exists(cls, value):
-                raise XenAPIError(E.HANDLE_INVALID, cls, value)
+            if not self.store.exists(p.type.cls, value):
+                raise XenAPIError(E.HANDLE_INVALID, p.type.cls, value)
 
     # -- audit -------------------------------------------------------------------------------
     def _objects(self, msg: Message, args: list) -> list[tuple[str, str] | None]:

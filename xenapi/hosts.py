@@ -63,6 +63,16 @@ class Hosts:
     def ref_of(self, uri: str) -> str:
         return self._by_uri[uri]
 
+    def uri_of(self, host: str) -> str:
+        return self._conns[host].uri
+
+    def live(self, host: str) -> bool:
+        conn = self._conns.get(host)
+        return conn is not None and conn.live
+
+    def synced(self, host: str) -> bool:
+        return host in self._synced and self.live(host)
+
     def connection(self, host: str) -> HostConnection:
         conn = self._conns.get(host)
         if conn is None:
@@ -138,6 +148,10 @@ class Hosts:
         them defines any more (undefined while the server was away) go."""
         self._set_sync(host, "syncing")
         self.server.reconciler.relist(host)
+        try:
+            self.server.storage.ensure_local_sr(host)
+        except XenAPIError as e:           # a host without a usable local SR still serves its VMs
+            log.warning("event=local-sr-failed host=%s error=%s params=%s", host, e.code, e.params)
         self._synced.add(host)
         self._set_sync(host, "synced")
         if self.all_synced():

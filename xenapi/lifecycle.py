@@ -1,15 +1,14 @@
-"""Which VM operations are allowed when: one table, and the guard every power operation runs under.
+"""Which VM operations are allowed when: VM's operation table (xenapi/operations.py) and the guard
+every power operation runs under.
 
 The table lists the operations this server implements, with the power states xapi allows them in
 (xapi_vm_lifecycle.ml).  ``allowed_operations`` is always derived from it, never set by hand.
 """
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
-
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
+from xenapi.operations import OperationTable, guard
 
 _ALL = frozenset({"Halted", "Paused", "Suspended", "Running"})
 _ORDER = ("Halted", "Paused", "Suspended", "Running")     # xapi's order in VM_BAD_POWER_STATE
@@ -38,75 +37,49 @@ TEMPLATE_OPS = frozenset({"clone", "copy", "provision", "destroy", "changing_mem
 # ... and what only a template may do (xapi: ONLY_PROVISION_TEMPLATE).
 TEMPLATE_ONLY_OPS = frozenset({"provision"})
 
-_guard = threading.Lock()     # check-and-mark of current_operations must be atomic across threads
-
-
-def guard() -> threading.Lock:
-    """Held while reading a VM and writing what follows from it (current/allowed operations)."""
-    return _guard
-
-
 def allowed_operations(rec: dict) -> list[str]:
-    if rec["is_control_domain"] or rec["current_operations"]:
+    if rec["is_control_domain"]:
         return []
-    state = rec["power_state"]
-    blocked = rec["blocked_operations"]
-    ops = TEMPLATE_OPS if rec["is_a_template"] else ALLOWED_IN.keys() - TEMPLATE_ONLY_OPS
-    return sorted(op for op in ops if state in ALLOWED_IN[op] and op not in blocked)
+    return TABLE.allowed(None, "", rec)
+
+
+def _check(store, ref: str, rec: dict, op: str) -> XenAPIError | None:
+    """The error xapi gives for ``op`` on this VM now, if any (in xapi's order)."""
+    if rec["is_control_domain"]:
+        return XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not allowed on the control domain")
+    if rec["is_a_template"] and op not in TEMPLATE_OPS:
+        return XenAPIError(E.VM_IS_TEMPLATE, ref, op)
+    if not rec["is_a_template"] and op in TEMPLATE_ONLY_OPS:
+        return XenAPIError(E.ONLY_PROVISION_TEMPLATE)
+    if op in rec["blocked_operations"]:
+        return XenAPIError(E.OPERATION_BLOCKED, ref, rec["blocked_operations"][op])
+    if busy := TABLE.busy(ref, rec):
+        return busy
+    if rec["power_state"] not in ALLOWED_IN[op]:
+        expected = ", ".join(s.lower() for s in _ORDER if s in ALLOWED_IN[op])
+        return XenAPIError(E.VM_BAD_POWER_STATE, ref, expected, rec["power_state"].lower())
+    return None
+
+
+TABLE = OperationTable("VM", ALLOWED_IN, _check, busy_first=False)
 
 
 def check(rec: dict, ref: str, op: str) -> None:
     """Raise the error xapi gives for ``op`` on this VM now, if any."""
-    if rec["is_control_domain"]:
+    if rec["is_control_domain"]:       # before the unknown-operation check, as xapi
         raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not allowed on the control domain")
-    if op not in ALLOWED_IN:        # one of xapi's vm_operations that this server does not implement
-        raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{op} is not supported by this server")
-    if rec["is_a_template"] and op not in TEMPLATE_OPS:
-        raise XenAPIError(E.VM_IS_TEMPLATE, ref, op)
-    if not rec["is_a_template"] and op in TEMPLATE_ONLY_OPS:
-        raise XenAPIError(E.ONLY_PROVISION_TEMPLATE)
-    if op in rec["blocked_operations"]:
-        raise XenAPIError(E.OPERATION_BLOCKED, ref, rec["blocked_operations"][op])
-    for task, running in rec["current_operations"].items():
-        raise XenAPIError(E.OTHER_OPERATION_IN_PROGRESS, "VM", ref, running, task)
-    if rec["power_state"] not in ALLOWED_IN[op]:
-        expected = ", ".join(s.lower() for s in _ORDER if s in ALLOWED_IN[op])
-        raise XenAPIError(E.VM_BAD_POWER_STATE, ref, expected, rec["power_state"].lower())
+    error = TABLE.error(None, ref, rec, op)
+    if error is not None:
+        raise error
 
 
-@contextmanager
 def operation(ctx, ref: str, op: str):
     """Run ``op`` on VM ``ref``: checked, shown in current_operations while it runs, cleared after.
 
     A power state that does not allow ``op`` is re-read from libvirt once before the call is
     refused: a change made behind the server's back (virsh destroy, then VM.start at once) may be
     an event's latency away from the store."""
-    store = ctx.store
-    marker = ctx.task_ref or f"OpaqueRef:NULL/{op}"
-    try:
-        rec = _mark(store, ref, op, marker)
-    except XenAPIError as e:
-        if e.code != E.VM_BAD_POWER_STATE or not _reobserved(ctx, ref):
-            raise
-        rec = _mark(store, ref, op, marker)
-    try:
-        yield rec
-    finally:
-        with _guard:
-            rec = store.find("VM", ref)
-            if rec is not None:
-                idle = {**rec, "current_operations": {}}
-                store.update("VM", ref, {"current_operations": {}, "allowed_operations": allowed_operations(idle)})
-
-
-def _mark(store, ref: str, op: str, marker: str) -> dict:
-    with _guard:
-        rec = store.get("VM", ref)
-        check(rec, ref, op)
-        busy = {**rec, "current_operations": {marker: op}}
-        store.update("VM", ref, {"current_operations": busy["current_operations"],
-                                 "allowed_operations": allowed_operations(busy)})
-    return rec
+    return TABLE.operation(ctx, ref, op, retry=lambda e: e.code == E.VM_BAD_POWER_STATE and _reobserved(ctx, ref))
 
 
 def _reobserved(ctx, ref: str) -> bool:

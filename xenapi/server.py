@@ -25,7 +25,9 @@ from xenapi.events import Events
 from xenapi.hosts import Hosts
 from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
+from xenapi.observers.polling import StoragePoller
 from xenapi.reconciler import Reconciler
+from xenapi.services.storage import Storage
 from xenapi.sessions import Sessions
 from xenapi.store import Store, add, derived_ref, derived_uuid, mod
 from xenapi.tasks import Tasks
@@ -74,6 +76,8 @@ class Server:
         self.tasks = Tasks(self, config.task_keep_seconds, config.task_keep_count)
         self.events = Events(self)
         self.vms = VMs(self)
+        self.storage = Storage(self)
+        self.storage_poller = StoragePoller(self, config.storage_poll_interval, config.storage_resync_interval)
         self.dispatcher = Dispatcher(self)
         self._stop = threading.Event()
 
@@ -99,6 +103,7 @@ class Server:
         self.reconciler.claim_loaded()
         self.reconciler.start()
         self.hosts.start()
+        self.storage_poller.start()
         if not self.hosts.wait_settled(self.config.libvirt_sync_wait):
             log.info("event=serving-before-sync wait=%gs", self.config.libvirt_sync_wait)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
@@ -117,12 +122,14 @@ class Server:
 
     def stop(self) -> None:
         self.drain()
+        self.storage_poller.stop()
         self.hosts.stop()
         self.reconciler.stop()
         self.store.close()
 
     def _publish_static(self) -> None:
-        """The pool, the roles and the users: objects that exist because the server does."""
+        """The pool, the roles, the users and the storage plugins (SM): objects that exist because
+        the server does."""
         ops = []
         pool = self.store.find("pool", POOL_REF)
         if pool is None:
@@ -141,6 +148,7 @@ class Server:
                 "subroles": sorted(role_ref(p) for p in role_permissions(self.registry, name))})))
         for user in self.users.all():
             ops.append(add("user", self.user_ref(user.name), self._user_record(user)))
+        ops += self.storage.publish_plugins()
         self.store.apply(ops)
 
     def _housekeeping(self) -> None:

@@ -13,14 +13,17 @@ from xenapi.backend import domxml, rewrite
 from xenapi.errors import XenAPIError
 from xenapi.hosts import libvirt_name
 from xenapi.model.types import NULL_REF
-from xenapi.reconciler import FROM_XML, vm_ref
+from classes.vm import OBSERVED
+from xenapi.observers.domains import vm_ref
+from xenapi.observers.vbds import vbd_ref
+from xenapi.services import vm_disks
 from xenapi.store import new_uuid
 
 log = logging.getLogger(__name__)
 
-# Fields the reconciler reads from libvirt, or the lifecycle derives: never taken from a client.
-_RUNTIME = frozenset({"uuid", "power_state", "domid", "resident_on", "consoles", "metrics", "allowed_operations",
-                      "current_operations", "is_control_domain", "guest_metrics", "domarch"})
+# Fields derived by the server (besides those libvirt owns, declared observed): never taken from a client.
+_RUNTIME = frozenset({"uuid", "consoles", "VBDs", "allowed_operations", "current_operations", "is_control_domain",
+                      "guest_metrics"})
 
 
 def _stamp(rec: dict) -> dict[str, str]:
@@ -28,7 +31,7 @@ def _stamp(rec: dict) -> dict[str, str]:
 
 
 def _store_owned(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in _RUNTIME and k not in FROM_XML}
+    return {k: v for k, v in rec.items() if k not in _RUNTIME and k not in OBSERVED}
 
 
 class VMs:
@@ -60,34 +63,46 @@ class VMs:
 
     def _define(self, host: str, conn, uuid: str, xml: str, owned: dict) -> None:
         """Define in libvirt, then observe; what the store alone keeps waits for the first observation."""
-        self.reconciler.expect(uuid, owned)
+        self.reconciler.domains.expect(uuid, owned)
         try:
             conn.define(xml)
         except Exception:
-            self.reconciler.unexpect(uuid)
+            self.reconciler.domains.unexpect(uuid)
             raise
         self.reconciler.refresh(host, uuid)
 
-    def clone(self, ctx, vm: str, rec: dict, new_name: str) -> str:
+    def clone(self, ctx, vm: str, rec: dict, new_name: str, copy_to: str | None = None) -> str:
+        """A new VM like ``vm``: its writable disks cloned, or copied into SR ``copy_to`` (NULL:
+        each disk's own SR); read-only disks and CDs shared (xenapi/services/vm_disks.py)."""
         host = self.hosts.home_of(vm)
         conn = self.hosts.connection(host)
         source = conn.xml(rec["uuid"], inactive=True)
-        shared = rewrite.writable_disks(source)
-        if shared:
-            raise XenAPIError(E.OPERATION_NOT_ALLOWED,
-                              "the VM has writable disks (" + ", ".join(shared) + "); copying them needs a storage repository")
+        outside = rewrite.writable_disks(source)
+        if outside:
+            raise XenAPIError(E.OPERATION_NOT_ALLOWED, "the VM has writable disks outside any SR ("
+                              + ", ".join(outside) + "); put them in a storage repository to clone them")
         uuid = new_uuid()
-        xml = rewrite.clone(source, uuid=uuid, name=libvirt_name(new_name, uuid), title=new_name, stamp=_stamp(rec))
-        owned = {k: v for k, v in _store_owned(rec).items()
-                 if k not in ("blocked_operations", "is_default_template", "snapshots", "children")}
-        self._define(host, conn, uuid, xml, {**owned, "parent": NULL_REF})
+        storage = self.server.storage
+        with vm_disks.Made(storage, ctx) as made:
+            disks = vm_disks.new_disks(storage, ctx, rec, host, copy_to, made)
+            xml = rewrite.clone(source, uuid=uuid, name=libvirt_name(new_name, uuid), title=new_name, stamp=_stamp(rec))
+            for vbd in rec["VBDs"]:
+                b = self.store.get("VBD", vbd)
+                slot = int(b["userdevice"])
+                new_source, kept = disks.get(slot, (None, {k: b[k] for k in vm_disks._VBD_KEPT}))
+                if new_source is not None:
+                    xml = rewrite.set_source(xml, slot, new_source)
+                storage.expect_vbd(vbd_ref(uuid, slot), kept)
+            owned = {k: v for k, v in _store_owned(rec).items()
+                     if k not in ("blocked_operations", "is_default_template", "snapshots", "children")}
+            self._define(host, conn, uuid, xml, {**owned, "parent": NULL_REF})
         return vm_ref(uuid)
 
     def provision(self, ctx, vm: str, rec: dict) -> None:
-        if rec["other_config"].get("disks"):
-            raise XenAPIError(E.VALUE_NOT_SUPPORTED, "other_config:disks", rec["other_config"]["disks"],
-                              "provisioning disks needs a storage repository, and this server has none yet")
+        """xapi's order: the VM stops being a template first, then its disks are made."""
         self.set_is_a_template(ctx, vm, False)      # lifecycle.check let only templates through
+        if rec["other_config"].get("disks"):
+            vm_disks.provision(self.server.storage, ctx, vm, self.store.get("VM", vm))
 
     def destroy(self, ctx, vm: str, rec: dict) -> None:
         host = self.hosts.home_of(vm)

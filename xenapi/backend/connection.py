@@ -43,15 +43,16 @@ from typing import Callable, Iterator, TypeVar
 import libvirt
 
 from xenapi.backend.domain_operations import DomainOperations
+from xenapi.backend.storage_operations import StorageOperations
 from xenapi.backend.events import ensure_event_loop, register_domain_events
 from xenapi.backend.hostinfo import HostFacts, read_host_facts
-from xenapi.backend.libvirt_errors import ERR_NO_DOMAIN, error_message, is_connection_failure
+from xenapi.backend.libvirt_errors import ERR_NO_DOMAIN, ERR_NO_POOL, ERR_NO_VOLUME, error_message, is_connection_failure
 from xenapi.backend.opening import Opening, OpenTimedOut, discard, enable_keepalive
 from xenapi.backend.power_states import power_state
 from xenapi.errors import BACKEND_FAILURE, HOST_NOT_LIVE, XenAPIError
 
 __all__ = ["HostConnection", "DomainEventHandler", "LivenessHandler", "OPEN_TIMEOUT", "KEEPALIVE_INTERVAL",
-           "KEEPALIVE_COUNT", "ERR_NO_DOMAIN", "power_state", "OpenTimedOut"]
+           "KEEPALIVE_COUNT", "ERR_NO_DOMAIN", "ERR_NO_POOL", "ERR_NO_VOLUME", "power_state", "OpenTimedOut"]
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 _reconnect_thread_numbers = itertools.count(1)
 
 
-class HostConnection(DomainOperations):
+class HostConnection(DomainOperations, StorageOperations):
     """The libvirt connection to one host URI; see the module doc for the contract."""
 
     def __init__(self, uri: str, on_domain_event: DomainEventHandler, on_liveness: LivenessHandler,
@@ -93,6 +94,8 @@ class HostConnection(DomainOperations):
         self._closing = threading.Event()        # set by close(): stop reconnecting
         self._report_lock = threading.Lock()     # liveness reports go out one at a time, in order
         self._reported_live = False
+        self._users: dict[libvirt.virConnect, int] = {}          # connection -> calls in it now
+        self._retired: dict[libvirt.virConnect, list[int]] = {}  # closed, to discard when its last call returns
 
     def __repr__(self) -> str:
         return f"HostConnection({self.uri!r}, live={self.live})"
@@ -134,7 +137,7 @@ class HostConnection(DomainOperations):
         if opening is not None:
             opening.abandon()
         if conn is not None:
-            discard(conn, callback_ids)
+            self._discard_when_idle(conn, callback_ids)
         if reconnector is not None and reconnector is not threading.current_thread():
             reconnector.join(timeout=5)
         self._discard_dead()
@@ -233,7 +236,7 @@ class HostConnection(DomainOperations):
         with self._lock:
             dead, self._dead = self._dead, []
         for conn, callback_ids in dead:
-            discard(conn, callback_ids)
+            self._discard_when_idle(conn, callback_ids)
 
     def _report_liveness(self) -> None:
         """Tell the caller the *current* liveness if it changed, so reports from the loop thread
@@ -260,6 +263,8 @@ class HostConnection(DomainOperations):
     def _using(self, operation: str) -> Iterator[libvirt.virConnect]:
         with self._lock:
             conn, generation = self._conn, self._generation
+            if conn is not None:
+                self._users[conn] = self._users.get(conn, 0) + 1
         if conn is None:
             raise XenAPIError(HOST_NOT_LIVE)
         try:
@@ -272,6 +277,23 @@ class HostConnection(DomainOperations):
                      self.uri, operation, e.get_error_code(), e.get_error_message())
             raise XenAPIError(BACKEND_FAILURE, self.uri, operation, e.get_error_code(),
                               e.get_error_message()) from e
+        finally:
+            with self._lock:
+                users = self._users.pop(conn) - 1
+                if users:
+                    self._users[conn] = users
+                retired = self._retired.pop(conn, None) if not users else None
+            if retired is not None:               # closed while this call was in it: its last user closes it
+                discard(conn, retired)
+
+    def _discard_when_idle(self, conn: libvirt.virConnect, callback_ids: list[int]) -> None:
+        """Close ``conn`` now, or when the last call still in it returns: freeing a connection a
+        thread is blocked in (a frozen daemon, a stop that did not wait) would crash the process."""
+        with self._lock:
+            if self._users.get(conn):
+                self._retired[conn] = callback_ids
+                return
+        discard(conn, callback_ids)
 
     def read(self, operation: str, reader: Callable[[libvirt.virConnect], T]) -> T:
         """``reader(conn)`` on the live connection, under the liveness and error translation of

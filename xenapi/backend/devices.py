@@ -7,6 +7,8 @@ below decides how each kind of guest sees them:
   "raw"|"qcow2", "device": "disk"|"cdrom", "readonly": False, "userdevice": 0}``.  Only ``path``
   is required (and may be "" for an empty CD drive); ``userdevice`` is xapi's VBD.userdevice, the
   slot that names the guest's device (0 -> vda/xvda/hda), by default the lowest free one.
+  ``"type": "volume"`` with ``"pool"`` and ``"volume"`` (no path) names a libvirt storage volume,
+  which libvirt resolves on the host when the guest starts: how a VBD names its VDI.
   LXC containers mount disks instead: ``"mount": "/srv"`` (required there), and ``"type": "dir"``
   is allowed (a host directory bind-mounted); they have no CD drives.
 * nic: ``{"kind": "nic", "mac": "52:54:00:..", "network": "default"}`` or ``"bridge": "br0"``;
@@ -69,7 +71,7 @@ _LXC_MOUNTS = {("dir", "raw"): ("mount", None), ("file", "raw"): ("file", "loop"
 _SOURCE_ATTR = {"file": "file", "block": "dev", "dir": "dir", "mount": "dir"}
 
 DISK_DEFAULTS = {"type": "file", "path": "", "format": "raw", "device": "disk", "readonly": False}
-_DISK_KEYS = frozenset(DISK_DEFAULTS) | {"kind", "userdevice"}
+_DISK_KEYS = frozenset(DISK_DEFAULTS) | {"kind", "userdevice", "pool", "volume"}
 _LXC_DISK_KEYS = frozenset(DISK_DEFAULTS) | {"kind", "mount"}
 _NIC_KEYS = frozenset({"kind", "mac", "network", "bridge"})
 _FORMATS = ("raw", "qcow2")
@@ -86,6 +88,13 @@ def flavour_of(hypervisor: str, *, hvm: bool, machine: str = "") -> str:
     if hypervisor == "lxc":
         return "lxc"
     return "virtio-q35" if "q35" in machine else "virtio"
+
+
+def target_name(flavour: str, slot: int, device: str = "disk") -> str:
+    """The guest's name for the disk in ``slot`` (0 -> vda, xvda or hda), "" where there is none."""
+    table = _FLAVOURS.get(flavour)
+    bus = _bus_for(table.cdrom if device == "cdrom" else table.disk, slot) if table else None
+    return bus.prefix + _letters(slot) if bus else ""
 
 
 def add(parent: ET.Element, devices: list[dict], flavour: str) -> None:
@@ -153,6 +162,10 @@ def _disk_fields(disk: dict, keys: frozenset) -> dict:
     if not isinstance(disk["readonly"], bool):
         raise DeviceError(f"disk readonly must be a bool, got {disk['readonly']!r}")
     path = disk["path"]
+    if disk["type"] == "volume":
+        if not all(isinstance(disk.get(k), str) and disk[k] and not _CONTROL.search(disk[k]) for k in ("pool", "volume")):
+            raise DeviceError("a volume disk names its storage pool and volume")
+        return disk
     if not _is_host_path(path, empty_ok=True):
         raise DeviceError(f"disk path must be an absolute host path, got {path!r}")
     if not path and disk["device"] != "cdrom":
@@ -201,15 +214,17 @@ def _bus_for(buses: tuple[_Bus, ...], slot: int) -> _Bus | None:
 
 def _add_disk(parent: ET.Element, disk: dict, table: _Flavour, slot: int) -> None:
     disk = _disk_fields(disk, _DISK_KEYS)
-    if disk["type"] not in ("file", "block"):
-        raise DeviceError(f"disk type must be 'file' or 'block', got {disk['type']!r}")
+    if disk["type"] not in ("file", "block", "volume"):
+        raise DeviceError(f"disk type must be 'file', 'block' or 'volume', got {disk['type']!r}")
     bus = _bus_for(table.cdrom if disk["device"] == "cdrom" else table.disk, slot)
     if bus is None:
         raise DeviceError(f"slot {slot} does not exist for a {disk['device']} here")
     element = ET.SubElement(parent, "disk", type=disk["type"], device=disk["device"])
     raw_block = disk["type"] == "block" and disk["format"] == "raw"
     ET.SubElement(element, "driver", name=table.raw_block_driver if raw_block else "qemu", type=disk["format"])
-    if disk["path"]:
+    if disk["type"] == "volume":
+        ET.SubElement(element, "source", pool=disk["pool"], volume=disk["volume"])
+    elif disk["path"]:
         ET.SubElement(element, "source", {_SOURCE_ATTR[disk["type"]]: disk["path"]})
     ET.SubElement(element, "target", dev=bus.prefix + _letters(slot), bus=bus.name)
     if disk["readonly"] or disk["device"] == "cdrom":
@@ -287,10 +302,19 @@ def _parse_disk(element: ET.Element) -> dict:
         "device": element.get("device", "disk"),
         "readonly": element.find("readonly") is not None,
     }
+    if disk_type == "volume" and source is not None:
+        disk.update(pool=source.get("pool", ""), volume=source.get("volume", ""))
     match = _TARGET.match(target.get("dev", "")) if target is not None else None
     if match:
         disk["userdevice"] = _slot(match.group(2))
     return disk
+
+
+def slot_of(element: ET.Element) -> int | None:
+    """The slot (xapi's userdevice) a ``<disk>`` element's target names, None if it names none."""
+    target = element.find("target")
+    match = _TARGET.match(target.get("dev", "")) if target is not None else None
+    return _slot(match.group(2)) if match else None
 
 
 def _parse_mount(element: ET.Element) -> dict:

@@ -126,6 +126,21 @@ class DomainOperations:
             dom.setVcpusFlags(vcpus_at_startup, _CONFIG)
         self._on_domain("set_vcpus", uuid, write)
 
+    # ---- devices of a running guest -----------------------------------------------------------
+
+    def attach_live(self, uuid: str, device_xml: str) -> None:
+        """Hot-plug a device into the running guest only (its definition is written separately)."""
+        self._on_domain("attach_device", uuid, lambda dom: dom.attachDeviceFlags(device_xml, _LIVE))
+
+    def detach_live(self, uuid: str, device_xml: str) -> None:
+        """Ask the running guest to release a device (QEMU: the guest must cooperate; the device
+        stays until it does, and the next observation says so)."""
+        self._on_domain("detach_device", uuid, lambda dom: dom.detachDeviceFlags(device_xml, _LIVE))
+
+    def update_live(self, uuid: str, device_xml: str) -> None:
+        """Change a running guest's device in place (a CD drive's medium)."""
+        self._on_domain("update_device", uuid, lambda dom: dom.updateDeviceFlags(device_xml, _LIVE))
+
     # ---- power --------------------------------------------------------------------------------
 
     def start(self, uuid: str, paused: bool = False) -> None:

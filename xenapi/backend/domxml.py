@@ -161,6 +161,13 @@ def parse(xml: str) -> dict:
     return fields
 
 
+def device_flavour(parsed: dict) -> str:
+    """The ``devices`` flavour of a parsed domain: how its disks are named and attached."""
+    hypervisor = parsed["virt_type"] if parsed["virt_type"] in ("xen", "lxc") else "kvm"
+    return devices.flavour_of(hypervisor, hvm=parsed["domain_type"] == "hvm",
+                              machine=parsed["platform"].get("machine", ""))
+
+
 def _text(root: ET.Element, path: str, default: str = "") -> str:
     element = root.find(path)
     return element.text.strip() if element is not None and element.text else default

@@ -17,8 +17,11 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-# BACKEND_FAILURE's code parameter when the domain does not exist (any driver).
+# BACKEND_FAILURE's code parameter when the domain, pool or volume does not exist (any driver).
 ERR_NO_DOMAIN = str(libvirt.VIR_ERR_NO_DOMAIN)
+ERR_NO_POOL = str(libvirt.VIR_ERR_NO_STORAGE_POOL)
+ERR_NO_VOLUME = str(libvirt.VIR_ERR_NO_STORAGE_VOL)
+_GONE = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL}
 
 # Errors that may mean the connection, not the call, failed (Nova/VDSM use the same sets).
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}
@@ -43,11 +46,11 @@ def with_optional_flags(call: Callable[[int], T], required: int, optional: int) 
 
 
 def unless_gone(call: Callable[[], T]) -> T | None:
-    """The call's result, or None when the domain vanished meanwhile (listing races undefine)."""
+    """The call's result, or None when the object vanished meanwhile (listing races undefine)."""
     try:
         return call()
     except libvirt.libvirtError as e:
-        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+        if e.get_error_code() in _GONE:
             return None
         raise
 

@@ -79,3 +79,76 @@ def set_field(xml: str, field: str, value: str) -> str:
             element = ET.SubElement(root, tag)
         element.text = table[value]
     return ET.tostring(root, encoding="unicode")
+
+
+# ---- disks (VBDs) -----------------------------------------------------------------------------
+
+def _disk_at(root: ET.Element, slot: int) -> ET.Element | None:
+    for element in root.iterfind("devices/disk"):
+        if devices.slot_of(element) == slot:
+            return element
+    return None
+
+
+def disk_slots(xml: str) -> set[int]:
+    """The slots (userdevices) the domain's disks take."""
+    return {s for e in _load(xml).iterfind("devices/disk") if (s := devices.slot_of(e)) is not None}
+
+
+def disk_element(disk: dict, flavour: str) -> str:
+    """One ``<disk>`` as text, as ``devices`` writes it for this kind of guest (for hot-plug)."""
+    return devices.to_xml([disk], flavour)
+
+
+def add_disk(xml: str, disk: dict, flavour: str) -> str:
+    root = _load(xml)
+    parent = root.find("devices")
+    if parent is None:
+        parent = ET.SubElement(root, "devices")
+    scratch = ET.Element("devices")
+    devices.add(scratch, [disk], flavour)
+    parent.insert(len(parent.findall("disk")), scratch[0])     # after the other disks, as libvirt keeps them
+    return ET.tostring(root, encoding="unicode")
+
+
+def remove_disk(xml: str, slot: int) -> str:
+    root = _load(xml)
+    element = _disk_at(root, slot)
+    if element is not None:
+        root.find("devices").remove(element)
+    return ET.tostring(root, encoding="unicode")
+
+
+def live_disk(xml: str, slot: int) -> str:
+    """The ``<disk>`` in ``slot`` of a definition, as text (to detach or update it)."""
+    element = _disk_at(_load(xml), slot)
+    return ET.tostring(element, encoding="unicode") if element is not None else ""
+
+
+def set_source(xml: str, slot: int, source: dict | None) -> str:
+    """The disk or CD drive in ``slot`` on volume ``source`` ({"pool", "volume"}), or empty (None:
+    a CD drive's eject)."""
+    root = _load(xml)
+    element = _disk_at(root, slot)
+    for old in element.findall("source"):
+        element.remove(old)
+    if source is None:
+        element.set("type", "file")
+    else:
+        element.set("type", "volume")
+        new = ET.Element("source", pool=source["pool"], volume=source["volume"])
+        element.insert(1 if element.find("driver") is not None else 0, new)
+        driver = element.find("driver")
+        if source.get("format") and driver is not None:
+            driver.set("type", source["format"])
+    return ET.tostring(root, encoding="unicode")
+
+
+def set_disk_mode(xml: str, slot: int, read_only: bool) -> str:
+    root = _load(xml)
+    element = _disk_at(root, slot)
+    for old in element.findall("readonly"):
+        element.remove(old)
+    if read_only:
+        ET.SubElement(element, "readonly")
+    return ET.tostring(root, encoding="unicode")

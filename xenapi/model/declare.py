@@ -32,6 +32,7 @@ class Field:
     writer_roles: tuple[str, ...] | None = None   # None: the class default
     key_roles: dict[str, tuple[str, ...]] | None = None   # map keys with their own roles ("prefix*" allowed)
     lifecycle: str = "published"     # published | deprecated | removed (still in records)
+    observed: bool = False           # libvirt owns it: the reconciler overwrites it at every observation
 
     def empty(self) -> Any:
         return self.type.empty() if self.default is MISSING else _fresh(self.default)
@@ -187,8 +188,10 @@ def parse_type(text: str, enums: dict[str, T.Enum]) -> T.WireType:
 
 def fields(spec: str, enums: dict[str, T.Enum], defaults: dict[str, Any] | None = None,
            docs: dict[str, str] | None = None, writers: dict[str, tuple[str, ...]] | None = None,
-           key_roles: dict[str, dict[str, tuple[str, ...]]] | None = None) -> list[Field]:
+           key_roles: dict[str, dict[str, tuple[str, ...]]] | None = None, observed: str = "") -> list[Field]:
+    """``observed``: the names of the fields libvirt owns (see ``Field.observed``)."""
     defaults, docs, writers, key_roles = defaults or {}, docs or {}, writers or {}, key_roles or {}
+    libvirt_owned = set(observed.split())
     out = []
     for token in spec.split():
         m = _FIELD.match(token)
@@ -199,8 +202,8 @@ def fields(spec: str, enums: dict[str, T.Enum], defaults: dict[str, Any] | None 
             name, parse_type(type_text, enums),
             {"": RO, "^": CTOR, "*": RW}[qual],
             defaults.get(name, MISSING), docs.get(name, ""), writers.get(name), key_roles.get(name),
-            {"": "published", "!": "deprecated", "~": "removed", "?": "prototyped"}[life]))
-    unknown = (set(defaults) | set(docs) | set(writers) | set(key_roles)) - {f.name for f in out}
+            {"": "published", "!": "deprecated", "~": "removed", "?": "prototyped"}[life], name in libvirt_owned))
+    unknown = (set(defaults) | set(docs) | set(writers) | set(key_roles) | libvirt_owned) - {f.name for f in out}
     if unknown:
         raise ValueError(f"defaults/docs for undeclared fields: {sorted(unknown)}")
     return out
