@@ -107,3 +107,83 @@ class KeptDomains:
             if wanted == "Suspended":
                 conn.save(uuid)
         return True
+
+
+_POOLS, _VOLUMES = "embedded_pools", "embedded_volumes"
+
+
+class KeptStorage:
+    """The embedded default's storage pools and volumes, kept as its domains are.
+
+    The test driver's volumes hold no data, only their definitions: those are what is kept (a
+    pool's XML and whether it runs; a volume's name, capacity, format and backing file) and put
+    back before the first relist, so VDIs, and the VBDs that name them, meet again after a restart.
+    """
+
+    def __init__(self, conn: HostConnection, db, db_lock: threading.RLock):
+        self.conn = conn
+        self._db, self._db_lock = db, db_lock
+        with db_lock:
+            db[_POOLS].create({"uuid": str, "xml": str, "active": int}, pk="uuid", if_not_exists=True)
+            db[_VOLUMES].create({"ident": str, "pool": str, "xml": str}, pk="ident", if_not_exists=True)
+            self._pools = {u: (x, bool(a)) for u, x, a in db.conn.execute(f"SELECT uuid, xml, active FROM {_POOLS}")}
+            self._volumes = {i: (p, x) for i, p, x in db.conn.execute(f"SELECT ident, pool, xml FROM {_VOLUMES}")}
+
+    def note_pools(self, pools) -> None:
+        rows = [(p.uuid, p.xml, int(p.active)) for p in pools if self._pools.get(p.uuid) != (p.xml, p.active)]
+        self._write(_POOLS, "uuid, xml, active", rows)
+        self._pools.update((u, (x, bool(a))) for u, x, a in rows)
+
+    def note_volumes(self, volumes) -> None:
+        rows = [(v.ident, v.pool, xml) for v in volumes
+                if self._volumes.get(v.ident) != (v.pool, xml := volume_xml(v))]
+        self._write(_VOLUMES, "ident, pool, xml", rows)
+        self._volumes.update((i, (p, x)) for i, p, x in rows)
+
+    def note_gone(self, table: str, key: str) -> None:
+        kept = self._pools if table == _POOLS else self._volumes
+        if kept.pop(key, None) is not None:
+            with self._db_lock, self._db.conn:
+                self._db.conn.execute(f"DELETE FROM {table} WHERE {'uuid' if table == _POOLS else 'ident'} = ?", (key,))
+
+    def pool_gone(self, uuid: str) -> None:
+        self.note_gone(_POOLS, uuid)
+        for ident in [i for i, (p, _) in self._volumes.items() if p == uuid]:
+            self.note_gone(_VOLUMES, ident)
+
+    def volume_gone(self, ident: str) -> None:
+        self.note_gone(_VOLUMES, ident)
+
+    def _write(self, table: str, columns: str, rows: list[tuple]) -> None:
+        if rows:
+            with self._db_lock, self._db.conn:
+                self._db.conn.executemany(f"INSERT OR REPLACE INTO {table}({columns}) VALUES "
+                                          f"({', '.join('?' * len(rows[0]))})", rows)
+
+    def restore(self) -> None:
+        """Define and start the kept pools the fresh driver lacks, then create their kept volumes."""
+        present = self.conn.pool_flags()
+        for uuid, (xml, active) in self._pools.items():
+            try:
+                if uuid not in present:
+                    self.conn.define_pool(xml, build=False)
+                if active and not present.get(uuid):
+                    self.conn.start_pool(uuid)
+            except XenAPIError as e:
+                log.warning("event=embedded-pool-restore-failed uuid=%s error=%s", uuid, e.code)
+        for ident, (pool, xml) in self._volumes.items():
+            try:
+                if ident.split("/", 1)[1] not in self.conn.volume_names(pool):
+                    self.conn.create_volume(pool, xml)
+            except XenAPIError as e:
+                log.warning("event=embedded-volume-restore-failed volume=%s error=%s", ident, e.code)
+        log.info("event=embedded-storage-restored pools=%d volumes=%d", len(self._pools), len(self._volumes))
+
+
+def volume_xml(v) -> str:
+    """A volume's definition from what was observed of it (the test driver keeps nothing more)."""
+    from xml.sax.saxutils import escape
+    backing = (f"<backingStore><path>{escape(v.backing)}</path><format type='qcow2'/></backingStore>"
+               if v.backing else "")
+    fmt = f"<target><format type='{escape(v.format)}'/></target>" if v.format else ""
+    return f"<volume><name>{escape(v.name)}</name><capacity unit='bytes'>{v.capacity}</capacity>{fmt}{backing}</volume>"

@@ -16,7 +16,7 @@ from xenapi import host_facts
 from xenapi.backend import hostinfo, machine
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
-from xenapi.embedded import EMBEDDED_URI, KeptDomains
+from xenapi.embedded import EMBEDDED_URI, KeptDomains, KeptStorage
 from xenapi.errors import XenAPIError
 from xenapi.sampler import Sampler
 from xenapi.store import add, derived_ref, derived_uuid, mod
@@ -46,6 +46,7 @@ class Hosts:
         self._bringing_up: list[threading.Thread] = []
         self._synced: set[str] = set()                   # hosts listed since they last came up, this run
         self._kept: dict[str, KeptDomains] = {}          # the embedded default's host -> its kept domains
+        self._kept_storage: dict[str, KeptStorage] = {}  # ... and its kept pools and volumes
         for uri in dict.fromkeys(map(_resolved, uris)):
             ref = derived_ref("host", uri)
             self.refs.append(ref)
@@ -55,6 +56,7 @@ class Hosts:
                 keepalive=(server.config.libvirt_keepalive_interval, server.config.libvirt_keepalive_count))
             if uri == EMBEDDED_URI:
                 self._kept[ref] = KeptDomains(self._conns[ref], server.store.db, server.store.db_lock)
+                self._kept_storage[ref] = KeptStorage(self._conns[ref], server.store.db, server.store.db_lock)
 
     @property
     def master(self) -> str:
@@ -80,6 +82,9 @@ class Hosts:
         if not conn.live:
             raise XenAPIError(E.HOST_OFFLINE, host)
         return conn
+
+    def kept_storage(self, host: str | None) -> KeptStorage | None:
+        return self._kept_storage.get(host)
 
     def kept(self, host: str | None) -> KeptDomains | None:
         """The kept domains of the embedded default's host (see xenapi/embedded.py), else None."""
@@ -136,6 +141,7 @@ class Hosts:
             if conn.live:
                 self._publish(host)
                 if host in self._kept:
+                    self._kept_storage[host].restore()       # before the domains: their disks name volumes
                     self._kept[host].restore()
                 self.sync(host)
         except Exception:

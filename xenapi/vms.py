@@ -16,7 +16,7 @@ from xenapi.model.types import NULL_REF
 from classes.vm import OBSERVED
 from xenapi.observers.domains import vm_ref
 from xenapi.observers.vbds import vbd_ref
-from xenapi.services import vm_disks
+from xenapi.services import templates, vm_disks
 from xenapi.store import new_uuid
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,17 @@ class VMs:
             raise XenAPIError(E.OPERATION_NOT_ALLOWED, "the VM has writable disks outside any SR ("
                               + ", ".join(outside) + "); put them in a storage repository to clone them")
         uuid = new_uuid()
-        storage = self.server.storage
+        storage, state = self.server.storage, self.server.config.state
+        virt_type = self.hosts.virt_type(host)
+        if rec["is_a_template"]:
+            templates.check(rec, virt_type)
+        container = virt_type == "lxc"
         with vm_disks.Made(storage, ctx) as made:
             disks = vm_disks.new_disks(storage, ctx, rec, host, copy_to, made)
             xml = rewrite.clone(source, uuid=uuid, name=libvirt_name(new_name, uuid), title=new_name, stamp=_stamp(rec))
+            if container:                    # never the same root as its source: an empty one of its own
+                root = lxc_roots.own_root(state, uuid, {})[lxc_roots.ROOT_KEY]
+                xml = rewrite.set_container_root(xml, root)
             for vbd in rec["VBDs"]:
                 b = self.store.get("VBD", vbd)
                 slot = int(b["userdevice"])
@@ -95,14 +102,24 @@ class VMs:
                 storage.expect_vbd(vbd_ref(uuid, slot), kept)
             owned = {k: v for k, v in _store_owned(rec).items()
                      if k not in ("blocked_operations", "is_default_template", "snapshots", "children")}
-            self._define(host, conn, uuid, xml, {**owned, "parent": NULL_REF})
+            try:
+                self._define(host, conn, uuid, xml, {**owned, "parent": NULL_REF})
+            except Exception:
+                if container:
+                    lxc_roots.release_root(state, uuid, {lxc_roots.ROOT_KEY: root})
+                raise
         return vm_ref(uuid)
 
     def provision(self, ctx, vm: str, rec: dict) -> None:
         """xapi's order: the VM stops being a template first, then its disks are made."""
+        virt_type = self.hosts.virt_type(self.hosts.home_of(vm))
+        templates.check(rec, virt_type)
         self.set_is_a_template(ctx, vm, False)      # lifecycle.check let only templates through
         if rec["other_config"].get("disks"):
             vm_disks.provision(self.server.storage, ctx, vm, self.store.get("VM", vm))
+        tarball = rec["other_config"].get("lxc_tarball")
+        if templates.kind_of(rec, virt_type)[0] == "lxc" and tarball:
+            templates.unpack_root(tarball, rec["platform"][lxc_roots.ROOT_KEY])
 
     def destroy(self, ctx, vm: str, rec: dict) -> None:
         host = self.hosts.home_of(vm)

@@ -107,3 +107,46 @@ def test_a_container_runs_in_its_own_root_through_the_api(lxc_uri, busybox, tmp_
     finally:
         session.xenapi.session.logout()
         stop_server(running)
+
+
+def test_an_lxc_template_unpacks_its_tarball_into_each_containers_own_root(lxc_uri, busybox, tmp_path):
+    """An ``lxc:`` template: VM.clone gives the container an empty root of its own, VM.provision
+    unpacks the template's root-filesystem tarball into it, and the container runs from it."""
+    import tarfile
+    tree = tmp_path / "tree"
+    (tree / "bin").mkdir(parents=True)
+    (tree / "bin" / "busybox").write_bytes(busybox)
+    (tree / "bin" / "busybox").chmod(0o755)
+    tarball = tmp_path / "busybox-root.tar"
+    with tarfile.open(tarball, "w") as archive:
+        archive.add(tree / "bin", arcname="bin")
+    running = start_server(tmp_path, uris=[lxc_uri])
+    session = running.session()
+    x = session.xenapi
+    try:
+        template = x.VM.create({**container_record("busybox"), "is_a_template": True,
+                                "other_config": {"template": "lxc:busybox", "lxc_tarball": str(tarball)}})
+        template_root = Path(x.VM.get_platform(template)["lxc-root"])
+        vm = x.VM.clone(template, "from lxc:busybox")
+        root = Path(x.VM.get_platform(vm)["lxc-root"])
+        assert root != template_root and root.is_dir() and not any(root.iterdir())
+        x.VM.provision(vm)
+        assert not x.VM.get_is_a_template(vm)
+        assert (root / "bin" / "busybox").read_bytes() == busybox and os.access(root / "bin" / "busybox", os.X_OK)
+        assert not any(template_root.iterdir())      # the template's own root is untouched
+        x.VM.start(vm, False, False)
+        assert wait_for(lambda: (root / "ready").exists() and (root / "ready").read_text(),
+                        "the container's init writing /ready") == "up in /\n"
+        x.VM.hard_shutdown(vm)
+
+        bad = x.VM.clone(template, "missing tarball")
+        x.VM.remove_from_other_config(bad, "lxc_tarball")
+        x.VM.add_to_other_config(bad, "lxc_tarball", str(tmp_path / "nope.tar"))
+        with pytest.raises(XenAPI.Failure) as refused:
+            x.VM.provision(bad)
+        assert refused.value.details[:2] == ["VALUE_NOT_SUPPORTED", "other_config:lxc_tarball"]
+        for ref in (vm, bad, template):
+            x.VM.destroy(ref)
+    finally:
+        session.xenapi.session.logout()
+        stop_server(running)

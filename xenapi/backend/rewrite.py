@@ -53,9 +53,10 @@ def clone(xml: str, *, uuid: str, name: str, title: str, stamp: dict[str, str]) 
 
 
 def writable_disks(xml: str) -> list[str]:
-    """Sources of disks and filesystems (an LXC root) a clone would share for writing; read-only
-    ones and CDs are safe."""
-    return [d["path"] for d in devices.parse(_load(xml))
+    """Sources of disks and filesystems a clone would share for writing; read-only ones and CDs
+    are safe, and a container's root is the clone's own (xenapi/services/templates.py)."""
+    root = _load(xml)
+    return [d["path"] for d in devices.parse(root, skip_root_mount=root.findtext("os/type") == "exe")
             if d["kind"] == "disk" and d["path"] and d["device"] not in ("cdrom", "floppy") and not d["readonly"]]
 
 
@@ -152,3 +153,14 @@ def set_disk_mode(xml: str, slot: int, read_only: bool) -> str:
     if read_only:
         ET.SubElement(element, "readonly")
     return ET.tostring(root, encoding="unicode")
+
+
+def set_container_root(xml: str, path: str) -> str:
+    """An LXC container's root (the directory mounted at "/") moved to ``path``."""
+    root = _load(xml)
+    for fs in root.iterfind("devices/filesystem"):
+        target, source = fs.find("target"), fs.find("source")
+        if target is not None and target.get("dir") == "/" and source is not None and source.get("dir"):
+            source.set("dir", path)
+    return ET.tostring(root, encoding="unicode")
+

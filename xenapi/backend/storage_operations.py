@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import libvirt
 
-from xenapi.backend.libvirt_errors import unless_gone
+from xenapi.backend.libvirt_errors import is_unsupported, unless_gone
 
 _VOL_TYPES = {libvirt.VIR_STORAGE_VOL_FILE: "file", libvirt.VIR_STORAGE_VOL_BLOCK: "block",
               libvirt.VIR_STORAGE_VOL_DIR: "dir", libvirt.VIR_STORAGE_VOL_NETWORK: "network",
@@ -80,9 +80,21 @@ class StorageOperations:
         raise NotImplementedError               # HostConnection's
 
     # ---- pools ----------------------------------------------------------------------------------
+    storage_supported = True    # False once the driver said it has no storage (a libvirtd without it)
+
+    def _all_pools(self, conn: libvirt.virConnect, flags: int = 0) -> list[libvirt.virStoragePool]:
+        """The host's pools; none where the daemon has no storage driver (its VMs still work)."""
+        try:
+            return conn.listAllStoragePools(flags)
+        except libvirt.libvirtError as e:
+            if not is_unsupported(e):
+                raise
+            self.storage_supported = False
+            return []
+
     def list_pools(self) -> list[PoolState]:
         with self._using("list_pools") as conn:
-            return [s for p in conn.listAllStoragePools(0) if (s := unless_gone(lambda: describe_pool(p)))]
+            return [s for p in self._all_pools(conn) if (s := unless_gone(lambda: describe_pool(p)))]
 
     def pool_state(self, uuid: str) -> PoolState:
         with self._using("pool_state") as conn:
@@ -91,8 +103,8 @@ class StorageOperations:
     def pool_flags(self) -> dict[str, bool]:
         """uuid -> running, of every pool: two calls, for the poller."""
         with self._using("pool_flags") as conn:
-            active = {p.UUIDString() for p in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)}
-            return {p.UUIDString(): p.UUIDString() in active for p in conn.listAllStoragePools(0)}
+            active = {p.UUIDString() for p in self._all_pools(conn, libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE)}
+            return {p.UUIDString(): p.UUIDString() in active for p in self._all_pools(conn)}
 
     def define_pool(self, xml: str, *, build: bool) -> str:
         """Define a persistent pool (and build its storage: a directory, a VG, a mount point)."""
@@ -152,7 +164,7 @@ class StorageOperations:
         """Every volume of every running pool."""
         with self._using("list_volumes") as conn:
             out = []
-            for pool in conn.listAllStoragePools(libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
+            for pool in self._all_pools(conn, libvirt.VIR_CONNECT_LIST_STORAGE_POOLS_ACTIVE):
                 uuid, name = pool.UUIDString(), pool.name()
                 for vol in unless_gone(lambda: pool.listAllVolumes(0)) or ():
                     if (state := unless_gone(lambda: describe_volume(uuid, name, vol))) is not None:

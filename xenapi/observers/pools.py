@@ -97,11 +97,15 @@ class PoolObserver(Observer):
         return ops
 
     def after_apply(self, host, states) -> None:
+        if kept := self.server.hosts.kept_storage(host):
+            kept.note_pools([s.pool for s in states])
         srs = {sr_ref(s.pool.uuid) for s in states}
         self.server.storage.tables["SR"].refresh(self.store, srs)
         vdis = {v for sr in srs if (rec := self.store.find("SR", sr)) is not None for v in rec["VDIs"]}
         self.server.storage.tables["VDI"].refresh(self.store, vdis)     # resize needs a plugged PBD
 
     def after_gone(self, host, key) -> None:
+        if key is not None and (kept := self.server.hosts.kept_storage(host)):
+            kept.pool_gone(key.split("/", 1)[1])
         if key is not None:                                 # an SR kept without PBDs allows less
             self.server.storage.tables["SR"].refresh(self.store, [sr_ref(key.split("/", 1)[1])])

@@ -154,6 +154,8 @@ class VolumeObserver(Observer):
         return [delete("VDI", ref)]
 
     def after_apply(self, host, states) -> None:
+        if kept := self.server.hosts.kept_storage(host):
+            kept.note_volumes(states)
         if states:
             self.server.storage.volumes_changed(host, {vdi_ref(vdi_uuid(s.pool, s.name)) for s in states},
                                                 {derived_ref("SR", s.pool) for s in states})
@@ -161,6 +163,8 @@ class VolumeObserver(Observer):
     def after_gone(self, host, key) -> None:
         if key is None:
             return
+        if kept := self.server.hosts.kept_storage(host):
+            kept.volume_gone(key)
         for keys in self._keys_on.values():
             keys.discard(key)
         ref = self.ref(key)

@@ -118,6 +118,9 @@ class Storage(disks.Disks):
         (``[storage] local_path``), made at its first start.  The pool's default_SR is the master's."""
         conn = self.hosts.connection(host)
         pools = {p.name: p for p in conn.list_pools()}
+        if not conn.storage_supported:
+            log.info("event=no-storage-driver host=%s", host)
+            return
         pool = pools.get(EMBEDDED_POOL) if self.hosts.facts(host).hypervisor == "TEST" else None
         pool = pool or pools.get(LOCAL_POOL)
         if pool is None:
