@@ -42,7 +42,7 @@ VBD = declare_class(
         message("insert", "Insert new media into the device",
                 params=[_VBD, param(T.Ref("VDI"), "vdi", "The new VDI to 'insert'")], impl=_storage("vbd_insert"),
                 roles=VM_OP, is_async=True,
-                errors=(*_ERRORS, E.VBD_NOT_REMOVABLE_MEDIA, E.VBD_NOT_EMPTY, E.VDI_NOT_MANAGED)),
+                errors=(*_ERRORS, E.VBD_NOT_REMOVABLE_MEDIA, E.VBD_NOT_EMPTY, E.VDI_NOT_MANAGED, E.VDI_MISSING)),
         message("eject", "Remove the media from the device and leave it empty", params=[_VBD],
                 impl=_storage("vbd_eject"), roles=VM_OP, is_async=True,
                 errors=(*_ERRORS, E.VBD_NOT_REMOVABLE_MEDIA, E.VBD_IS_EMPTY)),

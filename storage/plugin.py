@@ -377,8 +377,9 @@ class Plugin:
 
 # What every pool type does, whatever its backend: SR.create defines the pool (and builds it where
 # ``needs_build``), plug/unplug = pool create/destroy, SR.scan and SR.update = pool refresh + info,
-# a volume is attached as a domain disk, and SR.scan introduces the volumes it finds.
-EVERY_POOL = ("SR_CREATE", "SR_ATTACH", "SR_DETACH", "SR_SCAN", "SR_UPDATE",
+# VDI.update = volume refresh, a volume is attached as a domain disk, and SR.scan introduces the
+# volumes it finds.
+EVERY_POOL = ("SR_CREATE", "SR_ATTACH", "SR_DETACH", "SR_SCAN", "SR_UPDATE", "VDI_UPDATE",
               "VDI_ATTACH", "VDI_DETACH", "VDI_INTRODUCE")
 
 

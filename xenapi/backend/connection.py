@@ -286,6 +286,13 @@ class HostConnection(DomainOperations, StorageOperations):
             if retired is not None:               # closed while this call was in it: its last user closes it
                 discard(conn, retired)
 
+    def busy(self) -> bool:
+        """A call is in the connection now.  Background readers (the storage poller) skip a busy
+        connection: libvirt 9.0's RPC client can crash when keepalive closes a connection with two
+        calls waiting in it (a frozen daemon), and a poll adds nothing a call in flight will not."""
+        with self._lock:
+            return bool(self._conn is not None and self._users.get(self._conn))
+
     def _discard_when_idle(self, conn: libvirt.virConnect, callback_ids: list[int]) -> None:
         """Close ``conn`` now, or when the last call still in it returns: freeing a connection a
         thread is blocked in (a frozen daemon, a stop that did not wait) would crash the process."""

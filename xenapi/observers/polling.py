@@ -60,6 +60,8 @@ class StoragePoller:
         """Re-read the pools and volumes of ``host`` whose presence or state changed."""
         reconciler, store = self.server.reconciler, self.server.store
         conn = self.server.hosts.connection(host)
+        if conn.busy():                         # the next period sees what this one would have
+            return
         pools = conn.pool_flags()                                   # uuid -> active
         known = {store.get("SR", rec["SR"])["uuid"]: rec["currently_attached"]
                  for ref in reconciler.pools.homes_on(host) if (rec := store.find("PBD", ref)) is not None}

@@ -15,6 +15,7 @@ from xenapi.backend import devices, domxml, rewrite
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers.vbds import vbd_ref
+from xenapi.observers.volumes import volume_key
 from xenapi.services.storage_rules import vdi_attachable
 
 # What each kind of guest takes: the VBD types and the SR types (plugins) its disks may live on.
@@ -96,6 +97,15 @@ class Disks:
         return {"pool": pool.name, "volume": rec["sm_config"].get("volume", ""),
                 "format": fmt if fmt in ("qcow2", "raw") else "raw"}
 
+    def _assert_present(self, host: str, vdi: str) -> None:
+        """VDI_MISSING if the VDI's volume is gone from its pool (an ISO deleted behind our back),
+        re-observed so the VDI record goes too."""
+        rec = self.store.get("VDI", vdi)
+        key = volume_key(self.store.get("SR", rec["SR"])["uuid"], rec["sm_config"].get("volume", ""))
+        if self.reconciler.volumes.read(host, self.hosts.connection(host), key) is None:
+            self.reconciler.refresh(host, key, "volume")
+            raise XenAPIError(E.VDI_MISSING, rec["SR"], vdi)
+
     # -- VBD.create / destroy ------------------------------------------------------------------------
     def vbd_create(self, ctx, values: dict) -> str:
         vm, vdi, vbd_type, mode, empty = values["VM"], values["VDI"], values["type"], values["mode"], values["empty"]
@@ -115,6 +125,8 @@ class Disks:
         rec, host, conn = self._domain(vm)
         parsed = domxml.parse(conn.xml(rec["uuid"], inactive=True))
         self._check_vm_class(vm, parsed, vbd_type, None if empty else vdi)
+        if not empty:
+            self._assert_present(host, vdi)
         source = None if empty else self._source(host, vdi)
         with self.store.object_lock("VM", vm):
             xml = conn.xml(rec["uuid"], inactive=True)
@@ -203,6 +215,8 @@ class Disks:
     def _change_media(self, ctx, vbd: str, op: str, vdi: str | None) -> None:
         with self.tables["VBD"].operation(ctx, vbd, op) as rec:
             vm, host, conn = self._domain(rec["VM"])
+            if vdi:
+                self._assert_present(host, vdi)
             source = self._source(host, vdi) if vdi else None
             if source:
                 source.pop("format")

@@ -247,15 +247,25 @@ class Storage(disks.Disks):
     def sr_scan(self, ctx, sr):
         with self.tables["SR"].operation(ctx, sr, "scan") as rec:
             host = self.attached_host(sr)
-            self.hosts.connection(host).refresh_pool(rec["uuid"])
-            self.reconciler.refresh(host, pool_key(host, rec["uuid"]), "pool")
+            self._refresh_pool(host, sr, rec["uuid"])
             self._relist_volumes_of(host)
 
     def sr_update(self, ctx, sr):
         with self.tables["SR"].operation(ctx, sr, "update") as rec:
-            host = self.attached_host(sr)
-            self.hosts.connection(host).refresh_pool(rec["uuid"])
-            self.reconciler.refresh(host, pool_key(host, rec["uuid"]), "pool")
+            self._refresh_pool(self.attached_host(sr), sr, rec["uuid"])
+
+    def _refresh_pool(self, host: str, sr: str, uuid: str) -> None:
+        """libvirt re-reads the pool's storage; one it cannot read (its directory gone, its export
+        or target unreachable) is SM's SRUnavailable, and the pool is re-observed either way."""
+        try:
+            self.hosts.connection(host).refresh_pool(uuid)
+        except XenAPIError as e:
+            if e.code != E.BACKEND_FAILURE:
+                raise
+            raise XenAPIError(E.SR_BACKEND_FAILURE[47], "", f"The SR is not available [opterr={e.params[-1]}]",
+                              "") from None
+        finally:
+            self.reconciler.refresh(host, pool_key(host, uuid), "pool")
 
     def sr_probe(self, ctx, host, device_config, sr_type, sm_config):
         plugin = self.plugins.get((sr_type or "").lower())

@@ -21,7 +21,7 @@ from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers.volumes import volume_key
-from xenapi.store import new_uuid
+from xenapi.store import delete, new_uuid
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,17 @@ def _refresh(storage, vdi: str) -> None:
 
 
 def _discard(storage, vdi: str) -> None:
+    """Delete the volume a failed copy made.  With its libvirtd gone (it died mid-copy), a file
+    on this machine is removed directly, so no orphan waits for the daemon's return."""
+    location = storage.store.get("VDI", vdi)["location"] if storage.store.exists("VDI", vdi) else ""
     try:
         host, pool, name = storage.volume_of(vdi)
         storage.hosts.connection(host).delete_volume(pool, name)
         storage.reconciler.refresh(host, volume_key(pool, name), "volume")
     except XenAPIError as e:
-        log.warning("event=copy-cleanup-failed vdi=%s error=%s", vdi, e.code)
+        if e.code in (E.HOST_NOT_LIVE, E.HOST_OFFLINE, E.SR_HAS_NO_PBDS) and os.path.isfile(location):
+            os.unlink(location)
+            storage.store.apply([delete("VDI", vdi)])
+            log.warning("event=copy-cleanup-direct vdi=%s path=%s reason=%s", vdi, location, e.code)
+        else:
+            log.warning("event=copy-cleanup-failed vdi=%s error=%s", vdi, e.code)
