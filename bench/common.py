@@ -1,11 +1,13 @@
 """What the benchmarks share: servers in their own processes, medians, ratio printing."""
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,14 +21,18 @@ PASSWORD = "bench-pw"
 
 
 class XenapiServer:
-    """``xenapi serve`` in a subprocess, on libvirt test-driver hosts, one per node XML given."""
+    """``xenapi serve`` in a subprocess, on libvirt test-driver hosts, one per node XML given,
+    or on the libvirt URIs given as ``uris`` (a private libvirtd's, qemu:///system)."""
 
-    def __init__(self, node_xml: str | list[str], *, wait: bool = True):
+    def __init__(self, node_xml: str | list[str] | None = None, *, uris: tuple[str, ...] = (),
+                 wait: bool = True):
         self.dir = Path(tempfile.mkdtemp(prefix="xenapi-bench-"))
         hosts = []
-        for n, xml in enumerate([node_xml] if isinstance(node_xml, str) else node_xml):
+        for n, xml in enumerate([] if node_xml is None else [node_xml] if isinstance(node_xml, str) else node_xml):
             (self.dir / f"node{n}.xml").write_text(xml)
             hosts += ["--libvirt", f"test://{self.dir / f'node{n}.xml'}"]
+        for uri in uris:
+            hosts += ["--libvirt", uri]
         self.port = free_port()
         env = {**os.environ, "XENAPI_ADMIN_PASSWORD": PASSWORD}
         self.process = subprocess.Popen(
@@ -44,6 +50,17 @@ class XenapiServer:
     def stop(self) -> None:
         self.process.terminate()
         self.process.wait(timeout=30)
+
+
+def jsonrpc(url: str, method: str, *params, timeout: float = 60.0):
+    """One JSON-RPC call to the server's /jsonrpc endpoint; its result (RuntimeError if an error)."""
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
+    request = urllib.request.Request(url + "/jsonrpc", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        answer = json.loads(response.read())
+    if "error" in answer:
+        raise RuntimeError(f"{method}: {answer['error']}")
+    return answer["result"]
 
 
 def node_xml(domains: int, running: int) -> str:
