@@ -1,9 +1,11 @@
-"""A boot-sector guest for the KVM end-to-end tests: no kernel, no OS, one hand-assembled sector.
+"""A boot-sector guest for the KVM and storage end-to-end tests: no kernel, no OS, one hand-assembled
+sector.
 
 The firmware (SeaBIOS) loads the disk's first sector at 0000:7C00 and jumps to it in 16-bit real
-mode.  The code writes ``kvm guest up`` to COM1 (I/O port 0x3F8, the domain's serial console,
-written to a file) and halts for good with interrupts off, so it uses no CPU once up.  It has no
-ACPI handler: the power button (libvirt's clean shutdown) is ignored, and the guest runs on.
+mode.  The code writes ``kvm guest up`` (or the text given to ``write_image``) to COM1 (I/O port
+0x3F8, the domain's serial console) and halts for good with interrupts off, so it uses no CPU once
+up.  It has no ACPI handler: the power button (libvirt's clean shutdown) is ignored, and the guest
+runs on.
 
 Why not the tiny Linux guest: under this sandbox's nested ``/dev/kvm`` Linux guests with
 ``type='kvm'`` hang or fail an MSR assertion (see guest.py); a boot sector runs under KVM, so it
@@ -46,22 +48,28 @@ MESSAGE = f"{READY_TEXT}\r\n".encode() + b"\x00"   # the NUL ends the loop
 SIGNATURE = b"\x55\xaa"                             # bytes 510-511: the BIOS boots only a sector ending so
 
 
-def boot_sector() -> bytes:
-    """The 512 bytes: code, message, zero padding, the boot signature."""
+MAX_TEXT = SECTOR_SIZE - len(SIGNATURE) - MESSAGE_OFFSET - 3   # room left for the text, its CR LF and NUL
+
+
+def boot_sector(text: str = READY_TEXT) -> bytes:
+    """The 512 bytes: code, message (``text`` and CR LF: by default ``READY_TEXT``), zero padding,
+    the boot signature."""
     offset = 0
     for code, at, _ in _CODE:        # the offsets documented above are the real ones
         assert at == offset, f"{code.hex()} documented at {at:#x}, is at {offset:#x}"
         offset += len(code)
     assert offset == MESSAGE_OFFSET == int.from_bytes(CODE[7:9], "little") - LOAD_ADDRESS
-    body = CODE + MESSAGE
+    if not text.isascii() or "\0" in text or len(text) > MAX_TEXT:
+        raise ValueError(f"the message must be ASCII without NUL, at most {MAX_TEXT} characters: {text!r}")
+    body = CODE + f"{text}\r\n".encode() + b"\x00"
     return body + bytes(SECTOR_SIZE - len(SIGNATURE) - len(body)) + SIGNATURE
 
 
-def write_image(path: str | os.PathLike) -> Path:
-    """A raw disk image whose first sector is ``boot_sector()``; readable by QEMU whatever its user."""
+def write_image(path: str | os.PathLike, text: str = READY_TEXT) -> Path:
+    """A raw disk image whose first sector is ``boot_sector(text)``; readable by QEMU whatever its user."""
     path = Path(path)
     with open(path, "wb") as f:
-        f.write(boot_sector())
+        f.write(boot_sector(text))
         f.truncate(IMAGE_SIZE)
     path.chmod(0o644)
     return path

@@ -15,6 +15,9 @@
   process, HTTP on loopback) and returns an ``E2EServer`` with a logged-in official XenAPI
   session; stopped after the test, with the VMs it created (``.created``) shut down and destroyed.
   ``state=`` another server's (stopped) state directory restarts that server.
+- ``local_sr_pool`` (function): the libvirt pool of the servers' "Local storage" SR (``xenapi-local``),
+  usable before a server starts: defined over ``LOCAL_SR_PATH`` if it is not defined or its
+  directory is gone (it would otherwise live in a pytest tmp directory that goes away).
 Plain helpers (virsh, EventWatch, wait_task, tiny_vm_record) are in ``qemu_e2e.py``.
 
 Tests marked ``libvirtd_restart`` stop and start the system libvirtd; they run after every other
@@ -235,3 +238,51 @@ def start_xenapi(libvirt_uri, tmp_path):
             pass
         s.http.shutdown()
         s.server.stop()
+
+
+LOCAL_SR_PATH = "/var/lib/xenapi-e2e/local-sr"     # the e2e servers' shared local SR, outside any tmp dir
+
+
+@pytest.fixture
+def local_sr_pool(libvirt_conn):
+    """The pool of the "Local storage" SR (``xenapi-local``), usable by the next server.
+
+    Every server under test on this libvirtd shares that one pool (a server adopts the pool of that
+    name it finds), and a server defines it over its own state directory, a pytest tmp directory
+    that pytest removes a few sessions later (other sessions' clean-up of old ones) while the pool
+    stays defined: then no volume can be made in it.  So the pool is defined here, before the
+    server starts, over ``LOCAL_SR_PATH``, if it is not defined or if its directory is gone (no
+    volume of it can be in use then); a working pool is left as it is.  Yields the pool's name."""
+    import uuid
+    import xml.etree.ElementTree as ET
+
+    import libvirt
+    from storage import PLUGINS
+    from xenapi.services.storage import LOCAL_POOL
+    try:
+        pool = libvirt_conn.storagePoolLookupByName(LOCAL_POOL)
+    except libvirt.libvirtError:
+        pool = None
+    if pool is not None:
+        path = ET.fromstring(pool.XMLDesc(0)).findtext("target/path")
+        if path and os.path.isdir(path):
+            yield LOCAL_POOL
+            return
+        try:
+            if pool.isActive():
+                pool.destroy()
+            pool.undefine()
+        except libvirt.libvirtError:
+            pass                                  # another session got there first
+    try:
+        xml = PLUGINS["dir"].pool_xml(uuid=str(uuid.uuid4()), name=LOCAL_POOL,
+                                      device_config={"location": LOCAL_SR_PATH})
+        pool = libvirt_conn.storagePoolDefineXML(xml, 0)
+        pool.build(0)                             # mkdir -p; harmless if it is there
+        pool.create(0)
+        pool.setAutostart(1)
+    except libvirt.libvirtError:
+        pool = libvirt_conn.storagePoolLookupByName(LOCAL_POOL)   # another session defined it meanwhile
+        if not pool.isActive():
+            pool.create(0)
+    yield LOCAL_POOL

@@ -2,10 +2,20 @@
 
 Built from two Debian packages (the ``linux-image-*-cloud-amd64`` kernel that the
 ``linux-image-cloud-amd64`` metapackage points at, and ``busybox-static``): the kernel plus a
-~1 MiB busybox initramfs, booted directly (no disk, no bootloader), serial console to a file.
+~1.5 MiB busybox initramfs, booted directly (no disk, no bootloader), serial console to a file.
 It boots in ~3 s under TCG, prints ``tiny guest up`` on its serial console, then its uptime
 every 2 s, and answers the ACPI power button with ``poweroff`` -- so libvirt's ``shutdown``
 (clean shutdown) and ``reboot`` (the guest powers off and libvirt restarts it) work for real.
+
+It also has the drivers of the disks the server gives a guest (virtio-blk, hot-plugged too, and
+the IDE CD drive of the ``pc`` machine), loaded right after it is up (they take about a second
+under TCG, which the ready line does not wait for), and then prints the block devices it has,
+with their sizes in 512-byte sectors, when they change (checked at each 2 s tick):
+``block devices: sr0=88 vda=2048``
+(``block_devices(text)`` reads the last such line), and the medium in the CD drive, the volume
+ID of its ISO 9660 file system, or ``none`` (an empty drive, whose sr0 reports 2097151 sectors):
+``sr0 medium: <ID>`` (``cd_medium(text)``).  Each tick reads the drive, as udev's polling would
+elsewhere, so the kernel notices a medium put in or taken out.
 
 With ``ignore_acpi=1`` on the kernel command line (``TinyGuest.domain_xml(...,
 ignore_acpi=True)``) the same initrd logs ``power button: ignored`` and keeps running, to test
@@ -59,7 +69,7 @@ CACHE = Path(os.environ.get("XENAPI_GUEST_CACHE", REPO / ".cache" / "guest"))
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
 OLD_BUILD_KEEP_SECONDS = 86400  # superseded builds are removed after a day
-BUILD_FORMAT = 1  # bump when the build procedure changes (the init text is hashed anyway)
+BUILD_FORMAT = 2  # bump when the build procedure changes (the init text is hashed anyway)
 
 READY_TEXT = "tiny guest up"
 POWEROFF_TEXT = "power button: powering off"
@@ -68,6 +78,13 @@ SELF_POWEROFF_TEXT = "powering off by itself"
 CMDLINE = "console=ttyS0 panic=-1 nokaslr"
 IGNORE_ACPI_ARG = "ignore_acpi=1"
 VNC_XML = "    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>\n"
+BLOCK_DEVICES_TEXT = "block devices:"
+CD_MEDIUM_TEXT = "sr0 medium:"
+# Block drivers (modules in this kernel), in load order: each after the modules it depends on.
+# virtio-blk for the server's disks (PCI hot-plug itself, acpiphp, is built in); the PIIX IDE
+# controller, SCSI and sr for the CD drive.
+BLOCK_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
+                 "virtio_blk", "scsi_common", "scsi_mod", "libata", "ata_piix", "cdrom", "sr_mod")
 
 INIT = r"""#!/bin/busybox sh
 # /init of the xenapi e2e tiny guest (tests/e2e/guest.py)
@@ -92,12 +109,36 @@ acpid -f -c /etc/acpi &
 # ready only once acpid holds the input devices: a press before that would be lost
 while ! ls -l /proc/$!/fd 2>/dev/null | grep -q input; do sleep 0.1; done
 echo "tiny guest up (power button: $mode)"
+# the disk and CD drivers, loaded while the guest already runs (about a second under TCG): the block
+# device lines below begin once they are in
+(for m in @BLOCK_MODULES@; do insmod /lib/$m.ko; done; : > /tmp/block-drivers) &
 # poweroff_after=N: the guest powers itself off N seconds after it is up (no request from outside)
 for arg in $(cat /proc/cmdline); do
   case "$arg" in poweroff_after=*) (sleep "${arg#*=}"; echo "powering off by itself"; poweroff -f) & ;; esac
 done
-while true; do echo "uptime $(cut -d' ' -f1 /proc/uptime)"; sleep 2; done
-"""
+# each block device and its size in 512-byte sectors, and the CD in sr0 (the volume ID of its
+# ISO 9660 file system: 32 bytes at offset 40 of sector 16; reading it makes the kernel look at
+# the drive), each printed when it changes
+blocks() { for d in /sys/block/*; do [ -e "$d/size" ] && printf ' %s=%s' "${d##*/}" "$(cat "$d/size")"; done; }
+last_blocks=- last_medium=-
+while true; do
+  echo "uptime $(cut -d' ' -f1 /proc/uptime)"
+  [ -e /tmp/block-drivers ] || { sleep 2; continue; }
+  if [ -e /dev/sr0 ]; then
+    medium=$(dd if=/dev/sr0 bs=2048 skip=16 count=1 2>/dev/null | dd bs=1 skip=40 count=32 2>/dev/null | sed 's/ *$//')
+    if [ "${medium:-none}" != "$last_medium" ]; then
+      last_medium=${medium:-none}
+      echo "sr0 medium: $last_medium"
+    fi
+  fi
+  now="$(blocks)"
+  if [ "$now" != "$last_blocks" ]; then
+    last_blocks=$now
+    echo "block devices:$now"
+  fi
+  sleep 2
+done
+""".replace("@BLOCK_MODULES@", " ".join(BLOCK_MODULES))
 
 
 class GuestBuildError(RuntimeError):
@@ -270,7 +311,8 @@ def _sha256(path: Path) -> str:
 
 def _build_into(out: Path, kernel_deb: Path, busybox_deb: Path) -> None:
     kfiles = extract(kernel_deb, re.compile(
-        r"^\./boot/vmlinuz-|/kernel/drivers/(acpi/button|input/evdev)\.ko(\.xz)?$"))
+        r"^\./boot/vmlinuz-|/kernel/drivers/(acpi/button|input/evdev)\.ko(\.xz)?$"
+        rf"|/kernel/drivers/.*/({'|'.join(BLOCK_MODULES)})\.ko(\.xz)?$"))
     vmlinuz = [v for k, v in kfiles.items() if "/boot/vmlinuz-" in k]
     if len(vmlinuz) != 1:
         raise GuestBuildError(f"expected one /boot/vmlinuz-* in {kernel_deb.name}")
@@ -282,6 +324,7 @@ def _build_into(out: Path, kernel_deb: Path, busybox_deb: Path) -> None:
         ("bin/busybox", X, busybox, 0),
         ("lib/button.ko", F, _module(kfiles, "button"), 0),
         ("lib/evdev.ko", F, _module(kfiles, "evdev"), 0),
+        *((f"lib/{name}.ko", F, _module(kfiles, name), 0) for name in BLOCK_MODULES),
         ("init", X, INIT.encode(), 0),
     ]
     (out / "vmlinuz").write_bytes(vmlinuz[0])
@@ -378,6 +421,23 @@ def wait_for_serial(path: str | os.PathLike, text: str, timeout: float = 60.0, *
             raise TimeoutError(f"{text!r} (x{count}) not seen in {path} within {timeout} s; "
                                f"last lines:\n{tail}")
         time.sleep(0.1)
+
+
+def block_devices(text: str) -> dict[str, int] | None:
+    """The guest's block devices in the last ``block devices:`` line of its serial output ``text``:
+    {name: size in 512-byte sectors}; None if it printed none yet."""
+    lines = [line for line in text.splitlines() if line.startswith(BLOCK_DEVICES_TEXT)]
+    if not lines:
+        return None
+    entries = lines[-1][len(BLOCK_DEVICES_TEXT):].split()
+    return {name: int(size) for name, _, size in (entry.partition("=") for entry in entries)}
+
+
+def cd_medium(text: str) -> str | None:
+    """The medium in the guest's CD drive in the last ``sr0 medium:`` line of ``text``: its ISO 9660
+    volume ID, "none" for an empty drive; None if it printed none yet."""
+    lines = [line for line in text.splitlines() if line.startswith(CD_MEDIUM_TEXT)]
+    return lines[-1][len(CD_MEDIUM_TEXT):].strip() if lines else None
 
 
 def build(cache: Path = CACHE, download: bool = True) -> TinyGuest:

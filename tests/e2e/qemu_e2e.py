@@ -3,14 +3,22 @@
 official XenAPI session), ``EventWatch`` (follow event.from), ``wait_task`` and ``tiny_vm_record``
 (a VM.create record booting the tiny guest), ``define_guest`` (a tiny guest with a serial log,
 defined behind the server's back and adopted by it), ``EventRecorder`` (events seen while a call
-runs).
+runs), ``SerialConsole``/``start_with_console`` (the serial console of a VM the server made, a pty,
+copied to a file), ``qemu_img_info`` and ``write_iso`` (a real ISO 9660 image).
 """
 from __future__ import annotations
 
+import json
 import os
+import select
+import shutil
+import struct
 import subprocess
+import termios
 import threading
 import time
+import tty
+import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -199,3 +207,157 @@ def tiny_vm_record(tiny_guest, label: str) -> dict:
         "HVM_boot_policy": "", "HVM_boot_params": {}, "platform": {"acpi": "true"}, "PCI_bus": "",
         "other_config": {}, "recommendations": "",
     }
+
+
+class SerialConsole:
+    """The serial console of a running VM that the server defined (``<serial type='pty'>``, not
+    the file of ``define_guest``): a thread copies what the guest writes to its pty into ``log``, so
+    ``wait_for_serial(log, ...)`` and ``.text()`` read it as a file console.  The pty is put in raw
+    mode, so nothing the guest writes is echoed back to it as input.
+
+    QEMU drops what the guest writes while nobody has the pty open, so a console opened after boot
+    misses the start: ``start_with_console`` starts the VM paused and opens this before it runs."""
+
+    def __init__(self, pty: str, log: Path):
+        self.pty, self.log = pty, Path(log)
+        self.fd = os.open(pty, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            tty.setraw(self.fd, termios.TCSANOW)
+        except BaseException:
+            os.close(self.fd)
+            raise
+        self.opened = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._copy, name=f"console-{os.path.basename(pty)}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def of_domain(cls, uuid: str, log: Path) -> "SerialConsole":
+        """The console of the running domain ``uuid``, from the pty in its live definition."""
+        root = ET.fromstring(virsh("dumpxml", uuid))
+        source = root.find("devices/serial[@type='pty']/source")
+        if source is None or not source.get("path"):
+            raise AssertionError(f"domain {uuid} has no pty serial console: {ET.tostring(root, 'unicode')}")
+        return cls(source.get("path"), log)
+
+    def _copy(self) -> None:
+        with open(self.log, "ab", buffering=0) as out:
+            while not self._stop.is_set():
+                ready, _, _ = select.select([self.fd], [], [], 0.1)
+                if not ready:
+                    continue
+                try:
+                    data = os.read(self.fd, 65536)
+                except BlockingIOError:
+                    continue
+                except OSError:          # EIO: the other end (QEMU) closed, the domain is gone
+                    return
+                if not data:
+                    return
+                out.write(data)
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def size(self) -> int:
+        """Bytes copied so far (an ``offset`` for ``wait_for_serial``: what comes after now)."""
+        return self.log.stat().st_size if self.log.exists() else 0
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        os.close(self.fd)
+
+
+def start_with_console(x, vm: str, log: Path) -> SerialConsole:
+    """VM.start ``vm`` with its serial console copied to ``log`` from its first byte: started paused,
+    the console opened, then VM.unpause.  The caller closes the console."""
+    x.VM.start(vm, True, False)
+    console = SerialConsole.of_domain(x.VM.get_uuid(vm), log)
+    try:
+        x.VM.unpause(vm)
+    except BaseException:
+        console.close()
+        raise
+    return console
+
+
+def qemu_img_info(path: str) -> dict:
+    """``qemu-img info --output=json`` of an image not in use (format, virtual-size, backing-filename)."""
+    r = subprocess.run(["qemu-img", "info", "--output=json", str(path)], stdin=subprocess.DEVNULL,
+                       capture_output=True, text=True, timeout=60)
+    if r.returncode != 0:
+        raise AssertionError(f"qemu-img info {path} failed: {r.stderr.strip()}")
+    return json.loads(r.stdout)
+
+
+# -- ISO 9660 ------------------------------------------------------------------------------------
+
+ISO_SECTOR = 2048
+
+
+def _both16(n: int) -> bytes:
+    return struct.pack("<H", n) + struct.pack(">H", n)
+
+
+def _both32(n: int) -> bytes:
+    return struct.pack("<I", n) + struct.pack(">I", n)
+
+
+def _iso_record(name: bytes, extent: int, size: int, directory: bool) -> bytes:
+    """An ISO 9660 directory record (ECMA-119 9.1), padded to an even length."""
+    rec = (bytes([33 + len(name), 0]) + _both32(extent) + _both32(size) + bytes(7)
+           + bytes([2 if directory else 0, 0, 0]) + _both16(1) + bytes([len(name)]) + name)
+    return rec + b"\0" * (len(rec) % 2)
+
+
+def iso_image(volume_id: str, files: dict[str, bytes]) -> bytes:
+    """A minimal ISO 9660 image (level 1): a primary volume descriptor naming ``volume_id``, its
+    terminator, the path tables and one root directory holding ``files`` (8.3 upper-case names)."""
+    def text(value: str, n: int) -> bytes:
+        return value.encode("ascii")[:n].ljust(n)
+    root = 20                                # sectors: 16 PVD, 17 terminator, 18-19 path tables, 20 root
+    extents, at = {}, root + 1
+    for name, data in files.items():
+        extents[name] = at
+        at += max(1, -(-len(data) // ISO_SECTOR))
+    directory = _iso_record(b"\0", root, ISO_SECTOR, True) + _iso_record(b"\1", root, ISO_SECTOR, True)
+    for name in files:
+        directory += _iso_record(f"{name.upper()};1".encode("ascii"), extents[name], len(files[name]), False)
+    assert len(directory) <= ISO_SECTOR
+    path_l = bytes([1, 0]) + struct.pack("<IH", root, 1) + b"\0\0"   # the root: name 0x00, padded
+    path_m = bytes([1, 0]) + struct.pack(">IH", root, 1) + b"\0\0"
+    never = b"0" * 16 + b"\0"                                          # a date not specified
+    pvd = (b"\x01CD001\x01\0" + text("", 32) + text(volume_id, 32) + bytes(8) + _both32(at) + bytes(32)
+           + _both16(1) + _both16(1) + _both16(ISO_SECTOR) + _both32(len(path_l))
+           + struct.pack("<I", 18) + bytes(4) + struct.pack(">I", 19) + bytes(4)
+           + _iso_record(b"\0", root, ISO_SECTOR, True) + text("", 128) * 4 + text("", 37) * 3 + never * 4
+           + b"\x01\0")
+    image = bytearray(ISO_SECTOR * at)
+    for sector, data in ((16, pvd), (17, b"\xffCD001\x01"), (18, path_l), (19, path_m), (root, directory),
+                         *((extents[n], d) for n, d in files.items())):
+        image[sector * ISO_SECTOR:sector * ISO_SECTOR + len(data)] = data
+    return bytes(image)
+
+
+def write_iso(path: Path, volume_id: str, files: dict[str, bytes]) -> str:
+    """A real ISO 9660 image at ``path``: made by genisoimage, xorriso or mkisofs where one is
+    installed, else by ``iso_image``; returns which made it."""
+    path = Path(path)
+    for tool in ("genisoimage", "xorriso", "mkisofs"):
+        program = shutil.which(tool)
+        if program is None:
+            continue
+        content = path.parent / f".{path.name}.content"
+        content.mkdir()
+        try:
+            for name, data in files.items():
+                (content / name).write_bytes(data)
+            command = [program, *(["-as", "mkisofs"] if tool == "xorriso" else []), "-quiet", "-V", volume_id,
+                       "-o", str(path), str(content)]
+            subprocess.run(command, check=True, stdin=subprocess.DEVNULL, capture_output=True, timeout=60)
+        finally:
+            shutil.rmtree(content, ignore_errors=True)
+        return tool
+    path.write_bytes(iso_image(volume_id, files))
+    return "iso_image"
