@@ -1,5 +1,9 @@
 """Fixtures for the real-client tests: a spy on the dispatcher and runners for the external clients.
 
+- ``running`` (function): the root fixture's server (a private ``test:///<file>`` host with vm0, vm1),
+  or, with ``@pytest.mark.parametrize("running", [EMBEDDED], indirect=True)``, a server on the
+  embedded default, libvirt's in-process ``test:///default`` (whose "Local storage" SR is the
+  driver's own ``default-pool``).  ``xapi`` and ``calls`` follow whichever it is.
 - ``calls`` (function): records every call the ``running`` server dispatches (method, params,
   protocol, outcome), whatever the transport, so a test can check what a real client actually sent
   -- the same request log the reference notes were written from.  The server itself is unchanged:
@@ -8,7 +12,8 @@
   URL and returns its JSON report.  Needs ``node`` and npm ``xen-api@4.7.6`` in
   ``tests/e2e/node/node_modules`` (``scripts/setup.sh`` installs it); missing either FAILS the test.
 - ``ansible_module`` (function): runs ``ansible localhost -c local -m community.general.<module>``
-  with the JSON stdout callback and returns the module's result dict.  Needs ``ansible`` in the
+  with the JSON stdout callback and returns the module's result dict; arguments holding a list or a
+  dict (xenserver_guest's disks, cdrom) are passed as one JSON object.  Needs ``ansible`` in the
   same venv as the running Python (``pip install -e '.[test]'``); missing it FAILS the test.
   Everything Ansible writes (HOME, local temp) goes under the test's tmp_path.
 """
@@ -27,6 +32,8 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import start_server, stop_server
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
 NODE_DIR = REPO / "tests" / "e2e" / "node"
@@ -35,6 +42,24 @@ XEN_API_VERSION = "4.7.6"
 XO_SCRIPT = HERE / "node" / "xo_client.mjs"
 NODE_TIMEOUT = 60.0
 ANSIBLE_TIMEOUT = 120.0
+
+
+EMBEDDED = "test:///default"      # the server's default host: libvirt's in-process test driver
+NODE_FILE = None                  # the root fixture's own test:///<file> host
+
+
+# ------------------------------------------------------------------------------ servers ---
+@pytest.fixture
+def running(request, tmp_path):
+    """As tests/conftest.py's ``running``; an indirect parameter picks the libvirt URI instead.
+
+    ``test:///default`` is one driver per process, shared by every connection open to it and
+    reset when the last one closes: the server is its only user here, so each test starts on the
+    driver's pristine state (its running ``test`` domain and its ``default-pool``)."""
+    uri = getattr(request, "param", NODE_FILE)
+    r = start_server(tmp_path, uris=[uri] if uri else None)
+    yield r
+    stop_server(r)
 
 
 # ------------------------------------------------------------------------------ call spy ---
@@ -184,17 +209,22 @@ class NodeProcess:
 
     def wait_ready(self, timeout: float = NODE_TIMEOUT) -> str:
         """The word after READY; fails (and kills Node) on exit or timeout first."""
+        return self.wait_for("READY", timeout)[0]
+
+    def wait_for(self, marker: str, timeout: float = NODE_TIMEOUT) -> list[str]:
+        """The words after ``marker`` on the scenario's next stdout line (a handshake such as
+        ``SEEN <ref>``); fails (and kills Node) on another line, exit or timeout first."""
         box: list[str] = []
         reader = threading.Thread(target=lambda: box.append(self.proc.stdout.readline()), daemon=True)
         reader.start()
         reader.join(timeout)
         line = box[0] if box else ""
-        if not line.startswith("READY"):
+        if line.split()[:1] != [marker]:
             self.proc.kill()
             out, err = self.proc.communicate()
-            pytest.fail(f"xo_client.mjs {self.name} never got ready: {line!r}\nstdout:\n{out}\nstderr:\n{err}",
-                        pytrace=False)
-        return line.split()[1]
+            pytest.fail(f"xo_client.mjs {self.name} never printed {marker}: {line!r}\nstdout:\n{out}\n"
+                        f"stderr:\n{err}", pytrace=False)
+        return line.split()[1:]
 
     def finish(self, timeout: float = NODE_TIMEOUT) -> NodeRun:
         try:
@@ -258,7 +288,10 @@ def ansible_module(tmp_path):
     }
 
     def run(module: str, **args) -> AnsibleRun:
-        argv = " ".join(f"{k}={_quote(v)}" for k, v in args.items())
+        if any(isinstance(v, (dict, list)) for v in args.values()):
+            argv = json.dumps(args)             # lists of disks, a cdrom dict: `ansible -a '{...}'` takes JSON
+        else:
+            argv = " ".join(f"{k}={_quote(v)}" for k, v in args.items())
         start = time.monotonic()
         try:
             proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-m", f"community.general.{module}",

@@ -7,10 +7,17 @@ side checks it, the server's state through the official XenAPI client, and -- th
 ``calls`` spy -- what the library actually sent.  Node must exit on its own after
 ``disconnect()``: the library leaves its event.from long poll open, so that also checks that
 session.logout ends a blocked event.from.
+
+Storage: SR, VDI, VBD, PBD and SM objects reach XO's cache with every field and with the links
+xo-server's ``xapi-object-to-xo.mjs`` follows (``$SR``, ``$VBDs``, ``$PBDs``, ``$host``...), and a VDI
+that another session creates, renames and destroys appears, changes and leaves the cache (and its
+SR's ``VDIs``) through event.from -- on the embedded default and on a private test:///<file> host.
 """
 from __future__ import annotations
 
 import pytest
+
+from tests.conftest import vm_create_args
 
 pytestmark = pytest.mark.clients
 
@@ -157,3 +164,139 @@ def test_wrong_password_makes_connect_fail_with_authentication_failed(running, x
 
     assert report["error"]["code"] == "SESSION_AUTHENTICATION_FAILED"
     assert report["error"]["params"][0] == "root"
+
+
+# ------------------------------------------------------------------------------ storage ---
+EMBEDDED = "test:///default"     # the server's default host (conftest.py's ``running`` takes it as a parameter)
+NODE_FILE = None                 # the root fixture's private test:///<file> host
+NULL = "OpaqueRef:NULL"
+MiB = 1024 * 1024
+STORAGE_CLASSES = ("SR", "VDI", "VBD", "PBD", "SM")
+
+
+def _vdi(x, sr: str, size: int, name: str) -> str:
+    return x.VDI.create({"SR": sr, "virtual_size": str(size), "type": "user", "sharable": False,
+                         "read_only": False, "other_config": {}, "name_label": name, "name_description": ""})
+
+
+def _vbd(x, vm: str, vdi: str, userdevice: str, cd: bool = False) -> str:
+    return x.VBD.create({"VM": vm, "VDI": vdi, "userdevice": userdevice, "bootable": not cd,
+                         "mode": "RO" if cd else "RW", "type": "CD" if cd else "Disk", "empty": vdi == NULL,
+                         "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {},
+                         "unpluggable": False})
+
+
+def _storage_in_use(running, x, tmp_path) -> dict:
+    """A halted VM with a disk, a CD drive holding an ISO and an empty one: every storage class has objects."""
+    sr = x.pool.get_default_SR(x.pool.get_all()[0])
+    iso_sr = x.SR.create(running.server.master_ref, {"location": str(tmp_path / "isos")}, "0", "ISO library", "",
+                         "iso", "iso", False, {})
+    iso = _vdi(x, iso_sr, 4 * MiB, "xo.iso")
+    vm = x.VM.create(vm_create_args(name_label="xo storage"))
+    disk = _vdi(x, sr, 64 * MiB, "xo disk")
+    vbds = [_vbd(x, vm, disk, "0"), _vbd(x, vm, NULL, "3", cd=True), _vbd(x, vm, NULL, "2", cd=True)]
+    x.VBD.insert(vbds[1], iso)
+    return {"sr": sr, "iso_sr": iso_sr, "vm": vm, "vdis": [disk, iso], "vbds": vbds}
+
+
+def _uuid(x, cls: str, ref: str) -> str | None:
+    return None if ref == NULL else getattr(x, cls).get_uuid(ref)
+
+
+def _check_cache_against_the_api(x, cache: dict, master: str) -> None:
+    pool_uuid = x.pool.get_uuid(x.pool.get_all()[0])
+    for cls in STORAGE_CLASSES:
+        records = getattr(x, cls).get_all_records()
+        objects = {o["ref"]: o for o in cache[cls]}
+        assert objects.keys() == records.keys(), cls
+        for ref, rec in records.items():
+            o = objects[ref]
+            assert o["$type"] == cls and o["id"] == o["uuid"] == rec["uuid"]
+            assert set(o["fields"]) == set(rec), f"{cls}: XO keeps the first record's keys, records must be uniform"
+            assert o["pool"] == pool_uuid
+            assert "MISSING" not in str(o["links"]), f"{cls} {ref} links to objects XO cannot find: {o['links']}"
+            xo = o["xo"]
+            if cls == "SR":
+                assert o["links"]["PBDs"] == ["PBD"] * len(rec["PBDs"])
+                assert o["links"].get("VDIs", []) == ["VDI"] * len(rec["VDIs"])
+                assert (xo["SR_type"], xo["content_type"], xo["shared"], xo["name_label"]) == \
+                    (rec["type"], rec["content_type"], rec["shared"], rec["name_label"])
+                assert (xo["size"], xo["usage"], xo["physical_usage"]) == \
+                    (int(rec["physical_size"]), int(rec["virtual_allocation"]), int(rec["physical_utilisation"]))
+                assert xo["VDIs"] == [_uuid(x, "VDI", v) for v in rec["VDIs"]]
+                assert xo["$PBDs"] == [_uuid(x, "PBD", p) for p in rec["PBDs"]]
+                assert xo["$container"] == x.host.get_uuid(master)       # local SRs belong to their host
+            elif cls == "VDI":
+                assert o["links"]["SR"] == "SR" and o["links"].get("VBDs", []) == ["VBD"] * len(rec["VBDs"])
+                assert (xo["size"], xo["usage"], xo["VDI_type"], xo["name_label"], xo["missing"], xo["managed"]) == \
+                    (int(rec["virtual_size"]), int(rec["physical_utilisation"]), rec["type"], rec["name_label"],
+                     rec["missing"], rec["managed"])
+                assert xo["$SR"] == _uuid(x, "SR", rec["SR"])
+                assert xo["$VBDs"] == [_uuid(x, "VBD", b) for b in rec["VBDs"]]
+            elif cls == "VBD":
+                assert o["links"]["VM"] == "VM" and o["links"].get("VDI") == (None if rec["VDI"] == NULL else "VDI")
+                assert (xo["position"], xo["is_cd_drive"], xo["read_only"], xo["bootable"], xo["attached"]) == \
+                    (rec["userdevice"], rec["type"] == "CD", rec["mode"] == "RO", rec["bootable"],
+                     rec["currently_attached"])
+                assert xo["device"] == (rec["device"] or None)
+                assert (xo["VM"], xo["VDI"]) == (_uuid(x, "VM", rec["VM"]), _uuid(x, "VDI", rec["VDI"]))
+            elif cls == "PBD":
+                assert (o["links"]["host"], o["links"]["SR"]) == ("host", "SR")
+                assert (xo["host"], xo["SR"], xo["attached"], xo["device_config"]) == \
+                    (x.host.get_uuid(rec["host"]), _uuid(x, "SR", rec["SR"]), rec["currently_attached"],
+                     rec["device_config"])
+
+
+@both_transports
+@pytest.mark.parametrize("running", [EMBEDDED, NODE_FILE], indirect=True, ids=["embedded-default", "node-file"])
+def test_storage_objects_are_in_the_cache_and_a_vdi_made_renamed_and_destroyed_elsewhere_follows(
+        running, xapi, calls, xo_client, tmp_path, transport):
+    x = xapi.xenapi
+    made = _storage_in_use(running, x, tmp_path)
+    sr, master = made["sr"], running.server.master_ref
+    node = xo_client.start("storage", running.url, transport, name="made elsewhere", renamed="renamed elsewhere")
+    try:
+        assert node.wait_ready() == sr                       # XO's pool.default_SR
+        other = running.session()
+        try:
+            vdi = _vdi(other.xenapi, sr, 96 * MiB, "made elsewhere")
+            assert node.wait_for("SEEN") == [vdi]
+            other.xenapi.VDI.set_name_label(vdi, "renamed elsewhere")
+            assert node.wait_for("RENAMED") == [vdi]
+            uuid = x.VDI.get_uuid(vdi)
+            other.xenapi.VDI.destroy(vdi)
+        finally:
+            other.xenapi.session.logout()
+        run = node.finish()
+    finally:
+        node.kill()
+    report = run.report
+    _no_event_loop_warnings(run)
+
+    # the cache at connect: every storage object, as the API has it (the VDI was made after)
+    initial = report["initial"]
+    refs = {cls: {o["ref"] for o in initial[cls]} for cls in STORAGE_CLASSES}
+    assert {sr, made["iso_sr"]} <= refs["SR"] and set(made["vdis"]) <= refs["VDI"] and set(made["vbds"]) <= refs["VBD"]
+    assert {p for s in (sr, made["iso_sr"]) for p in x.SR.get_PBDs(s)} <= refs["PBD"] and refs["SM"]
+    _check_cache_against_the_api(x, initial, master)
+    by_ref = {o["ref"]: o for cls in STORAGE_CLASSES for o in initial[cls]}
+    disk, iso = made["vdis"]
+    assert by_ref[disk]["xo"]["$SR"] == x.SR.get_uuid(sr) and by_ref[iso]["xo"]["$SR"] == x.SR.get_uuid(made["iso_sr"])
+    assert by_ref[made["vbds"][1]]["xo"]["VDI"] == x.VDI.get_uuid(iso)     # the CD holding the ISO
+    assert by_ref[made["vbds"][2]]["xo"]["VDI"] is None                   # the empty one
+    assert by_ref[sr]["xo"]["name_label"] == "Local storage"
+
+    # the VDI made elsewhere: in the cache with its SR's VDIs listing it, renamed, then gone
+    seen, renamed = report["seen"], report["renamed"]
+    assert (seen["ref"], seen["uuid"], seen["$type"]) == (vdi, uuid, "VDI")
+    assert (seen["xo"]["name_label"], seen["xo"]["size"], seen["xo"]["$SR"], seen["xo"]["$VBDs"]) == \
+        ("made elsewhere", 96 * MiB, x.SR.get_uuid(sr), [])
+    assert seen["links"]["SR"] == "SR" and set(seen["fields"]) == set(x.VDI.get_record(disk))
+    assert renamed["xo"]["name_label"] == "renamed elsewhere" and renamed["xo"]["size"] == 96 * MiB
+    assert report["gone"] == {"byRef": None, "byUuid": None, "srVDIs": x.SR.get_VDIs(sr)}
+    assert vdi not in report["gone"]["srVDIs"]
+    assert report["history"][0] == ["add", "made elsewhere"] and report["history"][-1] == ["remove", None]
+    assert ["update", "renamed elsewhere"] in report["history"]
+    # XO follows the storage classes by the names system.listMethods spells them with (event.from
+    # answers with lower-case classes, which the library maps back)
+    assert all(set(STORAGE_CLASSES) <= set(call.params[1]) for call in calls.named("event.from"))

@@ -72,6 +72,70 @@ async function connected() {
   return xapi
 }
 
+// What xo-server's xapi-object-to-xo.mjs reads of a storage object (the same fields, the same
+// $-links through the library's cache): a report of how XO would show it.  A link the cache cannot
+// resolve comes out null.
+function link(object, field) {
+  const value = object[`$${field}`]
+  if (value == null) return null
+  return Array.isArray(value) ? value.map(o => o?.$id ?? null) : value.$id ?? null
+}
+
+const XO_VIEWS = {
+  SR: o => ({
+    content_type: o.content_type, physical_usage: +o.physical_utilisation, name_label: o.name_label,
+    size: +o.physical_size, shared: Boolean(o.shared), SR_type: o.type, usage: +o.virtual_allocation,
+    VDIs: link(o, 'VDIs'), sm_config: o.sm_config, other_config: o.other_config, tags: o.tags,
+    $container: o.shared || !o.$PBDs?.[0] ? link(o, 'pool') : link(o.$PBDs[0], 'host'), $PBDs: link(o, 'PBDs'),
+  }),
+  VDI: o => ({
+    missing: o.missing, name_label: o.name_label, name_description: o.name_description,
+    parent: o.sm_config['vhd-parent'] ?? null, size: +o.virtual_size, snapshots: link(o, 'snapshots'),
+    usage: +o.physical_utilisation, VDI_type: o.type, managed: o.managed, is_a_snapshot: o.is_a_snapshot,
+    $SR: link(o, 'SR'), $VBDs: link(o, 'VBDs'),
+  }),
+  VBD: o => ({
+    attached: Boolean(o.currently_attached), bootable: Boolean(o.bootable), device: o.device || null,
+    is_cd_drive: o.type === 'CD', position: o.userdevice, read_only: o.mode === 'RO',
+    VDI: link(o, 'VDI'), VM: link(o, 'VM'),
+  }),
+  PBD: o => ({
+    attached: Boolean(o.currently_attached), host: link(o, 'host'), SR: link(o, 'SR'),
+    device_config: o.device_config, otherConfig: o.other_config,
+  }),
+  SM: o => ({ type: o.type, name_label: o.name_label, features: o.features }),
+}
+
+// The class each ref (or set of refs) of a record leads to in the cache; "MISSING" where the
+// cache has no object for a ref that is not OpaqueRef:NULL.
+function linkTypes(object) {
+  const out = {}
+  const isRef = v => typeof v === 'string' && v.startsWith('OpaqueRef:')
+  for (const field of fieldsOf(object)) {
+    const value = object[field]
+    const typeOf = ref =>
+      ref === 'OpaqueRef:NULL' ? null : object.$xapi.getObjectByRef(ref, undefined)?.$type ?? 'MISSING'
+    if (isRef(value)) out[field] = typeOf(value)
+    else if (Array.isArray(value) && value.length > 0 && value.every(isRef)) out[field] = value.map(typeOf)
+  }
+  return out
+}
+
+function asXo(object) {
+  return {
+    ref: object.$ref, id: object.$id, uuid: object.uuid, $type: object.$type, fields: fieldsOf(object),
+    links: linkTypes(object), pool: link(object, 'pool'), xo: XO_VIEWS[object.$type](object),
+  }
+}
+
+function storageCache(xapi) {
+  const cache = {}
+  for (const type of Object.keys(XO_VIEWS)) {
+    cache[type] = Object.values(xapi.objects.all).filter(o => o.$type === type).map(asXo)
+  }
+  return cache
+}
+
 const scenarios = {
   // connect, initial sync through event.inject + get_all_records + event.from, list, disconnect
   async connect() {
@@ -145,6 +209,50 @@ const scenarios = {
     const report = {
       ref, afterSet, afterRemove: { ...removed.other_config },
       byUuid: { ref: byUuid.$ref, name_label: byUuid.name_label, name_description: byUuid.name_description },
+    }
+    await xapi.disconnect()
+    return report
+  },
+
+  // SR, VDI, VBD, PBD and SM in the cache as xo-server reads them; then a VDI that someone else
+  // creates, renames and destroys, followed through event.from.  Handshakes on stdout: READY (the
+  // cache is filled), SEEN <ref> (the VDI named config.name is in the cache and in its SR's VDIs),
+  // RENAMED <ref> (its name is config.renamed); the report follows once it has left the cache.
+  async storage() {
+    const xapi = await connected()
+    const initial = storageCache(xapi)
+    const history = []              // [add|update|remove, name_label] of the watched VDI, as the cache emitted them
+    const watched = new Set()       // its id (a removal carries the id only)
+    const track = what => objects => {
+      for (const [id, o] of Object.entries(objects)) {
+        if (o?.$type === 'VDI' && [config.name, config.renamed].includes(o.name_label)) watched.add(id)
+        if (watched.has(id)) history.push([what, o?.name_label ?? null])
+      }
+    }
+    xapi.objects.on('add', track('add'))
+    xapi.objects.on('update', track('update'))
+    xapi.objects.on('remove', track('remove'))
+    const named = name => Object.values(xapi.objects.all).find(o => o.$type === 'VDI' && o.name_label === name)
+    console.log(`READY ${xapi.pool.default_SR}`)
+
+    await until(xapi, () => named(config.name)?.$SR?.VDIs.includes(named(config.name).$ref),
+      `VDI ${config.name} in the cache and in its SR's VDIs`)
+    const vdi = named(config.name)
+    const { $ref: ref, uuid } = vdi
+    const sr = vdi.$SR.$ref
+    const seen = asXo(vdi)
+    console.log(`SEEN ${ref}`)
+
+    await until(xapi, () => xapi.getObjectByRef(ref, undefined)?.name_label === config.renamed, `${ref} renamed`)
+    const renamed = asXo(xapi.getObjectByRef(ref))
+    console.log(`RENAMED ${ref}`)
+
+    await until(xapi, () => xapi.getObjectByRef(ref, undefined) === undefined &&
+      !xapi.getObjectByRef(sr).VDIs.includes(ref), `${ref} to leave the cache and its SR's VDIs`)
+    const report = {
+      initial, seen, renamed, history,
+      gone: { byRef: xapi.getObjectByRef(ref, undefined) ?? null, byUuid: xapi.getObjectByUuid(uuid, undefined) ?? null,
+              srVDIs: xapi.getObjectByRef(sr).VDIs },
     }
     await xapi.disconnect()
     return report
