@@ -1,4 +1,8 @@
-"""HTTP to the dispatcher: POST /jsonrpc is JSON-RPC, every other POST path XML-RPC (as xapi)."""
+"""HTTP to the dispatcher: POST /jsonrpc is JSON-RPC, every other POST path XML-RPC (as xapi).
+
+Two routes carry a VDI's data instead, streamed both ways (xenapi/services/transfer.py):
+``PUT /import_raw_vdi`` and ``GET /export_raw_vdi``, trailing slash or not (Xen Orchestra sends one).
+The transport hands them the body as it arrives (``streaming``), never whole."""
 from __future__ import annotations
 
 import dataclasses
@@ -6,8 +10,9 @@ import logging
 
 from xenapi import exporter
 from xenapi.context import Identity, peer_address
+from xenapi.services import transfer
 from xenapi.transport import stdio
-from xenapi.transport.http import Request, Response
+from xenapi.transport.http import Request, Response, StreamHandler
 from xenapi.wire import Limits, WireError, jsonrpc, xmlrpc
 
 log = logging.getLogger(__name__)
@@ -42,6 +47,19 @@ class Api:
                             b"xenapi: a Xen-API server for libvirt. POST XML-RPC to / or JSON-RPC to /jsonrpc.\n")
         return Response(405 if request.path in ("/", "/jsonrpc") else 404, "text/plain", b"not here\n")
 
+    def streaming(self, method: str, path: str) -> StreamHandler | None:
+        """The handler of a route that reads its own body (the transport asks before reading it)."""
+        route = path.rstrip("/")
+        if route == "/import_raw_vdi" and method != "POST":      # POST stays XML-RPC, on any path
+            if method == "PUT":
+                return lambda request, body: transfer.import_raw_vdi(self.server, request, body, identity_of(request))
+            return _not_allowed("PUT")
+        if route == "/export_raw_vdi" and method != "POST":
+            if method in ("GET", "HEAD"):
+                return lambda request, body: transfer.export_raw_vdi(self.server, request, identity_of(request))
+            return _not_allowed("GET, HEAD")
+        return None
+
     def rpc(self, request: Request) -> Response:
         codec, content_type = _CODECS[codec_for(request.path)]
         try:
@@ -53,6 +71,10 @@ class Api:
         call = dataclasses.replace(call, identity=identity_of(request))
         outcome = self.server.dispatcher.dispatch(call)
         return Response(200, content_type, codec.encode(outcome, call), _CORS)
+
+
+def _not_allowed(allow: str) -> StreamHandler:
+    return lambda request, body: Response(405, "text/plain", f"{allow} only\n".encode(), [("Allow", allow)])
 
 
 def identity_of(request: Request) -> Identity:

@@ -1,8 +1,9 @@
-"""The ``xenapi`` command: run the server, and manage its local users.
+"""The ``xenapi`` command: run the server, manage its local users, and move disks in and out.
 
 Example:
     xenapi serve --listen 127.0.0.1:8080 --state ./state
     echo s3cret | xenapi user add alice --role vm-operator --password-stdin --state ./state
+    echo s3cret | xenapi vdi import --user alice --password-stdin --sr "Local storage" disk.qcow2
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from xenapi import config as configuration
 
@@ -217,6 +219,294 @@ def cmd_stdio(args) -> int:
     return relay(path, args.user)
 
 
+# ------------------------------------------------------------------ vdi import / export ---
+# These talk to the running server as a Xen-API client would (xenapi.client over --url, a user's
+# password): the data goes through PUT /import_raw_vdi and GET /export_raw_vdi, which need a
+# session, and a session needs a user's credentials (the unix socket's stream identity is for
+# XML, not for these HTTP routes).
+
+_TRANSFER_CHUNK = 1 << 20
+_CONTINUE_WAIT = 10.0           # seconds to wait for "100 Continue" before sending the body anyway
+
+
+def _server_url(args) -> str:
+    """--url, else the server this configuration describes (its listen address, https with TLS)."""
+    if args.url:
+        return args.url
+    cfg = _config(args)
+    host, port = cfg.listen_address()
+    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    scheme = "https" if cfg.tls_cert or cfg.tls_self_signed else "http"
+    return f"{scheme}://{f'[{host}]' if ':' in host else host}:{port}"
+
+
+def _cafile(args) -> str | None:
+    if args.cafile or args.url:
+        return args.cafile
+    cfg = _config(args)                     # the server's own self-signed certificate, when it is here
+    path = os.path.join(cfg.state, "tls", "server.crt")
+    return path if cfg.tls_self_signed and os.path.isfile(path) else None
+
+
+def _login(args):
+    """A xenapi.client Session logged in as --user; (session, url, connector for raw HTTP)."""
+    from xenapi.client import Session
+    from xenapi.client.connections import connector_for
+    url = _server_url(args)
+    if not url.startswith(("http://", "https://", "unix://")):
+        raise ValueError(f"{url}: the disk transfers need http://, https:// or unix://")
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    elif sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user} at {url}: ")
+    else:
+        raise ValueError("no terminal to ask for a password; use --password-stdin")
+    options = {"ignore_ssl": args.no_verify, "cafile": _cafile(args)}
+    session = Session(url, **options)
+    session.xenapi.login_with_password(args.user, password, "2.21", "xenapi-cli")
+    return session, connector_for(url, **options)
+
+
+class _Progress:
+    """``  37%  123.4/333.0 MiB`` on stderr, redrawn at most five times a second (a terminal only)."""
+
+    def __init__(self, total: int | None, what: str):
+        self.total, self.what, self.done, self.shown = total, what, 0, 0.0
+        self.live = sys.stderr.isatty()
+
+    def add(self, n: int) -> None:
+        self.done += n
+        if self.live and time.monotonic() - self.shown >= 0.2:
+            self.shown = time.monotonic()
+            self._draw()
+
+    def _draw(self) -> None:
+        mib = self.done / (1 << 20)
+        if self.total:
+            line = f"{self.what} {100 * self.done // self.total:3d}%  {mib:.1f}/{self.total / (1 << 20):.1f} MiB"
+        else:
+            line = f"{self.what} {mib:.1f} MiB"
+        print(f"\r{line}", end="", file=sys.stderr, flush=True)
+
+    def end(self) -> None:
+        if self.live:
+            self._draw()
+            print(file=sys.stderr, flush=True)
+
+
+def _image_format(path: str) -> str:
+    with open(path, "rb") as f:
+        return "qcow2" if f.read(4) == b"QFI\xfb" else "raw"
+
+
+def _virtual_size(path: str, fmt: str) -> int:
+    """The size the disk must have: a qcow2's virtual size (qemu-img info, else its header), a raw
+    file's size, rounded up to whole 512-byte sectors."""
+    if fmt == "qcow2":
+        import json
+        import shutil
+        import struct
+        import subprocess
+        if shutil.which("qemu-img"):
+            run = subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", path],
+                                 capture_output=True, text=True)
+            if run.returncode != 0:
+                raise ValueError(f"{path}: {run.stderr.strip() or 'qemu-img info failed'}")
+            info = json.loads(run.stdout)
+            if info.get("backing-filename"):
+                raise ValueError(f"{path} has a backing file: flatten it first (qemu-img convert -O qcow2)")
+            size = int(info["virtual-size"])
+        else:
+            with open(path, "rb") as f:
+                head = f.read(32)
+            if len(head) < 32 or struct.unpack(">Q", head[8:16])[0]:
+                raise ValueError(f"{path}: not a qcow2 image without backing file")
+            size = struct.unpack(">Q", head[24:32])[0]
+    else:
+        with open(path, "rb") as f:
+            size = f.seek(0, os.SEEK_END)       # a block device too
+    if size <= 0:
+        raise ValueError(f"{path} is empty")
+    return -(-size // 512) * 512
+
+
+def _transfer_path(route: str, vdi: str, session: str, fmt: str) -> str:
+    from urllib.parse import urlencode
+    return f"/{route}?" + urlencode({"vdi": vdi, "session_id": session, "format": fmt})
+
+
+def _answer_text(status: int, reason: str, body: bytes) -> str:
+    text = body.decode("utf-8", "replace").strip()
+    return f"HTTP {status} {reason}" + (f": {text}" if text else "")
+
+
+def _put_file(connector, target: str, path: str, progress: _Progress) -> tuple[int, str]:
+    """PUT the file to ``target`` with ``Expect: 100-continue``, so a refusal comes before the body
+    is sent; (status, text of the answer)."""
+    import select
+    size = os.path.getsize(path) if os.path.isfile(path) else None
+    conn = connector.factory(300.0)
+    try:
+        conn.putrequest("PUT", target, skip_accept_encoding=True)
+        conn.putheader("Content-Type", "application/octet-stream")
+        if size is not None:
+            conn.putheader("Content-Length", str(size))
+        else:
+            conn.putheader("Transfer-Encoding", "chunked")
+        conn.putheader("Expect", "100-continue")
+        conn.endheaders()
+        sock = conn.sock
+        if select.select([sock], [], [], _CONTINUE_WAIT)[0]:
+            status, reason, body = _read_interim(sock)
+            if status != 100:                   # refused before the body: nothing more to send
+                return status, _answer_text(status, reason, body)
+        with open(path, "rb") as f:
+            while data := f.read(_TRANSFER_CHUNK):
+                conn.send(data if size is not None else b"%x\r\n%s\r\n" % (len(data), data))
+                progress.add(len(data))
+        if size is None:
+            conn.send(b"0\r\n\r\n")
+        response = conn.getresponse()
+        return response.status, _answer_text(response.status, response.reason, response.read())
+    finally:
+        conn.close()
+
+
+def _read_interim(sock) -> tuple[int, str, bytes]:
+    """The answer that came before the body: a 100 Continue, or a final one (with its body)."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        data = sock.recv(1)                     # byte by byte: nothing past the head may be taken
+        if not data:
+            raise OSError("the server closed the connection")
+        head += data
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    status, reason = int(parts[1]), parts[2] if len(parts) > 2 else ""
+    length = next((int(v) for k, _, v in (line.partition(":") for line in lines[1:])
+                   if k.strip().lower() == "content-length" and v.strip().isdigit()), 0)
+    body = b""
+    while status != 100 and len(body) < length and (data := sock.recv(length - len(body))):
+        body += data
+    return status, reason, body
+
+
+def _find_sr(x, wanted: str | None) -> str:
+    if not wanted:
+        sr = x.pool.get_default_SR(x.pool.get_all()[0])
+        if sr == "OpaqueRef:NULL":
+            raise ValueError("the pool has no default SR: name one with --sr")
+        return sr
+    try:
+        return x.SR.get_by_uuid(wanted)
+    except Exception:
+        found = x.SR.get_by_name_label(wanted)
+    if len(found) != 1:
+        raise ValueError(f"{'no' if not found else 'more than one'} SR with uuid or name {wanted!r}")
+    return found[0]
+
+
+def cmd_vdi_import(args) -> int:
+    """Create a VDI of FILE's size in an SR and upload FILE into it (PUT /import_raw_vdi); prints the
+    new VDI's uuid.  FILE is a raw disk image (an ISO too) or a qcow2 image without backing file
+    (found by its content; --format to say so); the VDI takes the image's virtual size.  If the
+    upload fails, the VDI is destroyed again.
+
+    Example: echo s3cret | xenapi vdi import --user root --password-stdin --sr "Local storage" --name web-disk web.qcow2
+    Remote:  xenapi vdi import --url https://xen1.example:443 --cafile xen1.crt --user alice debian.iso
+    """
+    from xenapi.client import Failure
+    fmt = args.format or _image_format(args.file)
+    size = _virtual_size(args.file, fmt)
+    session, connector = _login(args)
+    x = session.xenapi
+    try:
+        vdi = x.VDI.create({"SR": _find_sr(x, args.sr), "virtual_size": str(size), "type": "user",
+                            "sharable": False, "read_only": False, "other_config": {},
+                            "name_label": args.name or os.path.basename(args.file),
+                            "name_description": f"imported from {os.path.basename(args.file)} by xenapi vdi import"})
+        progress = _Progress(os.path.getsize(args.file) if os.path.isfile(args.file) else None, "uploading")
+        try:
+            status, text = _put_file(connector, _transfer_path("import_raw_vdi", vdi, session.handle, fmt),
+                                     args.file, progress)
+        except BaseException:
+            x.VDI.destroy(vdi)
+            raise
+        progress.end()
+        if status != 200:
+            x.VDI.destroy(vdi)
+            print(f"xenapi vdi import: {text}", file=sys.stderr)
+            return 1
+        print(x.VDI.get_uuid(vdi))
+        return 0
+    except Failure as e:
+        print(f"xenapi vdi import: {' '.join(map(str, e.details))}", file=sys.stderr)
+        return 1
+    finally:
+        session.logout()
+
+
+def cmd_vdi_export(args) -> int:
+    """Download a VDI's data into FILE (GET /export_raw_vdi): the disk's bytes (raw), or a qcow2
+    image (--format qcow2; the default when FILE ends in .qcow2).  FILE - writes to stdout.  A
+    download that fails leaves no FILE behind.
+
+    Example: echo s3cret | xenapi vdi export --user root --password-stdin 1b2c3d4e-... backup.qcow2
+    """
+    from xenapi.client import Failure
+    fmt = args.format or ("qcow2" if args.file.endswith(".qcow2") else "raw")
+    session, connector = _login(args)
+    x = session.xenapi
+    partial = None
+    try:
+        vdi = args.vdi if args.vdi.startswith("OpaqueRef:") else x.VDI.get_by_uuid(args.vdi)
+        conn = connector.factory(300.0)
+        try:
+            conn.request("GET", _transfer_path("export_raw_vdi", vdi, session.handle, fmt))
+            response = conn.getresponse()
+            if response.status != 200:
+                print(f"xenapi vdi export: {_answer_text(response.status, response.reason, response.read())}",
+                      file=sys.stderr)
+                return 1
+            length = response.getheader("Content-Length")
+            progress = _Progress(int(length) if length and length.isdigit() else None, "downloading")
+            if args.file == "-":
+                out = sys.stdout.buffer
+            else:
+                partial = f"{args.file}.part"
+                out = open(partial, "wb")
+            with out if args.file != "-" else _keep_open(out):
+                while data := response.read(_TRANSFER_CHUNK):
+                    out.write(data)
+                    progress.add(len(data))
+            progress.end()
+        finally:
+            conn.close()
+        if partial:
+            os.replace(partial, args.file)
+            partial = None
+        return 0
+    except Failure as e:
+        print(f"xenapi vdi export: {' '.join(map(str, e.details))}", file=sys.stderr)
+        return 1
+    finally:
+        if partial and os.path.exists(partial):
+            os.unlink(partial)
+        session.logout()
+
+
+class _keep_open:
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self.f
+
+    def __exit__(self, *exc):
+        self.f.flush()
+        return False
+
+
 def _command(sub, name: str, func, common: argparse.ArgumentParser, help: str | None = None):
     """A subcommand running ``func``: its docstring (with the Example) is the description."""
     cmd = sub.add_parser(name, parents=[common], help=help or func.__doc__.split("\n")[0], description=func.__doc__,
@@ -261,6 +551,25 @@ def parser() -> argparse.ArgumentParser:
         for arg in positional:
             cmd.add_argument(arg)
 
+    client = argparse.ArgumentParser(add_help=False, parents=[common])
+    client.add_argument("--url", help="the server (default: the one --config describes, e.g. http://127.0.0.1:8080; "
+                                      "https://, unix:///path too)")
+    client.add_argument("--user", default="root", help="the local user to log in as (default root)")
+    client.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    client.add_argument("--cafile", metavar="FILE", help="trust this certificate (an https server's self-signed one)")
+    client.add_argument("--no-verify", action="store_true", help="do not check an https server's certificate")
+    vdi = sub.add_parser("vdi", help="move a disk's data in and out").add_subparsers(dest="vdi_command", required=True)
+    vdi_import = _command(vdi, "import", cmd_vdi_import, client, "upload a disk image into a new VDI")
+    vdi_import.add_argument("--sr", metavar="SR", help="the SR's uuid or name (default: the pool's default SR)")
+    vdi_import.add_argument("--name", metavar="LABEL", help="the VDI's name (default: the file's name)")
+    vdi_import.add_argument("--format", choices=("raw", "qcow2"), help="FILE's format (default: found from its content)")
+    vdi_import.add_argument("file", metavar="FILE")
+    vdi_export = _command(vdi, "export", cmd_vdi_export, client, "download a VDI's data into a file")
+    vdi_export.add_argument("--format", choices=("raw", "qcow2"),
+                            help="raw (the disk's bytes) or qcow2 (default: qcow2 if FILE ends in .qcow2, else raw)")
+    vdi_export.add_argument("vdi", metavar="VDI-UUID")
+    vdi_export.add_argument("file", metavar="FILE", help="where to write (- for stdout)")
+
     stdio = _command(sub, "stdio", cmd_stdio, common, "Xen-API requests on stdin, responses on stdout")
     stdio.add_argument("--user", metavar="NAME", help="the stream's user, authenticated by the caller (SSH)")
     stdio.add_argument("--unix-socket", metavar="PATH", help="the server's unix socket (default: as the server)")
@@ -274,10 +583,18 @@ def main(argv: list[str] | None = None) -> int:
         # gives its secrets explicit modes, and some of what it makes must stay readable (an LXC
         # container's root directory is the container's "/").
         os.umask(0o077)
+    from http.client import HTTPException
+    from xenapi.client.session import Failure
     try:
         return args.func(args)
     except (ValueError, OSError) as e:         # bad input and refusals (UserError, SSHKeyError): one line
         print(f"xenapi: {e}", file=sys.stderr)
+        return 1
+    except Failure as e:                       # the server's refusal (vdi import/export)
+        print(f"xenapi: {' '.join(map(str, e.details))}", file=sys.stderr)
+        return 1
+    except HTTPException as e:                 # a transfer cut short (vdi import/export)
+        print(f"xenapi: the transfer failed: {e!r}", file=sys.stderr)
         return 1
 
 

@@ -8,12 +8,15 @@ Pools are addressed by UUID, volumes by (pool UUID, volume name).
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 
 import libvirt
 
 from xenapi.backend.libvirt_errors import is_unsupported, unless_gone
+
+STREAM_CHUNK = 256 * 1024     # bytes per libvirt stream packet (its RPC payload limit is just under 256 KiB)
 
 _VOL_TYPES = {libvirt.VIR_STORAGE_VOL_FILE: "file", libvirt.VIR_STORAGE_VOL_BLOCK: "block",
               libvirt.VIR_STORAGE_VOL_DIR: "dir", libvirt.VIR_STORAGE_VOL_NETWORK: "network",
@@ -195,3 +198,63 @@ class StorageOperations:
 
     def resize_volume(self, pool_uuid: str, name: str, size: int) -> None:
         self._on_pool("resize_volume", pool_uuid, lambda pool: pool.storageVolLookupByName(name).resize(size, 0))
+
+    # ---- volume data (VDI import and export) ------------------------------------------------------
+    @contextmanager
+    def upload_volume(self, pool_uuid: str, name: str) -> Iterator[Callable[[bytes], None]]:
+        """Write a volume's bytes from its start through a libvirt stream (virStorageVolUpload, so
+        it works on a remote host too): yields ``write(data)``.  The upload is finished when the
+        block ends, aborted if it raises (what was written so far stays written)."""
+        with self._using("upload_volume") as conn:
+            vol = conn.storagePoolLookupByUUIDString(pool_uuid).storageVolLookupByName(name)
+            stream = conn.newStream(0)
+            vol.upload(stream, 0, 0, 0)
+            try:
+                yield lambda data: _send_all(stream, data)
+            except BaseException:
+                _abort(stream)
+                raise
+            stream.finish()
+
+    @contextmanager
+    def download_volume(self, pool_uuid: str, name: str) -> Iterator[Iterator[bytes]]:
+        """Read a volume's bytes (virStorageVolDownload): yields an iterator of chunks, ending at the
+        volume's end.  The download is aborted if the block ends before it or raises."""
+        with self._using("download_volume") as conn:
+            vol = conn.storagePoolLookupByUUIDString(pool_uuid).storageVolLookupByName(name)
+            stream = conn.newStream(0)
+            vol.download(stream, 0, 0, 0)
+            ended = []
+
+            def chunks() -> Iterator[bytes]:
+                while data := stream.recv(STREAM_CHUNK):
+                    if not isinstance(data, bytes):        # -2: would block (a blocking stream never does)
+                        raise libvirt.libvirtError(f"download_volume: unexpected stream answer {data!r}")
+                    yield data
+                ended.append(True)
+            try:
+                yield chunks()
+            except BaseException:
+                _abort(stream)
+                raise
+            if ended:
+                stream.finish()
+            else:
+                _abort(stream)
+
+
+def _send_all(stream: libvirt.virStream, data: bytes) -> None:
+    for start in range(0, len(data), STREAM_CHUNK):
+        piece = data[start:start + STREAM_CHUNK]           # the whole of a small chunk: no copy
+        while piece:
+            sent = stream.send(piece)
+            if sent < 0:                                   # -2: would block (a blocking stream never does)
+                raise libvirt.libvirtError(f"upload_volume: unexpected stream answer {sent}")
+            piece = piece[sent:]
+
+
+def _abort(stream: libvirt.virStream) -> None:
+    try:
+        stream.abort()
+    except libvirt.libvirtError:
+        pass                                               # already ended or broken: nothing to undo

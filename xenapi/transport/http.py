@@ -28,6 +28,18 @@ at all: that protocol decides when it ends, and a stream stays open for as long 
 and, by its source address, of ``max_connections_per_source`` (xenapi/transport/slots.py); past
 either, the accept loop answers 503 itself, without a thread.
 
+Streamed bodies.  Disks travel over HTTP too (``PUT /import_raw_vdi``, ``GET /export_raw_vdi``:
+gigabytes), so a handler may take a route's body as it arrives instead of whole:
+``streaming(method, path)`` (the handler's own method by default) names the routes whose handler
+gets a :class:`Body` to read, with Content-Length or chunked framing, 100-continue sent at the first
+read, no size limit (the handler bounds what it takes) and ``body_timeout`` as a stall timer: each
+piece must come within it of the last, however long the whole takes.  A body the handler leaves
+unread is drained when small, else the connection closes after the answer.  Any response may be
+streamed (``Response.stream``): sent as it comes, framed by its ``length``, else chunked (HTTP/1.0:
+by closing), and cut short (the connection closed before its end) if the stream fails or misses
+its length.  Every other route reads its body whole, within ``max_body_bytes``, with
+``body_timeout`` counting from the head.
+
 Why our own HTTP and not a library (weighed in issue 8; figures from the 2-core dev machine):
 
 * h11 is I/O-free: time limits, connection caps and sockets would still be written here, as with
@@ -70,13 +82,13 @@ import threading
 import time
 from collections.abc import Callable
 
-from xenapi.transport.http_wire import (CHUNK_SIZE, CONTINUE, ProtocolError, Request, Response, head_end,
-                                        keep_alive, parse_head, plain, serialize)
+from xenapi.transport.http_wire import (CHUNK_SIZE, CONTINUE, LAST_CHUNK, ProtocolError, Request, Response, chunk,
+                                        framing, head_end, keep_alive, parse_head, plain, serialize)
 from xenapi.transport.slots import Slots, source_of
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Request", "Response", "HTTPServer"]
+__all__ = ["Request", "Response", "HTTPServer", "Body", "BodyError", "StreamHandler"]
 
 _RECV = 65536
 _LINGER_SECONDS = 1.0
@@ -88,6 +100,19 @@ _REFUSAL_LOG_SECONDS = 10.0              # at most one refusal line per this (a 
 
 class _Disconnected(Exception):
     """The peer closed the connection in the middle of a request."""
+
+
+class BodyError(Exception):
+    """A streamed body could not be read to its end (what :class:`Body` raises): the client broke
+    HTTP, stalled past ``body_timeout`` or went away.  ``status``: what to answer (0: nobody to
+    answer).  The transport closes the connection, whatever the handler does with it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+StreamHandler = Callable[[Request, "Body"], Response]
 
 
 class HTTPServer:
@@ -103,8 +128,11 @@ class HTTPServer:
                  max_body_bytes: int = 300 * 1024, max_header_bytes: int = 16 * 1024,
                  max_connections: int = 800, max_connections_per_source: int | None = None,
                  header_timeout: float = 20.0, body_timeout: float = 30.0, keepalive_timeout: float = 120.0,
-                 ssl_context=None):
+                 ssl_context=None, streaming: Callable[[str, str], StreamHandler | None] | None = None):
         self.handler = handler
+        # (method, path) -> a handler that reads the body itself, or None: the handler's own
+        # ``streaming`` method by default (xenapi.api.Api has one for the disk transfers)
+        self.streaming = streaming if streaming is not None else getattr(handler, "streaming", None)
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
         self.header_timeout = header_timeout
@@ -294,23 +322,31 @@ class _Connection:
             self.busy = True
             method, target, minor, headers = parse_head(head)
             keep = keep_alive(minor, headers.get("connection"))
-            self.deadline = time.monotonic() + self.server.body_timeout
-            body = self._read_body(minor, headers)
+            path, _, query = target.partition("?")
+            streamer = self.server.streaming(method, path) if self.server.streaming else None
+            if streamer is not None:     # the handler reads the body itself, as it arrives
+                stream_body = Body(self, minor, headers)
+            else:
+                self.deadline = time.monotonic() + self.server.body_timeout
+                body = self._read_body(minor, headers)
         except ProtocolError as e:
-            log.debug("bad request peer=%s status=%d reason=%s", self.peer, e.status, e)
-            self._send(serialize(plain(e.status, str(e)), False, 1, False))
-            self._linger()
+            self._refuse(e)
             return False
-        path, _, query = target.partition("?")
+        if streamer is not None:
+            return self._serve_streamed(streamer, Request(method, path, headers, b"", self.peer, self.server.scheme,
+                                                          query, self.peer_uid), stream_body, keep, minor)
         request = Request(method, path, headers, body, self.peer, self.server.scheme, query, self.peer_uid)
-        upgrade = None
+        upgrade = response = None
         try:
             response = self.server.handler(request)
             out = serialize(response, keep, minor, method == "HEAD")
             upgrade = response.upgrade if response.status == 101 else None
         except Exception:
             log.exception("handler failed method=%s path=%s peer=%s", method, path, self.peer)
-            out = serialize(plain(500, "internal server error"), keep, minor, False)
+            _close_stream(response)
+            response, out = None, serialize(plain(500, "internal server error"), keep, minor, False)
+        if response is not None and response.stream is not None:
+            return self._send_head_and_stream(response, out, keep, minor, method == "HEAD")
         self._send(out)
         self.busy = False
         if upgrade is not None:
@@ -318,6 +354,87 @@ class _Connection:
             upgrade(self.sock, self.buf)
             return False
         return keep
+
+    def _refuse(self, e: ProtocolError) -> None:
+        log.debug("bad request peer=%s status=%d reason=%s", self.peer, e.status, e)
+        self._send(serialize(plain(e.status, str(e)), False, 1, False))
+        self._linger()
+
+    # -- the streaming routes --------------------------------------------------------------------
+
+    def _serve_streamed(self, streamer: StreamHandler, request: Request, body: "Body", keep: bool,
+                        minor: int) -> bool:
+        """A request whose handler reads the body as it comes (``body``) and may stream its answer.
+        A body that broke (BodyError) decides the answer whatever the handler made of it; one the
+        handler left unread is drained if small (the connection stays open), else the connection
+        closes after the answer."""
+        head_only = request.method == "HEAD"
+        response = None
+        try:
+            response = streamer(request, body)
+        except Exception:
+            _close_stream(response)
+            response = None
+            if body.failed is None:
+                log.exception("handler failed method=%s path=%s peer=%s", request.method, request.path, self.peer)
+                response = plain(500, "internal server error")
+        if body.failed is not None:      # whatever the handler answered: the request is broken
+            _close_stream(response)
+            if body.failed.status:
+                self._refuse(ProtocolError(body.failed.status, str(body.failed)))
+            else:
+                log.debug("connection ended peer=%s reason=%s", self.peer, body.failed)
+            return False
+        if not body.done:
+            keep = keep and body.drain(self.server.max_body_bytes)
+        try:
+            out = serialize(response, keep, minor, head_only)
+        except Exception:
+            log.exception("handler failed method=%s path=%s peer=%s", request.method, request.path, self.peer)
+            _close_stream(response)
+            response = plain(500, "internal server error")
+            out = serialize(response, keep, minor, False)
+        if response.stream is not None:
+            return self._send_head_and_stream(response, out, keep, minor, head_only)
+        self._send(out)
+        self.busy = False
+        if not body.done:
+            self._linger()
+            return False
+        return keep
+
+    def _send_head_and_stream(self, response: Response, head: bytes, keep: bool, minor: int, head_only: bool) -> bool:
+        """Send a streamed response: its head, then its body as the stream gives it; return whether
+        the connection stays open.  A stream that fails or gives more or fewer bytes than its
+        Content-Length is cut: the client sees the connection close before the body's end."""
+        way = framing(response, minor)
+        sent = 0
+        try:
+            self._send(head)
+            if head_only:
+                self.busy = False
+                return keep and way != "close"
+            for data in response.stream:
+                if not data:
+                    continue
+                sent += len(data)
+                if way == "length" and sent > response.length:
+                    raise ValueError(f"stream longer than its Content-Length {response.length}")
+                self._send(chunk(data) if way == "chunked" else data)
+            if way == "length" and sent != response.length:
+                raise ValueError(f"stream of {sent} bytes, not its Content-Length {response.length}")
+            if way == "chunked":
+                self._send(LAST_CHUNK)
+        except OSError as e:             # the client went away (or stopped reading)
+            log.debug("streamed response cut peer=%s sent=%d reason=%r", self.peer, sent, e)
+            return False
+        except Exception:
+            log.exception("streamed response failed peer=%s sent=%d", self.peer, sent)
+            return False
+        finally:
+            _close_stream(response)
+        self.busy = False
+        return keep and way != "close"
 
     def _send(self, data: bytes) -> None:
         """Send all of ``data``; each send() waits at most _SEND_STALL_SECONDS for room (sendall's
@@ -363,12 +480,16 @@ class _Connection:
             self.sock.settimeout(remaining)
         return self.sock.recv(_RECV)
 
-    def _recv(self) -> bytes:
-        """More of the body: by the body's deadline, else 408."""
+    def _recv(self, stalled: bool = False) -> bytes:
+        """More of the body: by the body's deadline, else 408 (``stalled``: the deadline is a
+        streamed body's stall timer)."""
         try:
             data = self._recv_by(self.deadline)
         except TimeoutError:
-            raise ProtocolError(408, f"request body not received within {self.server.body_timeout:g} s") from None
+            limit = self.server.body_timeout
+            if stalled:
+                raise ProtocolError(408, f"request body stalled: nothing received for {limit:g} s") from None
+            raise ProtocolError(408, f"request body not received within {limit:g} s") from None
         if not data:
             raise _Disconnected("peer closed the connection mid-request")
         return data
@@ -425,12 +546,12 @@ class _Connection:
         self.buf = buf[n:]
         return buf[:n]
 
-    def _read_line(self) -> bytes:
+    def _read_line(self, stalled: bool = False) -> bytes:
         """One line (without its terminator) of a chunked body."""
         while (end := self.buf.find(b"\n")) < 0:
             if len(self.buf) > self.server.max_header_bytes:
                 raise ProtocolError(400, "chunk line too long")
-            self.buf += self._recv()
+            self.buf += self._recv(stalled)
         line, self.buf = self.buf[:end], self.buf[end + 1:]
         return line.rstrip(b"\r")
 
@@ -483,6 +604,127 @@ class _Connection:
             if trailer > self.server.max_header_bytes:
                 raise ProtocolError(431, "trailer too large")
         return b"".join(parts)
+
+
+class Body:
+    """A request body read as it arrives, for the streaming routes: ``read(n)`` gives up to ``n``
+    bytes (at least one) and b"" at the end.  ``length`` is the Content-Length, or None for a
+    chunked body; ``received`` counts what was read.  ``Expect: 100-continue`` is answered at the
+    first read, so a handler that refuses the request before reading sends no body through.
+
+    No size limit here (a disk is gigabytes: the handler bounds what it takes).  The time limit is
+    a stall timer: each piece must arrive within ``body_timeout`` s of the one before, however
+    long the whole upload takes.  A failure raises :class:`BodyError` and is kept in ``failed``."""
+
+    def __init__(self, connection: _Connection, minor: int, headers: dict[str, str]):
+        self._conn = connection
+        self._minor = minor
+        self._headers = headers
+        self._timeout = connection.server.body_timeout
+        self.received = 0
+        self.failed: BodyError | None = None
+        self._started = False
+        encoding = headers.get("transfer-encoding")
+        length = headers.get("content-length")
+        if encoding is not None:
+            if length is not None:       # ambiguous framing: the classic smuggling vector
+                raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
+            if encoding.lower() != "chunked":
+                raise ProtocolError(501, f"unsupported transfer-encoding {encoding[:40]}")
+            self.length: int | None = None
+            self._left = 0               # of the current chunk
+        elif length is None:
+            self.length, self._left = 0, 0
+        elif not (length.isascii() and length.isdigit()):
+            raise ProtocolError(400, "bad Content-Length")
+        else:
+            self.length = self._left = int(length)
+        self.done = self.length == 0
+
+    def read(self, n: int = _RECV) -> bytes:
+        if self.failed is not None:
+            raise self.failed
+        if self.done:
+            return b""
+        try:
+            data = self._read(max(1, n))
+        except ProtocolError as e:
+            self.failed = BodyError(e.status, str(e))
+        except _Disconnected as e:
+            self.failed = BodyError(0, str(e))
+        except OSError as e:             # a reset, or the server shutting the socket down
+            self.failed = BodyError(0, f"connection lost mid-body: {e!r}")
+        else:
+            self.received += len(data)
+            return data
+        raise self.failed
+
+    def drain(self, limit: int) -> bool:
+        """Read and drop the rest of a body the handler did not want, if at most ``limit`` bytes
+        remain (a bigger one is not worth waiting for: the connection closes instead), and the
+        client is not waiting for a 100 Continue (then it need not send the body at all)."""
+        if self.length is None or self.length - self.received > limit:
+            return False
+        if not self._started and self._headers.get("expect", "").lower() == "100-continue":
+            return False
+        try:
+            while self.read(limit):
+                pass
+        except BodyError:
+            return False
+        return True
+
+    def _read(self, n: int) -> bytes:
+        conn = self._conn
+        if not self._started:
+            self._started = True
+            conn._continue(self._minor, self._headers)
+        if self.length is not None:
+            data = self._take(min(n, self._left))
+            self._left -= len(data)
+            self.done = self._left == 0
+            return data
+        if self._left == 0:              # the next chunk's size line
+            size = self._line().split(b";", 1)[0].strip(b" \t")
+            if not CHUNK_SIZE.fullmatch(size):
+                raise ProtocolError(400, "bad chunk size")
+            self._left = int(size, 16)
+            if self._left == 0:
+                trailer = 0
+                while line := self._line():   # trailer fields are read and dropped
+                    trailer += len(line)
+                    if trailer > conn.server.max_header_bytes:
+                        raise ProtocolError(431, "trailer too large")
+                self.done = True
+                return b""
+        data = self._take(min(n, self._left))
+        self._left -= len(data)
+        if self._left == 0 and self._line():
+            raise ProtocolError(400, "chunk data longer than its size")
+        return data
+
+    def _take(self, n: int) -> bytes:
+        """Up to ``n`` bytes (at least one) from what is buffered, else from the socket."""
+        conn = self._conn
+        if not conn.buf:
+            conn.deadline = time.monotonic() + self._timeout    # progress resets the stall timer
+            conn.buf = conn._recv(stalled=True)
+        data, conn.buf = conn.buf[:n], conn.buf[n:]
+        return data
+
+    def _line(self) -> bytes:
+        conn = self._conn
+        conn.deadline = time.monotonic() + self._timeout
+        return conn._read_line(stalled=True)
+
+
+def _close_stream(response: Response | None) -> None:
+    close = getattr(response.stream, "close", None) if response is not None else None
+    if close is not None:
+        try:
+            close()
+        except Exception:
+            log.exception("closing a streamed response failed")
 
 
 def _refuse(sock: socket.socket) -> None:

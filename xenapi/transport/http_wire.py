@@ -10,13 +10,13 @@ import functools
 import re
 import socket
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from email.utils import formatdate
 from http import HTTPStatus
 
 __all__ = ["Request", "Response", "ProtocolError", "head_end", "parse_head", "keep_alive", "serialize",
-           "plain", "CONTINUE", "CHUNK_SIZE"]
+           "framing", "chunk", "plain", "CONTINUE", "CHUNK_SIZE", "LAST_CHUNK"]
 
 
 @dataclass(slots=True)
@@ -40,6 +40,11 @@ class Response:
     # With status 101: called with the socket and any bytes already read past the request once
     # the response is sent; it owns the connection until it returns (then the socket closes).
     upgrade: Callable[[socket.socket, bytes], None] | None = None
+    # A streamed body (``body`` is then b""): the transport sends its chunks as they come, framed
+    # by ``length`` (Content-Length) when given, else chunked (HTTP/1.1) or by closing (HTTP/1.0).
+    # Its ``close()``, if it has one, is called however the sending ends (HEAD and errors too).
+    stream: Iterable[bytes] | None = None
+    length: int | None = None
 
 
 class ProtocolError(Exception):
@@ -51,6 +56,7 @@ class ProtocolError(Exception):
 
 
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
 CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 _REASONS = {s.value: s.phrase for s in HTTPStatus}
 _HEAD_END = re.compile(rb"\r?\n\r?\n")             # RFC 9112 §2.2: a bare LF ends a line too
@@ -116,13 +122,36 @@ def keep_alive(minor: int, connection: str | None) -> bool:
     return "close" not in tokens and (minor >= 1 or "keep-alive" in tokens)
 
 
+def framing(response: Response, minor: int) -> str:
+    """How a response's body is delimited: "length", "chunked" or "close" (a streamed body of
+    unknown length to an HTTP/1.0 client: the connection's end is its end)."""
+    if response.stream is None or response.length is not None:
+        return "length"
+    return "chunked" if minor >= 1 else "close"
+
+
+def chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 7.1); never empty (that is LAST_CHUNK)."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
 def serialize(response: Response, keep_alive: bool, minor: int, head_only: bool) -> bytes:
+    """The response's bytes; of a streamed response (``response.stream``), its head only."""
     body = response.body
     if not isinstance(body, (bytes, bytearray)):
         raise TypeError(f"response body must be bytes, not {type(body).__name__}")
     lines = [f"HTTP/1.1 {int(response.status)} {_REASONS.get(response.status, '')}\r\n"
              f"Date: {_http_date(int(time.time()))}\r\n"]
-    if response.status >= 200:           # a 1xx carries neither (RFC 9110 8.6, 15.2)
+    if response.stream is not None:
+        way = framing(response, minor)
+        lines.append(f"Content-Type: {response.content_type}\r\n")
+        if way == "length":
+            lines.append(f"Content-Length: {int(response.length)}\r\n")
+        elif way == "chunked":
+            lines.append("Transfer-Encoding: chunked\r\n")
+        keep_alive = keep_alive and way != "close"
+        head_only = True
+    elif response.status >= 200:         # a 1xx carries neither (RFC 9110 8.6, 15.2)
         lines += [f"Content-Type: {response.content_type}\r\n", f"Content-Length: {len(body)}\r\n"]
     for name, value in response.headers:
         lines.append(f"{name}: {value}\r\n")
