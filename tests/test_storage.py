@@ -151,7 +151,7 @@ def test_vdi_create_gives_the_record_xapi_would(running, xapi):
     assert f"{uuid}.qcow2" in conn(running).volume_names(xapi.xenapi.SR.get_uuid(sr))
     expected = {
         "uuid": uuid, "name_label": "data", "name_description": "a disk",
-        "allowed_operations": ["clone", "copy", "destroy", "forget", "resize", "snapshot"],
+        "allowed_operations": ["clone", "copy", "destroy", "forget", "resize", "snapshot", "update"],
         "current_operations": {}, "SR": sr, "VBDs": [], "crash_dumps": [], "virtual_size": str(3 * MiB),
         "type": "user", "sharable": False, "read_only": False, "other_config": {"k": "v"}, "storage_lock": False,
         "location": rec["location"], "managed": True, "missing": False, "parent": NULL_REF,
@@ -313,7 +313,7 @@ def test_a_running_copy_shows_in_current_operations_and_blocks_nothing(running, 
         assert xapi.xenapi.VDI.get_current_operations(vdi) == {task: "copy"}
         # a copy blocks no other operation (xapi's check_operation_error)
         assert xapi.xenapi.VDI.get_allowed_operations(vdi) == [
-            "clone", "copy", "destroy", "forget", "resize", "snapshot"]
+            "clone", "copy", "destroy", "forget", "resize", "snapshot", "update"]
         assert mismatched_operations(xapi, "VDI", vdi, "vdi_operations") == []
     finally:
         release.set()

@@ -102,9 +102,6 @@ def test_guest_info_with_a_wrong_password_fails_with_the_xapi_error(running, ans
     assert "SESSION_AUTHENTICATION_FAILED" in result["msg"]
 
 
-@pytest.mark.xfail(strict=True, reason="server gap: the embedded default's built-in 'test' domain has a disk on "
-                   "/guest/diskimage1, in no pool; the server shows it as a Disk VBD with VDI OpaqueRef:NULL and "
-                   "empty=false, which xapi never has, and the module's gather_vm_facts fails with KeyError 'SR'")
 @pytest.mark.parametrize("running", [EMBEDDED], indirect=True, ids=["embedded-default"])
 def test_guest_info_of_the_embedded_defaults_builtin_vm_reports_its_disks(running, xapi, ansible_module):
     rec = xapi.xenapi.VM.get_record(_vm(xapi, "test"))

@@ -909,11 +909,6 @@ def _insert_then_eject_live(x, virt, vm, cd, iso) -> None:
     assert virt.disks(vm, live=True)[dev]["volume"] is None and virt.disks(vm)[dev]["volume"] is None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "server gap: on libvirt's test driver VBD.allowed_operations offers insert/eject on a running VM, but the call "
-    "fails with BACKEND_FAILURE (virDomainUpdateDeviceFlags unsupported) instead of being refused as VBD.plug is "
-    "there (xenapi/services/storage_rules.py _vbd_check: insert/eject ignore HOTPLUG_DRIVERS; "
-    "xenapi/services/disks.py _change_media calls update_live)"))
 @on_both_hosts
 def test_cd_insert_and_eject_on_a_running_vm_work_where_offered_and_are_refused_cleanly_elsewhere(running, xapi,
                                                                                                   tmp_path):

@@ -7,7 +7,7 @@
   HVM VM with a VBD on it becomes a template (other_config template_kind "image").  VM.clone of
   it has a qcow2 overlay on the template's disk, VM.copy into another SR a full copy; after
   VM.provision each boots from its disk and prints the marker.  A clone must still boot after its
-  template's disk is destroyed (xfail: the server deletes the backing file under its clones).
+  template's disk is destroyed: the server refuses to destroy a disk that has clones (VDI_IN_USE).
 * VDI.copy of a booting VM's disk into another SR, and a new VM on the copy boots the same.
 * The tiny Linux guest (guest.py) running: a disk hot-plugged with VBD.plug appears in the guest,
   VBD.unplug takes it out again.  On QEMU's ``pc`` machine the detach needs the guest: QEMU sends
@@ -329,10 +329,6 @@ def test_image_template_clone_boots_from_an_overlay_and_copy_from_a_full_copy(st
           f"boot to marker: clone {boot_s['clone']:.2f} s, copy {boot_s['copy']:.2f} s")
 
 
-@pytest.mark.xfail(strict=True, raises=XenAPI.Failure, reason=(
-    "VDI.destroy of a VDI that backs qcow2 overlays (a template's disk after VM.clone) deletes the backing "
-    "file: every clone then fails to start with BACKEND_FAILURE 'Cannot access backing file' "
-    "(xenapi/services/storage.py vdi_destroy, storage_rules._vdi_check: nothing knows a VDI has children)"))
 def test_a_clone_still_boots_after_its_templates_disk_is_destroyed(storage, template):
     """xe vm-uninstall of a template destroys its disks.  xapi keeps a clone's data whatever happens
     to the VDI it was cloned from (the SM hides the shared parent until its last child goes); here

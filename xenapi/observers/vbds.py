@@ -36,11 +36,14 @@ def vbd_ops(server, vm: str, vm_uuid: str, host: str, parsed: dict, configured: 
     ops, wanted = [], set()
     for slot, disk in disks.items():
         ref = vbd_ref(vm_uuid, slot)
-        wanted.add(ref)
         empty = disk["type"] != "volume" and not disk["path"]
         vdi = NULL_REF if empty else volumes.locate(host, disk)
-        if vdi == NULL_REF and not empty:          # a volume not seen yet: look again when one is
+        if vdi == NULL_REF and not empty:
+            # a disk on no volume known (a path outside every pool, or a volume not seen yet) is no
+            # VBD: xapi has no disk without a VDI; look again when a volume turns up
             storage.unresolved.add((host, vm_uuid))
+            continue
+        wanted.add(ref)
         fields = {
             "VM": vm, "VDI": vdi, "userdevice": str(slot),
             "device": devices.target_name(flavour, slot, disk["device"]), "mode": "RO" if disk["readonly"] else "RW",

@@ -54,6 +54,7 @@ class VolumeObserver(Observer):
         self._by_path: dict[tuple[str, str], str] = {}            # (host, path) -> VDI ref
         self._by_name: dict[tuple[str, str, str], str] = {}       # (host, pool name, volume name) -> VDI ref
         self._keys_on: dict[str, set[str]] = {}                   # host -> keys of the volumes seen there
+        self._clones: dict[str, set[str]] = {}                    # backing file -> VDIs on it
 
     def expect(self, ref: str, fields: dict) -> None:
         self._expected[ref] = fields
@@ -115,6 +116,18 @@ class VolumeObserver(Observer):
     def loaded(self):
         return self.store.refs("VDI")
 
+    def clones_of(self, location: str) -> set[str]:
+        """The VDIs whose volume has ``location`` as its backing file (qcow2 overlays on it)."""
+        return set(self._clones.get(location, ()))
+
+    def _note_backing(self, ref: str, backing: str) -> None:
+        for location in [loc for loc, refs in self._clones.items() if ref in refs and loc != backing]:
+            self._clones[location].discard(ref)
+            if not self._clones[location]:
+                del self._clones[location]
+        if backing:
+            self._clones.setdefault(backing, set()).add(ref)
+
     def keys_on(self, host: str) -> set[str]:
         """The keys of the volumes seen on ``host`` in its running pools (what its poll compares)."""
         stopped = {self.store.get("SR", rec["SR"])["uuid"] for rec in self.store.records("PBD").values()
@@ -133,7 +146,8 @@ class VolumeObserver(Observer):
         ref = vdi_ref(uuid)
         sr = derived_ref("SR", vol.pool)
         current = self.store.find("VDI", ref)
-        sm_config = {**(current["sm_config"] if current else {}), "volume": vol.name, "format": vol.format}
+        given = current["sm_config"] if current else self._expected.get(ref, {}).get("sm_config", {})
+        sm_config = {**given, "volume": vol.name, "format": vol.format}
         if vol.backing:
             sm_config["backing"] = vol.backing
         else:
@@ -142,6 +156,7 @@ class VolumeObserver(Observer):
                   "location": vol.path, "missing": False, "sm_config": sm_config}
         self._by_path[(host, vol.path)] = ref
         self._keys_on.setdefault(host, set()).add(vol.ident)
+        self._note_backing(ref, vol.backing)
         self._by_name[(host, vol.pool_name, vol.name)] = ref
         if isinstance(vol, HeldVolume):
             return []                                  # its pool is stopped: the VDI stays as it was
@@ -168,6 +183,7 @@ class VolumeObserver(Observer):
         for keys in self._keys_on.values():
             keys.discard(key)
         ref = self.ref(key)
+        self._note_backing(ref, "")
         for index in (self._by_path, self._by_name):
             for k in [k for k, v in index.items() if v == ref]:
                 del index[k]

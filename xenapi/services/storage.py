@@ -395,8 +395,16 @@ class Storage(disks.Disks):
         host = self.attached_host(rec["SR"])
         return host, self.store.get("SR", rec["SR"])["uuid"], rec["sm_config"].get("volume", "")
 
+    def _assert_no_clones(self, vdi: str, rec: dict, op: str) -> None:
+        """A VDI other VDIs are qcow2 overlays on (a template's disk and its clones' disks) keeps its
+        data while they exist: destroying or growing it would break every one of them."""
+        clones = self.reconciler.volumes.clones_of(rec["location"])
+        if clones:
+            raise XenAPIError(E.VDI_IN_USE, vdi, op)
+
     def vdi_destroy(self, ctx, vdi):
         with self.tables["VDI"].operation(ctx, vdi, "destroy") as rec:
+            self._assert_no_clones(vdi, rec, "destroy")
             for vbd in list(rec["VBDs"]):                 # as xapi: its (detached) VBDs go with it
                 self.vbd_destroy(ctx, vbd)
             host, pool, name = self.volume_of(vdi)
@@ -420,6 +428,7 @@ class Storage(disks.Disks):
 
     def vdi_resize(self, ctx, vdi, size):
         with self.tables["VDI"].operation(ctx, vdi, "resize") as rec:
+            self._assert_no_clones(vdi, rec, "resize")
             host, pool, name = self.volume_of(vdi)
             if size < rec["virtual_size"]:
                 raise XenAPIError(E.SR_BACKEND_FAILURE[79], "", "VDI Invalid size [opterr=shrinking not allowed]", "")
