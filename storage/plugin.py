@@ -330,7 +330,10 @@ class Plugin:
         volume.append(element("name", name))
         volume.append(element("capacity", str(size), unit="bytes"))
         volume.append(element("allocation", str(size) if self.preallocate else "0", unit="bytes"))
-        volume.append(element("target", children=[element("format", type=self.disk_format)]))
+        target = [element("format", type=self.disk_format)]
+        if self.disk_format == "qcow2":
+            target.append(element("compat", "1.1"))      # qcow2 v3 (libvirt's default is v2, compat 0.10)
+        volume.append(element("target", children=target))
         if backing is not None:
             volume.append(self._backing(backing))
         return to_xml(volume)

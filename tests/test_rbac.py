@@ -205,8 +205,9 @@ NOT_CALLED = {"session.logout", "session.change_password", "event.register", "ev
 
 
 def target_index(msg) -> int | None:
-    """The parameter naming the object a message acts on: the first ref to its own class."""
-    return next((i for i, p in enumerate(msg.params) if isinstance(p.type, T.Ref) and p.type.cls == msg.cls), None)
+    """The parameter naming the object a message acts on: the first required ref to its own class."""
+    return next((i for i, p in enumerate(msg.params)
+                 if isinstance(p.type, T.Ref) and p.type.cls == msg.cls and p.default is MISSING), None)
 
 
 @pytest.fixture

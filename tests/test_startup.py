@@ -99,14 +99,14 @@ def test_an_older_read_of_a_domain_never_overwrites_a_newer_one(tmp_path):
         old_read, old_state = next(reconciler._reads), conn.domain_state(uuid)   # a relist's read, slow to land
         x.VM.hard_shutdown(vm)                                 # a newer read lands first
         with reconciler._lock:
-            reconciler._observe_batch(host, [old_state], old_read)
+            reconciler._observe_batch(reconciler.domains, host, [old_state], old_read)
         assert x.VM.get_power_state(vm) == "Halted"
         assert vm not in x.host.get_resident_VMs(host)
 
         old_read, old_state = next(reconciler._reads), conn.domain_state(uuid)
         x.VM.destroy(vm)
         with reconciler._lock:                                 # nor brings a destroyed VM back
-            reconciler._observe_batch(host, [old_state], old_read)
+            reconciler._observe_batch(reconciler.domains, host, [old_state], old_read)
         assert vm not in x.VM.get_all()
     finally:
         stop_server(running)

@@ -19,6 +19,7 @@ from typing import Callable, Iterable
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
+from xenapi.store import mod
 
 _guard = threading.RLock()
 
@@ -65,12 +66,14 @@ class OperationTable:
             raise error
 
     def refresh(self, store, refs: Iterable[str]) -> None:
-        """Recompute allowed_operations of these objects (something they depend on changed)."""
+        """Recompute allowed_operations of these objects (something they depend on changed): one
+        store write for all of them, and none for those whose operations are as they were."""
         with _guard:
-            for ref in refs:
-                rec = store.find(self.cls, ref)
-                if rec is not None:
-                    store.update(self.cls, ref, {"allowed_operations": self.allowed(store, ref, rec)})
+            ops = [mod(self.cls, ref, {"allowed_operations": allowed}) for ref in refs
+                   if (rec := store.find(self.cls, ref)) is not None
+                   and (allowed := self.allowed(store, ref, rec)) != rec["allowed_operations"]]
+            if ops:
+                store.apply(ops)
 
     @contextmanager
     def operation(self, ctx, ref: str, op: str, *, retry: Callable[[XenAPIError], bool] | None = None):

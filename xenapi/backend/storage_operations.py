@@ -68,7 +68,8 @@ def describe_volume(pool_uuid: str, pool_name: str, vol: libvirt.virStorageVol) 
     root = ET.fromstring(vol.XMLDesc(0))
     vol_type, capacity, allocation = vol.info()
     fmt = root.find("target/format")
-    return VolumeState(pool=pool_uuid, pool_name=pool_name, name=vol.name(), key=vol.key(), path=vol.path(),
+    return VolumeState(pool=pool_uuid, pool_name=pool_name, name=vol.name(), key=vol.key(),
+                       path=root.findtext("target/path") or vol.path(),     # the XML has it: no second call
                        vol_type=_VOL_TYPES.get(vol_type, str(vol_type)), capacity=capacity, allocation=allocation,
                        format=fmt.get("type", "") if fmt is not None else "",
                        backing=root.findtext("backingStore/path") or "")

@@ -26,6 +26,9 @@ from xenapi.store import delete, new_uuid
 log = logging.getLogger(__name__)
 
 _PROGRESS = re.compile(rb"\((\d+(?:\.\d+)?)/100%\)")
+# task progress moves in steps of this many percent: each step is a store write and an event to
+# every watcher, and qemu-img reports each percent (measured: 80 steps cost 0.15 of the copy's time)
+PROGRESS_STEP = 5.0
 
 
 def copy(storage, ctx, vdi: str, rec: dict, sr: str, into_vdi: str) -> str:
@@ -116,12 +119,13 @@ def _qemu_img_copy(storage, ctx, rec: dict, target: str) -> None:
     reader.start()
     ctx.allow_cancel(True)
     try:
-        buffer = b""
+        buffer, reported = b"", 0.0
         while chunk := process.stdout.read1(4096) if hasattr(process.stdout, "read1") else process.stdout.read(64):
             buffer = (buffer + chunk)[-256:]
             found = _PROGRESS.findall(buffer)
-            if found:
-                ctx.progress(min(0.99, float(found[-1]) / 100))
+            if found and float(found[-1]) >= reported + PROGRESS_STEP:
+                reported = float(found[-1])
+                ctx.progress(min(0.99, reported / 100))
             try:
                 ctx.check_cancelled()
             except XenAPIError:
