@@ -46,7 +46,7 @@ from auth.users import valid_name
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
-from xenapi.where import WhereFieldError, WhereSyntaxError, compile_where
+from xenapi.state.where import WhereFieldError, WhereSyntaxError, compile_where
 
 # Classes whose objects no grant may name.
 UNGRANTABLE = frozenset({"user", "role", "grant", "session", "task"})
@@ -54,7 +54,7 @@ UNGRANTABLE = frozenset({"user", "role", "grant", "session", "task"})
 DEPENDENTS = {"VM": ("metrics", "guest_metrics", "consoles"), "host": ("metrics", "host_CPUs")}
 # Own objects: what a session may do to its own session, user and tasks.
 OWN_WRITES = {"task": frozenset({"destroy", "cancel"})}
-# The event messages a grant-only session may call; their answers are filtered (xenapi/events.py).
+# The event messages a grant-only session may call; their answers are filtered (xenapi/state/events.py).
 FILTERED_EVENTS = frozenset({"event.from", "event.next"})
 GROUP = "group:"
 

@@ -15,25 +15,13 @@ ratio says what the server adds on top of libvirt's own listing.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
-import urllib.request
 from pathlib import Path
 
-from common import PASSWORD, XenapiServer, node_xml
+from common import PASSWORD, XenapiServer, jsonrpc as rpc, node_xml
 
 import libvirt
-
-
-def rpc(url: str, method: str, *params, timeout: float = 30.0):
-    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": list(params)}).encode()
-    request = urllib.request.Request(url + "/jsonrpc", body, {"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-        answer = json.loads(response.read())
-    if "error" in answer:
-        raise RuntimeError(f"{method}: {answer['error']}")
-    return answer["result"]
 
 
 def libvirt_listing(uris: list[str]) -> float:

@@ -1,4 +1,4 @@
-"""host_metrics: live figures of a host, refreshed from libvirt by the metrics sampler (xenapi/sampler.py)."""
+"""host_metrics: live figures of a host, refreshed from libvirt by the metrics sampler (xenapi/services/sampler.py)."""
 from classes.enums import ENUMS
 from xenapi.model.declare import declare_class, fields
 from xenapi.model.roles import POOL_OP

@@ -3,6 +3,7 @@
 plug starts the pool, unplug stops it, create defines it, destroy undefines it (the data stays).
 """
 from classes.enums import ENUMS
+from classes.storage_messages import storage
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
@@ -11,9 +12,6 @@ from xenapi.model.roles import POOL_OP
 _SELF = param(T.Ref("PBD"), "self", "The PBD")
 
 
-def _storage(method):
-    return lambda ctx, *args: getattr(ctx.server.storage, method)(ctx, *args)
-
 
 PBD = declare_class(
     "PBD", "The physical block devices through which hosts access SRs.",
@@ -21,14 +19,14 @@ PBD = declare_class(
            defaults={"other_config": {}}),
     [
         message("plug", "Activate the specified PBD, causing the referenced SR to be attached and scanned "
-                "(the host's libvirt storage pool is started).", params=[_SELF], impl=_storage("pbd_plug"),
+                "(the host's libvirt storage pool is started).", params=[_SELF], impl=storage("pbd_plug"),
                 roles=POOL_OP, is_async=True,
                 errors=(E.SR_UNKNOWN_DRIVER, E.SR_NOT_SHARABLE, E.HOST_OFFLINE, E.BACKEND_FAILURE)),
         message("unplug", "Deactivate the specified PBD, causing the referenced SR to be detached "
-                "(the host's libvirt storage pool is stopped).", params=[_SELF], impl=_storage("pbd_unplug"),
+                "(the host's libvirt storage pool is stopped).", params=[_SELF], impl=storage("pbd_unplug"),
                 roles=POOL_OP, is_async=True, errors=(E.VDI_IN_USE, E.HOST_OFFLINE, E.BACKEND_FAILURE)),
     ],
     writer_roles=POOL_OP, constructor=True, ctor_roles=POOL_OP, persisted=True,
     ctor_required=("host", "SR", "device_config"),
-    hooks={"create": _storage("pbd_create"), "destroy": _storage("pbd_destroy")},
+    hooks={"create": storage("pbd_create"), "destroy": storage("pbd_destroy")},
 )

@@ -4,6 +4,7 @@ a PBD for it), served by one storage plugin (storage/).
 Its sizes are observed from the pool; its names, tags and configuration are the store's.
 """
 from classes.enums import ENUMS
+from classes.storage_messages import assert_operation_valid, storage
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
@@ -14,9 +15,6 @@ _SELF = param(T.Ref("SR"), "self", "The SR")
 _VALUE = param(T.String, "value", "The new value")
 _MAP = T.Map(T.String, T.String)
 
-
-def _storage(method):
-    return lambda ctx, *args: getattr(ctx.server.storage, method)(ctx, *args)
 
 
 _BACKEND = (E.SR_UNKNOWN_DRIVER, E.HOST_OFFLINE, E.BACKEND_FAILURE, *E.SR_BACKEND_FAILURE.values())
@@ -43,7 +41,7 @@ SR = declare_class(
                         param(T.String, "content_type", "The type of the new SRs content, if required (e.g. ISOs)"),
                         param(T.Bool, "shared", "True if the SR (is capable of) being shared by multiple hosts"),
                         param(_MAP, "sm_config", "Storage backend specific configuration options", default={})],
-                result=T.Ref("SR"), impl=_storage("sr_create"), roles=POOL_OP, is_async=True, errors=_BACKEND),
+                result=T.Ref("SR"), impl=storage("sr_create"), roles=POOL_OP, is_async=True, errors=_BACKEND),
         message("introduce", "Introduce a new Storage Repository into the managed system (the store only: "
                 "PBD.create and PBD.plug then define and start its pool).",
                 params=[param(T.String, "uuid", "The uuid assigned to the introduced SR ('' for a new one)"),
@@ -53,20 +51,20 @@ SR = declare_class(
                         param(T.String, "content_type", "The type of the new SRs content, if required (e.g. ISOs)"),
                         param(T.Bool, "shared", "True if the SR (is capable of) being shared by multiple hosts", default=False),
                         param(_MAP, "sm_config", "Storage backend specific configuration options", default={})],
-                result=T.Ref("SR"), impl=_storage("sr_introduce"), roles=POOL_OP, is_async=True,
+                result=T.Ref("SR"), impl=storage("sr_introduce"), roles=POOL_OP, is_async=True,
                 errors=(E.SR_UUID_EXISTS, E.SR_UNKNOWN_DRIVER)),
         message("destroy", "Destroy specified SR, removing SR-record from database and remove SR from disk "
                 "(the pool's storage is deleted). (In order to affect this operation the appropriate device_config "
-                "is read from the specified SR's PBD on current host)", params=[_SR], impl=_storage("sr_destroy"),
+                "is read from the specified SR's PBD on current host)", params=[_SR], impl=storage("sr_destroy"),
                 roles=POOL_OP, is_async=True,
                 errors=(E.SR_HAS_PBD, E.SR_HAS_NO_PBDS, E.SR_NOT_EMPTY, E.SR_INDESTRUCTIBLE, *_BACKEND)),
         message("forget", "Removing specified SR-record from database, without attempting to remove SR from disk "
-                "(its pools are undefined, their data stays)", params=[_SR], impl=_storage("sr_forget"),
+                "(its pools are undefined, their data stays)", params=[_SR], impl=storage("sr_forget"),
                 roles=POOL_OP, is_async=True, errors=(E.SR_HAS_PBD,)),
         message("scan", "Refreshes the list of VDIs associated with an SR (the pool is refreshed and its volumes "
-                "re-read)", params=[_SR], impl=_storage("sr_scan"), roles=VM_POWER_ADMIN, is_async=True,
+                "re-read)", params=[_SR], impl=storage("sr_scan"), roles=VM_POWER_ADMIN, is_async=True,
                 errors=(E.SR_HAS_NO_PBDS, *_BACKEND)),
-        message("update", "Refresh the fields on the SR object", params=[_SR], impl=_storage("sr_update"),
+        message("update", "Refresh the fields on the SR object", params=[_SR], impl=storage("sr_update"),
                 roles=POOL_OP, is_async=True, errors=(E.SR_HAS_NO_PBDS, *_BACKEND)),
         message("probe", "Perform a backend-specific scan, using the given device_config (libvirt's "
                 "findStoragePoolSources); returns its XML answer.",
@@ -74,23 +72,18 @@ SR = declare_class(
                         param(_MAP, "device_config", "The device config string that will be passed to backend SR driver"),
                         param(T.String, "type", "The type of the SR; used to specify the SR backend driver to use", default=""),
                         param(_MAP, "sm_config", "Storage backend specific configuration options", default={})],
-                result=T.String, impl=_storage("sr_probe"), roles=POOL_OP, is_async=True, errors=_BACKEND,
+                result=T.String, impl=storage("sr_probe"), roles=POOL_OP, is_async=True, errors=_BACKEND,
                 changes_nothing=True),
         message("get_supported_types", "Return a set of all the SR types supported by the system",
                 params=[], result=T.Set(T.String), impl=lambda ctx: sorted(ctx.server.storage.plugins),
                 roles=READ_ONLY),
         message("set_shared", "Sets the shared flag on the SR", params=[_SR, param(T.Bool, "value", "True to set the SR as shared")],
-                impl=_storage("sr_set_shared"), roles=POOL_OP),
+                impl=storage("sr_set_shared"), roles=POOL_OP),
         message("set_name_label", "Set the name label of the SR", params=[_SR, _VALUE],
                 impl=lambda ctx, sr, v: ctx.store.update("SR", sr, {"name_label": v}), roles=POOL_OP),
         message("set_name_description", "Set the name description of the SR", params=[_SR, _VALUE],
                 impl=lambda ctx, sr, v: ctx.store.update("SR", sr, {"name_description": v}), roles=POOL_OP),
-        message("assert_operation_valid", "Check whether this operation is acceptable in the current state of the "
-                "system, raising an error if the operation is invalid for some reason",
-                params=[_SELF, param(ENUMS["storage_operations"], "op", "proposed operation")],
-                impl=lambda ctx, sr, op: ctx.server.storage.tables["SR"].assert_valid(ctx.store, sr, op),
-                roles=READ_ONLY, changes_nothing=True,
-                errors=(E.OTHER_OPERATION_IN_PROGRESS, E.SR_OPERATION_NOT_SUPPORTED, E.OPERATION_NOT_ALLOWED)),
+        assert_operation_valid("SR", "storage_operations", (E.OTHER_OPERATION_IN_PROGRESS, E.SR_OPERATION_NOT_SUPPORTED, E.OPERATION_NOT_ALLOWED)),
     ],
     writer_roles=POOL_OP, persisted=True,
 )

@@ -5,17 +5,15 @@ running guest has it (libvirt's live definition).  plug/unplug hot-plug it where
 take it; insert/eject change a CD drive's medium.
 """
 from classes.enums import ENUMS
+from classes.storage_messages import assert_operation_valid, storage
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
-from xenapi.model.roles import READ_ONLY, VM_ADMIN, VM_OP
+from xenapi.model.roles import VM_ADMIN, VM_OP
 
 _SELF = param(T.Ref("VBD"), "self", "The VBD")
 _VBD = param(T.Ref("VBD"), "vbd", "The VBD")
 
-
-def _storage(method):
-    return lambda ctx, *args: getattr(ctx.server.storage, method)(ctx, *args)
 
 
 _ERRORS = (E.OTHER_OPERATION_IN_PROGRESS, E.VM_BAD_POWER_STATE, E.OPERATION_NOT_ALLOWED, E.VM_LACKS_FEATURE,
@@ -34,33 +32,29 @@ VBD = declare_class(
                  "currently_attached": "the running guest has it (it is in libvirt's live definition)"}),
     [
         message("plug", "Hotplug the specified VBD, dynamically attaching it to the running VM", params=[_SELF],
-                impl=_storage("vbd_plug"), roles=VM_OP, is_async=True, errors=_ERRORS),
+                impl=storage("vbd_plug"), roles=VM_OP, is_async=True, errors=_ERRORS),
         message("unplug", "Hot-unplug the specified VBD, dynamically unattaching it from the running VM",
-                params=[_SELF], impl=_storage("vbd_unplug"), roles=VM_OP, is_async=True, errors=_ERRORS),
+                params=[_SELF], impl=storage("vbd_unplug"), roles=VM_OP, is_async=True, errors=_ERRORS),
         message("unplug_force", "Forcibly unplug the specified VBD", params=[_SELF],
-                impl=_storage("vbd_unplug_force"), roles=VM_OP, is_async=True, errors=_ERRORS),
+                impl=storage("vbd_unplug_force"), roles=VM_OP, is_async=True, errors=_ERRORS),
         message("insert", "Insert new media into the device",
-                params=[_VBD, param(T.Ref("VDI"), "vdi", "The new VDI to 'insert'")], impl=_storage("vbd_insert"),
+                params=[_VBD, param(T.Ref("VDI"), "vdi", "The new VDI to 'insert'")], impl=storage("vbd_insert"),
                 roles=VM_OP, is_async=True,
                 errors=(*_ERRORS, E.VBD_NOT_REMOVABLE_MEDIA, E.VBD_NOT_EMPTY, E.VDI_NOT_MANAGED, E.VDI_MISSING)),
         message("eject", "Remove the media from the device and leave it empty", params=[_VBD],
-                impl=_storage("vbd_eject"), roles=VM_OP, is_async=True,
+                impl=storage("vbd_eject"), roles=VM_OP, is_async=True,
                 errors=(*_ERRORS, E.VBD_NOT_REMOVABLE_MEDIA, E.VBD_IS_EMPTY)),
         message("assert_attachable", "Throws an error if this VBD could not be attached to this VM if the VM were "
-                "running. Intended for debugging.", params=[_SELF], impl=_storage("vbd_assert_attachable"),
+                "running. Intended for debugging.", params=[_SELF], impl=storage("vbd_assert_attachable"),
                 roles=VM_ADMIN, is_async=True, changes_nothing=True, errors=_ERRORS),
         message("set_mode", "Sets the mode of the VBD. The power_state of the VM must be halted.",
-                params=[_SELF, param(ENUMS["vbd_mode"], "value", "New value to set")], impl=_storage("vbd_set_mode"),
+                params=[_SELF, param(ENUMS["vbd_mode"], "value", "New value to set")], impl=storage("vbd_set_mode"),
                 roles=VM_ADMIN, errors=(E.VM_BAD_POWER_STATE, E.VDI_READONLY)),
-        message("assert_operation_valid", "Check whether this operation is acceptable in the current state of the "
-                "system, raising an error if the operation is invalid for some reason",
-                params=[_SELF, param(ENUMS["vbd_operations"], "op", "proposed operation")],
-                impl=lambda ctx, vbd, op: ctx.server.storage.tables["VBD"].assert_valid(ctx.store, vbd, op),
-                roles=READ_ONLY, changes_nothing=True, errors=_ERRORS),
+        assert_operation_valid("VBD", "vbd_operations", _ERRORS),
     ],
     writer_roles=VM_ADMIN, constructor=True, ctor_roles=VM_ADMIN, persisted=True,
     ctor_required=tuple("VM VDI userdevice bootable mode type empty other_config qos_algorithm_type "
                         "qos_algorithm_params".split()),
-    hooks={"create": _storage("vbd_create"), "destroy": _storage("vbd_destroy"),
-           "set_userdevice": _storage("vbd_set_userdevice"), "set_type": _storage("vbd_set_type")},
+    hooks={"create": storage("vbd_create"), "destroy": storage("vbd_destroy"),
+           "set_userdevice": storage("vbd_set_userdevice"), "set_type": storage("vbd_set_type")},
 )

@@ -5,10 +5,11 @@ says which VDI it is; a volume someone else made gets a uuid derived from its SR
 sizes and location are observed from the volume; its names, type and configuration are the store's.
 """
 from classes.enums import ENUMS
+from classes.storage_messages import assert_operation_valid, storage
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
-from xenapi.model.roles import READ_ONLY, VM_ADMIN
+from xenapi.model.roles import VM_ADMIN
 
 _VDI = param(T.Ref("VDI"), "vdi", "The VDI")
 _SELF = param(T.Ref("VDI"), "self", "The VDI")
@@ -16,9 +17,6 @@ _MAP = T.Map(T.String, T.String)
 _DRIVER_PARAMS = param(_MAP, "driver_params", "Optional parameters that can be passed through to backend driver "
                        "in order to specify storage-type-specific operation options", default={})
 
-
-def _storage(method):
-    return lambda ctx, *args: getattr(ctx.server.storage, method)(ctx, *args)
 
 
 _BACKEND = (E.SR_HAS_NO_PBDS, E.SR_OPERATION_NOT_SUPPORTED, E.OTHER_OPERATION_IN_PROGRESS, E.HOST_OFFLINE,
@@ -40,20 +38,20 @@ VDI = declare_class(
     [
         message("snapshot", "Take a read-only snapshot of the VDI, returning a reference to the snapshot (a qcow2 "
                 "volume backed by the disk's current state, where the SR's plugin can)",
-                params=[_VDI, _DRIVER_PARAMS], result=T.Ref("VDI"), impl=_storage("vdi_snapshot"), roles=VM_ADMIN,
+                params=[_VDI, _DRIVER_PARAMS], result=T.Ref("VDI"), impl=storage("vdi_snapshot"), roles=VM_ADMIN,
                 is_async=True, errors=(*_BACKEND, E.VDI_IS_SHARABLE, E.UNIMPLEMENTED_IN_SM_BACKEND)),
         message("clone", "Take an exact copy of the VDI and return a reference to the new disk (a qcow2 volume "
                 "backed by the source where the SR's plugin can, else a full copy)",
-                params=[_VDI, _DRIVER_PARAMS], result=T.Ref("VDI"), impl=_storage("vdi_clone"), roles=VM_ADMIN,
+                params=[_VDI, _DRIVER_PARAMS], result=T.Ref("VDI"), impl=storage("vdi_clone"), roles=VM_ADMIN,
                 is_async=True, errors=_BACKEND),
         message("resize", "Resize the VDI (grow only).", params=[_VDI, param(T.Int, "size", "The new size of the VDI")],
-                impl=_storage("vdi_resize"), roles=VM_ADMIN, is_async=True, errors=(*_BACKEND, E.VDI_IN_USE)),
+                impl=storage("vdi_resize"), roles=VM_ADMIN, is_async=True, errors=(*_BACKEND, E.VDI_IN_USE)),
         message("copy", "Copy either a full VDI or the block differences between two VDIs into either a fresh VDI "
                 "or an existing VDI (a task with progress and cancel; a failed or cancelled copy leaves no volume).",
                 params=[_VDI, param(T.Ref("SR"), "sr", "The destination SR (only if the destination VDI is not specified)", null_ok=True),
                         param(T.Ref("VDI"), "base_vdi", "The base VDI (not supported: must be OpaqueRef:NULL)", default="OpaqueRef:NULL", null_ok=True),
                         param(T.Ref("VDI"), "into_vdi", "The destination VDI to copy blocks into (if omitted then a destination SR must be provided and a fresh VDI will be created)", default="OpaqueRef:NULL", null_ok=True)],
-                result=T.Ref("VDI"), impl=_storage("vdi_copy"), roles=VM_ADMIN, is_async=True,
+                result=T.Ref("VDI"), impl=storage("vdi_copy"), roles=VM_ADMIN, is_async=True,
                 errors=(*_BACKEND, E.VDI_READONLY, E.VDI_TOO_SMALL, E.VDI_COPY_FAILED, E.TASK_CANCELLED)),
         message("introduce", "Create a new VDI record in the database only, for a volume that exists in the SR's "
                 "pool (found by location: its path or its volume name)",
@@ -75,25 +73,21 @@ VDI = declare_class(
                         param(T.Bool, "is_a_snapshot", "Storage-specific config", default=False),
                         param(T.Timestamp, "snapshot_time", "Storage-specific config", default=T.Timestamp.empty()),
                         param(T.Ref("VDI"), "snapshot_of", "Storage-specific config", default="OpaqueRef:NULL", null_ok=True)],
-                result=T.Ref("VDI"), impl=_storage("vdi_introduce"), roles=VM_ADMIN, is_async=True,
+                result=T.Ref("VDI"), impl=storage("vdi_introduce"), roles=VM_ADMIN, is_async=True,
                 errors=(E.SR_HAS_NO_PBDS, E.VDI_MISSING)),
         message("forget", "Removes a VDI record from the database (the volume stays; the next SR.scan finds it again)",
-                params=[_VDI], impl=_storage("vdi_forget"), roles=VM_ADMIN, is_async=True, errors=(E.VDI_IN_USE,)),
+                params=[_VDI], impl=storage("vdi_forget"), roles=VM_ADMIN, is_async=True, errors=(E.VDI_IN_USE,)),
         message("update", "Ask the storage backend to refresh the fields in the VDI object", params=[_VDI],
-                impl=_storage("vdi_update"), roles=VM_ADMIN, is_async=True, errors=_BACKEND),
+                impl=storage("vdi_update"), roles=VM_ADMIN, is_async=True, errors=_BACKEND),
         message("set_name_label", "Set the name label of the VDI. This can only happen when then its SR is currently attached.",
                 params=[_SELF, param(T.String, "value", "The name label for the VDI")],
                 impl=lambda ctx, vdi, v: ctx.store.update("VDI", vdi, {"name_label": v}), roles=VM_ADMIN),
         message("set_name_description", "Set the name description of the VDI. This can only happen when its SR is currently attached.",
                 params=[_SELF, param(T.String, "value", "The name description for the VDI")],
                 impl=lambda ctx, vdi, v: ctx.store.update("VDI", vdi, {"name_description": v}), roles=VM_ADMIN),
-        message("assert_operation_valid", "Check whether this operation is acceptable in the current state of the "
-                "system, raising an error if the operation is invalid for some reason",
-                params=[_SELF, param(ENUMS["vdi_operations"], "op", "proposed operation")],
-                impl=lambda ctx, vdi, op: ctx.server.storage.tables["VDI"].assert_valid(ctx.store, vdi, op),
-                roles=READ_ONLY, changes_nothing=True, errors=_BACKEND),
+        assert_operation_valid("VDI", "vdi_operations", _BACKEND),
     ],
     writer_roles=VM_ADMIN, constructor=True, ctor_roles=VM_ADMIN, persisted=True,
     ctor_required=("SR", "virtual_size", "type", "sharable", "read_only", "other_config"),
-    hooks={"create": _storage("vdi_create"), "destroy": _storage("vdi_destroy")},
+    hooks={"create": storage("vdi_create"), "destroy": storage("vdi_destroy")},
 )

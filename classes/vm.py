@@ -11,7 +11,7 @@ import time
 
 from classes.enums import ENUMS
 from xenapi import errors as E
-from xenapi import lifecycle
+from xenapi.state import lifecycle
 from xenapi.backend import rewrite
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T

@@ -1,6 +1,6 @@
 """VM_metrics and VM_guest_metrics: live figures of a VM, and what its guest agent reports.
 
-The metrics sampler (xenapi/sampler.py) keeps VM_metrics current from libvirt's bulk statistics.
+The metrics sampler (xenapi/services/sampler.py) keeps VM_metrics current from libvirt's bulk statistics.
 """
 from classes.enums import ENUMS
 from xenapi.model.declare import declare_class, fields

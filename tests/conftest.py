@@ -16,7 +16,7 @@ import pytest
 import XenAPI
 
 from tests.private_libvirtd import PrivateLibvirtd
-from xenapi.api import Api
+from xenapi.transport.api import Api
 from xenapi.config import Config
 from xenapi.server import Server
 from xenapi.transport.http import HTTPServer

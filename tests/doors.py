@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.conftest import Running
 from xenapi import tls
-from xenapi.api import Api
+from xenapi.transport.api import Api
 from xenapi.config import Config
 from xenapi.transport.http import HTTPServer
 from xenapi.transport.ssh import SSHServer, host_key

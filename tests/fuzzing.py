@@ -41,7 +41,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 
 from xenapi.errors import ERRORS, INTERNAL_ERROR
 from xenapi.model import types as T
-from xenapi.where import WhereFieldError, WhereSyntaxError, compile_where
+from xenapi.state.where import WhereFieldError, WhereSyntaxError, compile_where
 from xenapi.wire import Bare, Call, Failure, Fault, Limits, Success, WireError, jsonrpc, xmlrpc
 from xenapi.wire.values import DateTime, I4
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import Running, start_server, stop_server
-from xenapi.api import Api
+from xenapi.transport.api import Api
 from xenapi.transport.http import HTTPServer
 
 XENAPI = str(Path(sys.executable).parent / "xenapi")     # the installed console script, as sshd runs it

@@ -1,4 +1,4 @@
-"""Read-modify-writes are atomic (xenapi/model/registry.py, xenapi/store.py ``modify`` and
+"""Read-modify-writes are atomic (xenapi/model/registry.py, xenapi/state/store.py ``modify`` and
 ``object_lock``): concurrent writers through every generated map and set message lose nothing, and
 a ``kill -9`` of a real ``xenapi serve`` in the middle of them loses no acknowledged write and
 leaves no record half-written."""
@@ -20,7 +20,7 @@ from tests.conftest import ADMIN_PASSWORD, guest_vm, new_vbd, new_vdi, node_xml,
 from tests.serve_process import Serve
 from xenapi.model import types as T
 from xenapi.model.declare import RW
-from xenapi.store import ObjectLocks, Store
+from xenapi.state.store import ObjectLocks, Store
 
 WRITERS = 8
 KEYS = 18                   # per writer: two thirds added first, then half of those removed while the rest go in
@@ -167,7 +167,7 @@ def test_modify_runs_its_change_on_the_current_record_and_a_raise_writes_nothing
 
 
 def test_modify_sees_earlier_ops_of_its_batch():
-    from xenapi.store import modify
+    from xenapi.state.store import modify
     store = Store(REGISTRY.classes)
     ref = store.create("pool", {"tags": []})
     store.apply([modify("pool", ref, lambda rec, n=n: {"tags": [*rec["tags"], n]}) for n in "abc"])

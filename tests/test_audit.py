@@ -18,8 +18,8 @@ import sqlite_utils
 from auth.audit import AuditLog
 from tests.conftest import ADMIN_PASSWORD, fails, guest_vm, start_server, stop_server
 from tests.streams import XENAPI, xenapi_ok, call, guest, responses, value
-from xenapi.api import Api
-from xenapi.store import derived_ref, derived_uuid
+from xenapi.transport.api import Api
+from xenapi.state.store import derived_ref, derived_uuid
 from xenapi.transport.http import HTTPServer
 
 

@@ -17,7 +17,7 @@ import XenAPI
 from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
 from tests.doors import new_key, open_door, ssh_door
 from tests.streams import guest
-from xenapi.api import Api
+from xenapi.transport.api import Api
 from xenapi.client import Failure, Session
 from xenapi.transport.http import HTTPServer
 

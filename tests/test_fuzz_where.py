@@ -1,4 +1,4 @@
-"""Fuzzing the where language (xenapi/where.py): compile_where raises only WhereSyntaxError, and a
+"""Fuzzing the where language (xenapi/state/where.py): compile_where raises only WhereSyntaxError, and a
 compiled predicate returns a bool or raises WhereFieldError, on any record the store can hold."""
 import pytest
 from hypothesis import given, settings
@@ -6,7 +6,7 @@ from hypothesis import strategies as st
 
 from classes import REGISTRY
 from tests import fuzzing as F
-from xenapi.where import WhereSyntaxError, compile_where, parse_number
+from xenapi.state.where import WhereSyntaxError, compile_where, parse_number
 
 CI = settings.get_profile("xenapi-ci")
 

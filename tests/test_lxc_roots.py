@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from xenapi import lxc_roots
+from xenapi.services import lxc_roots
 from xenapi.errors import XenAPIError
 
 UUID = "0f6c2b1e-5d4a-4c1b-9d3e-2a7b8c9d0e1f"

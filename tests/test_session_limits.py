@@ -1,4 +1,4 @@
-"""Session limits (xenapi/sessions.py): the per-user cap evicts the least recently active session,
+"""Session limits (xenapi/state/sessions.py): the per-user cap evicts the least recently active session,
 per user; idle sessions expire on use and in housekeeping.  The sessions' clock is one the test
 moves, so nothing sleeps."""
 from __future__ import annotations

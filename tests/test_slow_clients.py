@@ -6,7 +6,6 @@ the server is bounded generously, and nothing asserts how fast it is.
 """
 from __future__ import annotations
 
-import contextlib
 import http.client
 import os
 import shutil
@@ -21,10 +20,11 @@ from pathlib import Path
 import pytest
 import XenAPI
 
+from tests.wire_client import read_until_closed
 from tests.conftest import ADMIN_PASSWORD, node_xml
 from tests.ports import free_port, wait_for_port
 from tests.streams import XENAPI, Stream, call, value
-from xenapi.api import Api
+from xenapi.transport.api import Api
 from xenapi.config import Config
 from xenapi.transport.http import HTTPServer
 
@@ -52,13 +52,6 @@ def connect(address: tuple[str, int], source: str = "127.0.0.1") -> socket.socke
     sock.connect(address)
     return sock
 
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 def xenapi_session(address: tuple[str, int], source: str) -> XenAPI.Session:

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from tests.conftest import node_xml, start_server, stop_server, wait_for_event
-from xenapi.store import derived_ref
+from xenapi.state.store import derived_ref
 
 SYNC = "libvirt_sync"
 

@@ -82,7 +82,7 @@ def test_loose_modes_of_an_existing_state_are_tightened_at_start_and_logged(open
     for f in db_files(state):
         if f.exists():
             f.chmod(0o644)
-    with caplog.at_level(logging.WARNING, logger="xenapi.store"):
+    with caplog.at_level(logging.WARNING, logger="xenapi.state.store"):
         again = start_server(open_dir, uris=[first.uri])
     try:
         assert mode(state) == 0o700

@@ -3,7 +3,7 @@ import pytest
 
 from classes import REGISTRY
 from xenapi.errors import XenAPIError
-from xenapi.store import Store, add, delete, mod
+from xenapi.state.store import Store, add, delete, mod
 
 
 @pytest.fixture
@@ -85,7 +85,7 @@ def test_wait_returns_when_a_change_lands(store):
 
 
 def test_a_write_after_close_raises_store_closed_and_changes_nothing(tmp_path):
-    from xenapi.store import StoreClosed
+    from xenapi.state.store import StoreClosed
     store = Store(REGISTRY.classes, str(tmp_path / "x.db"))
     ref = store.create("pool", {"name_label": "p"})
     store.close()

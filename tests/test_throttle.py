@@ -397,7 +397,7 @@ def test_failures_per_user_0_turns_the_per_name_lock_off(tmp_path):
 
 def test_a_source_is_its_host_whichever_transport_wrote_the_address():
     from xenapi.context import Identity, peer_address
-    from xenapi.sessions import source_of
+    from xenapi.state.sessions import source_of
     for host in ("127.0.0.1", "::1", "fe80::1%eth0"):
         http = Identity(via="http", address=peer_address(host, 40000))
         ssh = Identity(via="ssh", address=peer_address(host, 22))

@@ -27,8 +27,9 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 import XenAPI
 
+from tests.wire_client import read_until_closed
 from tests.conftest import ADMIN_PASSWORD, new_vbd, new_vdi, start_server, stop_server
-from xenapi.api import Api
+from xenapi.transport.api import Api
 from xenapi.services import transfer as transfer_module
 from xenapi.transport.http import HTTPServer, Response
 
@@ -42,13 +43,6 @@ def connect(address, timeout: float = 15) -> socket.socket:
     sock = socket.create_connection(tuple(address[:2]), timeout=timeout)
     return sock
 
-
-def read_until_closed(sock: socket.socket) -> bytes:
-    chunks = []
-    with contextlib.suppress(ConnectionResetError):
-        while data := sock.recv(65536):
-            chunks.append(data)
-    return b"".join(chunks)
 
 
 def read_response(sock: socket.socket, method: str = "GET") -> http.client.HTTPResponse:

@@ -7,7 +7,7 @@ import xmlrpc.client
 
 from tests.conftest import start_server, stop_server
 from tests.streams import call, error, value, xenapi_ok
-from xenapi.sessions import USERS_CHECK_EVERY
+from xenapi.state.sessions import USERS_CHECK_EVERY
 
 BOUND = USERS_CHECK_EVERY + 4.0      # the server looks once a second; the rest is slack for a slow machine
 

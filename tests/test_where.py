@@ -1,4 +1,4 @@
-"""xapi's get_all_records_where expression language (xenapi.where).
+"""xapi's get_all_records_where expression language (xenapi.state.where).
 
 Expected behaviour is xapi's: ocaml/database/db_filter_{lex.mll,parse.mly}, db_filter.ml,
 Db_cache_impl.find_refs_with_filter_internal, Schema.Value.marshal and SExpr.string_of.
@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from xenapi.where import (
+from xenapi.state.where import (
     XAPI_LEX_ERROR, XAPI_PARSE_ERROR, WhereFieldError, WhereFieldNotNumericError,
     WhereFieldTypeError, WhereSyntaxError, compile_where, db_string, parse_number, parse_where,
 )
@@ -727,7 +727,7 @@ def test_compare_errors_only_when_reached():
 
 
 def test_compare_literal_is_converted_once_at_compile_time(monkeypatch):
-    import xenapi.where as where
+    import xenapi.state.where as where
     pred = compile_where('field "VCPUs_max" > "1" and "3" > field "VCPUs_max" and "1" < "2"')
     assert pred.fields == ("VCPUs_max",)
 

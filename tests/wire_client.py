@@ -6,6 +6,7 @@ test can forget to check that a response leaks nothing.
 """
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import socket
@@ -124,3 +125,11 @@ def failure(reply: Reply) -> list[str]:
     assert envelope["Status"] == "Failure", envelope
     return envelope["ErrorDescription"]
 
+
+def read_until_closed(sock: socket.socket) -> bytes:
+    """Everything the server sends until it closes the connection (a reset ends it too)."""
+    chunks = []
+    with contextlib.suppress(ConnectionResetError):
+        while data := sock.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks)

@@ -49,7 +49,7 @@ def cmd_serve(args) -> int:
     """
     _logging(args.verbose)
     from xenapi import tls
-    from xenapi.api import Api
+    from xenapi.transport.api import Api
     from xenapi.server import Server
     from xenapi.transport.http import HTTPServer
 
@@ -98,7 +98,7 @@ def _auth(args):
     from auth.keys import Keys
     from auth.users import Users
     from classes import REGISTRY
-    from xenapi.store import Store
+    from xenapi.state.store import Store
     cfg = _config(args)
     store = Store(REGISTRY.classes, cfg.database)
     return (Users(store.db, store.db_lock), Keys(store.db, store.db_lock),
@@ -113,7 +113,7 @@ def _audit(audit, command: str, name: str, key: str = "") -> None:
     """The audit row of a change made here: via cli, by the Unix account running the command, on
     the user object (and the key's fingerprint)."""
     from auth.audit import local_account
-    from xenapi.store import derived_ref, derived_uuid
+    from xenapi.state.store import derived_ref, derived_uuid
     objects, uuids = [f"user/{derived_ref('user', name)}"], [derived_uuid("user", name)]
     if key:
         objects, uuids = [*objects, f"ssh_key/{key}"], [*uuids, ""]

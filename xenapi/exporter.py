@@ -23,7 +23,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from xenapi.context import Identity
 from xenapi.errors import XenAPIError
 from xenapi.metrics import BUCKETS_MS
-from xenapi.sampler import LIVE_KEYS
+from xenapi.services.sampler import LIVE_KEYS
 from xenapi.transport.http import Request, Response
 
 log = logging.getLogger(__name__)

@@ -21,17 +21,17 @@ from auth.users import Users
 from xenapi.backend.events import ensure_event_loop
 from xenapi.config import Config
 from xenapi.dispatcher import Dispatcher
-from xenapi.events import Events
-from xenapi.hosts import Hosts
+from xenapi.state.events import Events
+from xenapi.services.hosts import Hosts
 from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
-from xenapi.reconciler import Reconciler
+from xenapi.observers.reconciler import Reconciler
 from xenapi.services.storage import Storage
-from xenapi.sessions import Sessions
-from xenapi.store import Store, add, derived_ref, derived_uuid, mod
-from xenapi.tasks import Tasks
-from xenapi.vms import VMs
+from xenapi.state.sessions import Sessions
+from xenapi.state.store import Store, add, derived_ref, derived_uuid, mod
+from xenapi.state.tasks import Tasks
+from xenapi.services.vms import VMs
 
 log = logging.getLogger(__name__)
 

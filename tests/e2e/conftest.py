@@ -202,7 +202,7 @@ def make_domain(libvirt_conn):
 def start_xenapi(libvirt_uri, tmp_path):
     import XenAPI
     from tests.conftest import ADMIN_PASSWORD
-    from xenapi.api import Api
+    from xenapi.transport.api import Api
     from xenapi.config import Config
     from xenapi.server import Server
     from xenapi.transport.http import HTTPServer

@@ -14,7 +14,7 @@ import XenAPI
 
 from guest import IGNORED_TEXT, POWEROFF_TEXT
 from qemu_e2e import EventRecorder, define_guest, wait_task
-from xenapi.lifecycle import ALLOWED_IN
+from xenapi.state.lifecycle import ALLOWED_IN
 
 pytestmark = pytest.mark.e2e
 NULL = "OpaqueRef:NULL"

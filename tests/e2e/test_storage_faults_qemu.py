@@ -47,6 +47,23 @@ def finished(x, task: str, timeout: float = 180.0) -> dict:
     return x.task.get_record(task)
 
 
+def copy_under_way(x, host: str, made: list, tmp_path: Path):
+    """A VDI.copy of 1.5 GiB of data between two dir SRs, begun: (source VDI, target SR, task, the
+    target directory's files before)."""
+    source_sr = new_sr(x, host, "dir", tmp_path / "src")
+    target_sr = new_sr(x, host, "dir", tmp_path / "dst")
+    made += [source_sr, target_sr]
+    vdi = new_vdi(x, source_sr, 2 << 30)
+    fill(x.VDI.get_location(vdi), 1536)
+    x.VDI.update(vdi)
+    before = files_in(tmp_path / "dst")
+    task = x.Async.VDI.copy(vdi, target_sr)
+    deadline = time.monotonic() + 30
+    while x.task.get_progress(task) <= 0.0 and x.task.get_status(task) == "pending" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return vdi, target_sr, task, before
+
+
 def files_in(directory: Path) -> set[str]:
     return {p.name for p in directory.iterdir()}
 
@@ -103,17 +120,7 @@ def test_an_iso_deleted_behind_the_servers_back_is_vdi_missing(storage, tmp_path
 
 def test_a_cancelled_copy_leaves_no_volume(storage, tmp_path):
     _, x, host, made = storage
-    source_sr = new_sr(x, host, "dir", tmp_path / "src")
-    target_sr = new_sr(x, host, "dir", tmp_path / "dst")
-    made += [source_sr, target_sr]
-    vdi = new_vdi(x, source_sr, 2 << 30)
-    fill(x.VDI.get_location(vdi), 1536)
-    x.VDI.update(vdi)
-    before = files_in(tmp_path / "dst")
-    task = x.Async.VDI.copy(vdi, target_sr)
-    deadline = time.monotonic() + 30
-    while x.task.get_progress(task) <= 0.0 and x.task.get_status(task) == "pending" and time.monotonic() < deadline:
-        time.sleep(0.05)
+    vdi, target_sr, task, before = copy_under_way(x, host, made, tmp_path)
     x.task.cancel(task)
     record = finished(x, task)
     assert record["status"] == "cancelled", record
@@ -134,18 +141,8 @@ def test_a_libvirtd_dying_mid_copy_fails_the_copy_cleanly(libvirt_uri, storage, 
     if libvirt_uri != SYSTEM_URI or "libvirtd: running" not in status:
         pytest.fail(f"this test stops and starts the libvirtd of scripts/libvirtd.sh; {libvirt_uri} is "
                     "served by another one", pytrace=False)
-    source_sr = new_sr(x, host, "dir", tmp_path / "src")
-    target_sr = new_sr(x, host, "dir", tmp_path / "dst")
-    made += [source_sr, target_sr]
-    vdi = new_vdi(x, source_sr, 2 << 30)
-    fill(x.VDI.get_location(vdi), 1536)
-    x.VDI.update(vdi)
-    before = files_in(tmp_path / "dst")
-    task = x.Async.VDI.copy(vdi, target_sr)
+    vdi, target_sr, task, before = copy_under_way(x, host, made, tmp_path)
     try:
-        deadline = time.monotonic() + 30
-        while x.task.get_progress(task) <= 0.0 and time.monotonic() < deadline:
-            time.sleep(0.05)
         subprocess.run(["bash", str(LIBVIRTD_SH), "stop"], check=True, capture_output=True, timeout=120)
         record = finished(x, task)
     finally:

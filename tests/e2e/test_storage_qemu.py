@@ -147,7 +147,12 @@ class Storage:
             attempt(f"destroy {vm}", x.VM.destroy, vm)
         for console in self.consoles:
             console.close()
-        for vdi in dict.fromkeys(reversed(self.vdis)):
+        def is_overlay(vdi):                         # a clone's disk goes before the disk it is on
+            try:
+                return "backing" in x.VDI.get_sm_config(vdi)
+            except XenAPI.Failure:
+                return False
+        for vdi in sorted(dict.fromkeys(reversed(self.vdis)), key=lambda v: not is_overlay(v)):
             attempt(f"VDI.destroy {vdi}", x.VDI.destroy, vdi)
         for name in self.volumes:
             if name in virsh("vol-list", "--pool", LOCAL_POOL).split():

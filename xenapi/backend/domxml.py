@@ -30,7 +30,7 @@ Mapping decisions (the ones a reader would otherwise have to reverse-engineer):
       ``<initarg>``s; ``platform["lxc-root"]`` is the host directory mounted as the container's
       ``/``.  ``build`` refuses a container without one (or with "/" itself), since libvirt would
       otherwise let it share the host's root filesystem; the server gives each new container
-      its own directory (xenapi/vms.py).
+      its own directory (xenapi/services/vms.py).
   Parsing reports HVM_boot_policy "BIOS order" exactly for HVM guests without a direct kernel.
 * Disks and NICs: ``fields["devices"]``, in the neutral form of ``devices.py``, which holds the
   per-hypervisor table (virtio for KVM/QEMU, the xen bus for PV, emulated IDE plus PV for Xen

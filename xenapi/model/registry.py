@@ -3,7 +3,7 @@
 Implicit messages (getters, setters, map and set accessors, records, lookups, constructors) are
 derived here from the fields, never written per class.  The map and set messages (``add_to_<f>``,
 ``remove_from_<f>``, ``add_<f>``, ``remove_<f>``) are atomic, as xapi's: concurrent calls on one
-object never lose each other's changes (xenapi/store.py: ``modify``, ``object_lock``).
+object never lose each other's changes (xenapi/state/store.py: ``modify``, ``object_lock``).
 
 The registry checks itself when built: a message without a doc or roles, an undeclared error code,
 or a Ref to an unknown class fails at import, not at the first call.
@@ -16,7 +16,7 @@ from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.model.declare import CTOR, MISSING, RW, ClassDecl, Field, Message, Relation, param
-from xenapi.model.roles import LADDER, READ_ONLY
+from xenapi.model.roles import LADDER
 
 class Registry:
     def __init__(self, decls: Iterable[ClassDecl], relations: Iterable[Relation] = (),
@@ -254,7 +254,7 @@ def _field(name: str, value) -> dict:
 
 
 def _where(ctx, cls: str, expr: str):
-    from xenapi.where import WhereFieldError, WhereSyntaxError, compile_where
+    from xenapi.state.where import WhereFieldError, WhereSyntaxError, compile_where
     try:
         match = compile_where(expr)
         return {ref: rec for ref, rec in ctx.store.records(cls).items() if match(rec, ref)}

@@ -1,4 +1,4 @@
-"""One observer per kind of libvirt object, all driven the same way by ``xenapi.reconciler``.
+"""One observer per kind of libvirt object, all driven the same way by ``xenapi.observers.reconciler``.
 
 An observer knows how to list its objects on a host, re-read one by key, turn what it read into
 store operations (the fields its classes declare ``observed``), and what goes when the object
@@ -6,7 +6,7 @@ does.  It never writes the store itself: the reconciler applies what it returns,
 batches, so every kind gets the same relist, event, resync and ordering rules.
 
 Keys are what libvirt looks objects up by (a domain's uuid, a pool's uuid, "pool-uuid/volume
-name"); refs are derived from them (``xenapi.store.derived_ref``), so they are stable across
+name"); refs are derived from them (``xenapi.state.store.derived_ref``), so they are stable across
 restarts and known before libvirt is asked.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Iterable
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
-from xenapi.store import Op
+from xenapi.state.store import Op
 
 
 class Observer:

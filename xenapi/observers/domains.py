@@ -9,14 +9,14 @@ from __future__ import annotations
 import logging
 
 from classes.vm import OBSERVED
-from xenapi import lifecycle
+from xenapi.state import operations
 from xenapi.backend import domxml
 from xenapi.backend.connection import ERR_NO_DOMAIN
-from xenapi.lifecycle import allowed_operations
+from xenapi.state.lifecycle import allowed_operations
 from xenapi.model.types import NULL_REF
 from xenapi.observers import Observer, read_or_none
 from xenapi.observers.vbds import vbd_ops
-from xenapi.store import add, delete, derived_ref, derived_uuid, mod
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
@@ -63,7 +63,7 @@ class DomainObserver(Observer):
         return [ref for ref, rec in self.store.records("VM").items() if not rec["is_control_domain"]]
 
     def guard(self):
-        return lifecycle.guard()     # allowed_operations must see the current_operations of this instant
+        return operations.guard()    # allowed_operations must see the current_operations of this instant
 
     # -- into the store --------------------------------------------------------------------------
     def observe(self, host, state):

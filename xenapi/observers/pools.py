@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from xenapi.backend.connection import ERR_NO_POOL
 from xenapi.backend.storage_operations import PoolState
 from xenapi.observers import Observer, read_or_none
-from xenapi.store import add, delete, derived_ref, derived_uuid, mod
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from xenapi.backend import devices, domxml
 from xenapi.model.types import NULL_REF
-from xenapi.store import add, delete, derived_ref, derived_uuid, mod
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod
 
 _TYPES = {"cdrom": "CD", "floppy": "Floppy"}
 

@@ -22,7 +22,7 @@ from xenapi.backend.storage_operations import VolumeState
 from xenapi.model.types import NULL_REF
 from xenapi.errors import XenAPIError
 from xenapi.observers import Observer, no_such, read_or_none
-from xenapi.store import add, delete, derived_ref, derived_uuid, mod
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod
 
 _UUID_NAME = re.compile(r"^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})(\.[A-Za-z0-9]+)?$")
 

@@ -21,7 +21,7 @@ from xenapi.observers.pools import pbd_ref, pool_key, sr_ref
 from xenapi.observers.volumes import vdi_ref, volume_key
 from xenapi.services import disks, volume_copy
 from xenapi.services.storage_rules import TABLES, features, plugged_pbds
-from xenapi.store import add, delete, derived_ref, derived_uuid, mod, new_uuid
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod, new_uuid
 from xenapi.wire.values import DateTime
 
 POOL_REF = derived_ref("pool", "pool")
@@ -158,12 +158,15 @@ class Storage(disks.Disks):
         return plugin
 
     def attached_host(self, sr: str) -> str:
-        """A live host with the SR plugged (the master's first), else SR_HAS_NO_PBDS."""
+        """A live host with the SR plugged (the master's first); HOST_OFFLINE if its hosts are all
+        unreachable, SR_HAS_NO_PBDS if none has it plugged."""
         pbds = plugged_pbds(self.store, sr)
         hosts = [self.store.get("PBD", p)["host"] for p in pbds]
         for host in sorted(hosts, key=lambda h: h != self.hosts.master):
             if self.hosts.live(host):
                 return host
+        if hosts:                                   # plugged, but its hosts are unreachable now
+            raise XenAPIError(E.HOST_OFFLINE, hosts[0])
         raise XenAPIError(E.SR_HAS_NO_PBDS, sr)
 
     def _need(self, sr: str, feature: str) -> None:
@@ -398,7 +401,7 @@ class Storage(disks.Disks):
     def _assert_no_clones(self, vdi: str, rec: dict, op: str) -> None:
         """A VDI other VDIs are qcow2 overlays on (a template's disk and its clones' disks) keeps its
         data while they exist: destroying or growing it would break every one of them."""
-        clones = self.reconciler.volumes.clones_of(rec["location"])
+        clones = [c for c in self.reconciler.volumes.clones_of(rec["location"]) if self.store.exists("VDI", c)]
         if clones:
             raise XenAPIError(E.VDI_IN_USE, vdi, op)
 

@@ -12,7 +12,7 @@ from storage import PLUGINS
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
-from xenapi.operations import OperationTable
+from xenapi.state.operations import OperationTable
 
 
 def plugin_of(store, sr: str):

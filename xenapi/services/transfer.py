@@ -72,7 +72,7 @@ from xenapi.context import Context, Identity
 from xenapi.errors import XenAPIError
 from xenapi.exporter import _basic_credentials
 from xenapi.observers.volumes import vdi_ref, volume_key
-from xenapi.operations import guard
+from xenapi.state.operations import guard
 from xenapi.transport.http import Body, BodyError, Request, Response
 from xenapi.wire.values import DateTime
 

@@ -21,7 +21,7 @@ from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers.volumes import volume_key
-from xenapi.store import delete, new_uuid
+from xenapi.state.store import delete, new_uuid
 
 log = logging.getLogger(__name__)
 
@@ -55,11 +55,11 @@ def copy(storage, ctx, vdi: str, rec: dict, sr: str, into_vdi: str) -> str:
         made = True
     try:
         _qemu_img_copy(storage, ctx, rec, target)
+        _refresh(storage, target)
     except BaseException:
         if made:
             _discard(storage, target)
         raise
-    _refresh(storage, target)
     return target
 
 

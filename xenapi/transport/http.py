@@ -131,7 +131,7 @@ class HTTPServer:
                  ssl_context=None, streaming: Callable[[str, str], StreamHandler | None] | None = None):
         self.handler = handler
         # (method, path) -> a handler that reads the body itself, or None: the handler's own
-        # ``streaming`` method by default (xenapi.api.Api has one for the disk transfers)
+        # ``streaming`` method by default (xenapi.transport.api.Api has one for the disk transfers)
         self.streaming = streaming if streaming is not None else getattr(handler, "streaming", None)
         self.max_body_bytes = max_body_bytes
         self.max_header_bytes = max_header_bytes
@@ -556,20 +556,12 @@ class _Connection:
         return line.rstrip(b"\r")
 
     def _read_body(self, minor: int, headers: dict[str, str]) -> bytes:
-        encoding = headers.get("transfer-encoding")
-        length = headers.get("content-length")
-        if encoding is not None:
-            if length is not None:       # ambiguous framing: the classic smuggling vector
-                raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
-            if encoding.lower() != "chunked":
-                raise ProtocolError(501, f"unsupported transfer-encoding {encoding[:40]}")
+        n = body_length(headers)
+        if n is None:
             self._continue(minor, headers)
             return self._read_chunked()
-        if length is None:
+        if n == 0:
             return b""
-        if not (length.isascii() and length.isdigit()):
-            raise ProtocolError(400, "bad Content-Length")
-        n = int(length)
         if n > self.server.max_body_bytes:
             raise ProtocolError(413, f"request body over {self.server.max_body_bytes} bytes")
         if len(self.buf) < n:
@@ -624,21 +616,8 @@ class Body:
         self.received = 0
         self.failed: BodyError | None = None
         self._started = False
-        encoding = headers.get("transfer-encoding")
-        length = headers.get("content-length")
-        if encoding is not None:
-            if length is not None:       # ambiguous framing: the classic smuggling vector
-                raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
-            if encoding.lower() != "chunked":
-                raise ProtocolError(501, f"unsupported transfer-encoding {encoding[:40]}")
-            self.length: int | None = None
-            self._left = 0               # of the current chunk
-        elif length is None:
-            self.length, self._left = 0, 0
-        elif not (length.isascii() and length.isdigit()):
-            raise ProtocolError(400, "bad Content-Length")
-        else:
-            self.length = self._left = int(length)
+        self.length: int | None = body_length(headers)
+        self._left = self.length or 0    # of the body, or of the current chunk when chunked
         self.done = self.length == 0
 
     def read(self, n: int = _RECV) -> bytes:
@@ -725,6 +704,23 @@ def _close_stream(response: Response | None) -> None:
             close()
         except Exception:
             log.exception("closing a streamed response failed")
+
+
+def body_length(headers: dict[str, str]) -> int | None:
+    """A request body's length from its framing headers: None when chunked, 0 when it has none."""
+    encoding = headers.get("transfer-encoding")
+    length = headers.get("content-length")
+    if encoding is not None:
+        if length is not None:           # ambiguous framing: the classic smuggling vector
+            raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
+        if encoding.lower() != "chunked":
+            raise ProtocolError(501, f"unsupported transfer-encoding {encoding[:40]}")
+        return None
+    if length is None:
+        return 0
+    if not (length.isascii() and length.isdigit()):
+        raise ProtocolError(400, "bad Content-Length")
+    return int(length)
 
 
 def _refuse(sock: socket.socket) -> None:

@@ -1,7 +1,7 @@
 """Pure wire codecs: bytes in, Call out; Outcome in, bytes out.  No sockets, threads or sessions."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 

@@ -8,16 +8,17 @@ from __future__ import annotations
 import logging
 
 from xenapi import errors as E
-from xenapi import lifecycle, lxc_roots
+from xenapi.state import lifecycle, operations
+from xenapi.services import lxc_roots
 from xenapi.backend import domxml, rewrite
 from xenapi.errors import XenAPIError
-from xenapi.hosts import libvirt_name
+from xenapi.services.hosts import libvirt_name
 from xenapi.model.types import NULL_REF
 from classes.vm import OBSERVED
 from xenapi.observers.domains import vm_ref
 from xenapi.observers.vbds import vbd_ref
 from xenapi.services import templates, vm_disks
-from xenapi.store import new_uuid
+from xenapi.state.store import new_uuid
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class VMs:
         record = self.store.new_record("VM", values, uuid)
         record["affinity"] = values.get("affinity", NULL_REF)
         virt_type, state = self.hosts.virt_type(host), self.server.config.state
-        if virt_type == "lxc":          # a container never shares the host's / (xenapi/lxc_roots.py)
+        if virt_type == "lxc":          # a container never shares the host's / (xenapi/services/lxc_roots.py)
             record["platform"] = lxc_roots.own_root(state, uuid, record["platform"])
         try:
             xml = domxml.build({**record, "stamp": _stamp(record)}, virt_type, uuid=uuid,
@@ -153,7 +154,7 @@ class VMs:
 
     def set_blocked_operations(self, ctx, vm: str, value: dict) -> None:
         """allowed_operations is derived: blocking an operation takes it out at once."""
-        with lifecycle.guard():
+        with operations.guard():
             rec = self.store.get("VM", vm)
             self.store.update("VM", vm, {"blocked_operations": value,
                                          "allowed_operations": lifecycle.allowed_operations(

@@ -16,7 +16,7 @@ from xenapi import errors as E
 from xenapi.context import Context
 from xenapi.errors import XenAPIError
 from xenapi.model.declare import Message
-from xenapi.store import StoreClosed
+from xenapi.state.store import StoreClosed
 from xenapi.wire import xmlrpc
 from xenapi.wire.values import DateTime
 

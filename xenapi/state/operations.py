@@ -19,7 +19,7 @@ from typing import Callable, Iterable
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
-from xenapi.store import mod
+from xenapi.state.store import mod
 
 _guard = threading.RLock()
 

@@ -36,7 +36,7 @@ from auth.throttle import LoginThrottle
 from xenapi import errors as E
 from xenapi.context import Context, Identity, address_host
 from xenapi.errors import XenAPIError
-from xenapi.store import ObjectLocks, delete, mod
+from xenapi.state.store import ObjectLocks, delete, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)

@@ -12,14 +12,14 @@ import time
 from urllib.parse import urlparse
 
 from xenapi import errors as E
-from xenapi import host_facts
+from xenapi.services import host_facts
 from xenapi.backend import hostinfo, machine
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
-from xenapi.embedded import EMBEDDED_URI, KeptDomains, KeptStorage
+from xenapi.services.embedded import EMBEDDED_URI, KeptDomains, KeptStorage
 from xenapi.errors import XenAPIError
-from xenapi.sampler import Sampler
-from xenapi.store import add, derived_ref, derived_uuid, mod
+from xenapi.services.sampler import Sampler
+from xenapi.state.store import add, derived_ref, derived_uuid, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
@@ -87,7 +87,7 @@ class Hosts:
         return self._kept_storage.get(host)
 
     def kept(self, host: str | None) -> KeptDomains | None:
-        """The kept domains of the embedded default's host (see xenapi/embedded.py), else None."""
+        """The kept domains of the embedded default's host (see xenapi/services/embedded.py), else None."""
         return self._kept.get(host)
 
     def facts(self, host: str) -> HostFacts:

@@ -1,4 +1,4 @@
-"""Which VM operations are allowed when: VM's operation table (xenapi/operations.py) and the guard
+"""Which VM operations are allowed when: VM's operation table (xenapi/state/operations.py) and the guard
 every power operation runs under.
 
 The table lists the operations this server implements, with the power states xapi allows them in
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
-from xenapi.operations import OperationTable, guard
+from xenapi.state.operations import OperationTable
 
 _ALL = frozenset({"Halted", "Paused", "Suspended", "Running"})
 _ORDER = ("Halted", "Paused", "Suspended", "Running")     # xapi's order in VM_BAD_POWER_STATE

@@ -23,8 +23,8 @@ from xenapi import errors as E
 from xenapi.backend import stats
 from xenapi.backend.stats import HostSample
 from xenapi.errors import XenAPIError
-from xenapi.reconciler import vm_ref
-from xenapi.store import Op, mod
+from xenapi.observers.reconciler import vm_ref
+from xenapi.state.store import Op, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,1 @@
+"""The store and its views: records, events, expressions, tasks, sessions, operation tables."""
