@@ -230,3 +230,43 @@ def test_the_initiator_iqn_is_the_one_logging_in(iscsi_pools, tgt_target):
     with pytest.raises(libvirt.libvirtError, match="(?i)login|connect"):
         pool.create(0)
     assert not pool.isActive()
+
+
+def test_an_iscsi_sr_made_through_the_api_shows_its_lun_as_a_vdi(iscsi_conn, tgt_target, tmp_path):
+    """SR.create of type iscsi on the real libvirtd: the pool is defined and started, the LUN is a
+    VDI of the SR with its capacity, the SR cannot create VDIs (one LUN per VDI, made on the
+    target), and SR.forget leaves the target's data alone."""
+    from tests.conftest import start_server, stop_server
+    running = start_server(tmp_path, uris=[SYSTEM_URI], libvirt_sync_wait=60)
+    x = running.session().xenapi
+    sr = None
+    try:
+        [host] = x.host.get_all()
+        dc = {"target": "127.0.0.1", "port": str(tgt_target.port), "targetIQN": tgt_target.iqn}
+        sr = x.SR.create(host, dc, "0", "iSCSI lab", "", "iscsi", "user", True, {})
+        record = x.SR.get_record(sr)
+        assert (record["type"], record["shared"]) == ("iscsi", True)
+        [pbd] = record["PBDs"]
+        assert x.PBD.get_currently_attached(pbd) is True and x.PBD.get_device_config(pbd) == dc
+        luns = {x.VDI.get_sm_config(v)["volume"]: v for v in x.SR.get_VDIs(sr)}
+        assert "unit:0:0:1" in luns, sorted(luns)
+        lun = x.VDI.get_record(luns["unit:0:0:1"])
+        assert int(lun["virtual_size"]) in (LUN_SIZE, LUN_SIZE - BLOCK)
+        assert "vdi_create" not in record["allowed_operations"]
+        with pytest.raises(Exception) as refused:
+            x.VDI.create({"SR": sr, "virtual_size": str(MiB), "type": "user", "sharable": False,
+                          "read_only": False, "other_config": {}})
+        assert refused.value.details == ["SR_OPERATION_NOT_SUPPORTED", sr]
+        x.SR.scan(sr)                                               # introduces the same LUN again
+        assert x.VDI.get_uuid(luns["unit:0:0:1"]) == lun["uuid"]
+        x.PBD.unplug(pbd)
+        x.SR.forget(sr)
+        sr = None
+        assert tgt_target.lun_file.exists()
+    finally:
+        if sr is not None:
+            for pbd in x.SR.get_PBDs(sr):
+                if x.PBD.get_currently_attached(pbd):
+                    x.PBD.unplug(pbd)
+            x.SR.forget(sr)
+        stop_server(running)

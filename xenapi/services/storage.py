@@ -198,6 +198,7 @@ class Storage(disks.Disks):
                 made.append(target)
                 conn.start_pool(uuid)
                 self.reconciler.refresh(target, pool_key(target, uuid), "pool")
+                self.store.update("PBD", pbd_ref(target, uuid), {"device_config": dict(device_config)})
                 self._relist_volumes_of(target)
         except XenAPIError:
             for target in made:                          # nothing half-made: undefine what was defined
