@@ -204,3 +204,24 @@ def test_cancelling_a_waiting_clean_shutdown_ends_its_task_cancelled(tmp_path):
         assert fails(xapi.xenapi.task.cancel, task)[0] == "OPERATION_NOT_ALLOWED"
     finally:
         stop_server(running)
+
+
+def test_boot_settings_are_written_to_libvirt_and_survive_its_next_observation(running, xapi):
+    """HVM_boot_params' order and PV_bootloader(_args) live in the domain's XML: set through the API,
+    they are what libvirt holds, so re-reading the domain keeps them (they used to be undone)."""
+    x = xapi.xenapi
+    vm = guest_vm(xapi, "Halted")
+    uuid = x.VM.get_uuid(vm)
+    x.VM.set_HVM_boot_params(vm, {"order": "dcn"})
+    running.server.reconciler.refresh(running.server.hosts.master, uuid)
+    assert x.VM.get_HVM_boot_params(vm) == {"order": "dcn"}
+    xml = running.server.hosts.connection(running.server.hosts.master).xml(uuid, inactive=True)
+    assert [b for b in ("<boot dev='cdrom'/>", "<boot dev='hd'/>", "<boot dev='network'/>") if b in xml] == [
+        "<boot dev='cdrom'/>", "<boot dev='hd'/>", "<boot dev='network'/>"]
+    assert xml.index("<boot dev='cdrom'/>") < xml.index("<boot dev='hd'/>") < xml.index("<boot dev='network'/>")
+    assert fails(x.VM.add_to_HVM_boot_params, vm, "firmware", "uefi")[:2] == ["VALUE_NOT_SUPPORTED", "HVM_boot_params"]
+    assert x.VM.get_HVM_boot_params(vm) == {"order": "dcn"}           # a refused change changes nothing
+    x.VM.set_PV_bootloader(vm, "pygrub")
+    x.VM.set_PV_bootloader_args(vm, "--quiet")
+    running.server.reconciler.refresh(running.server.hosts.master, uuid)
+    assert (x.VM.get_PV_bootloader(vm), x.VM.get_PV_bootloader_args(vm)) == ("pygrub", "--quiet")

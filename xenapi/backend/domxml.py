@@ -90,6 +90,7 @@ _OS_TYPE_TO_DOMAIN_TYPE = {"hvm": "hvm", "xen": "pv", "linux": "pv", "xenpvh": "
                            "exe": "unspecified"}
 _BOOT_DEV_TO_ORDER = {"hd": "c", "cdrom": "d", "network": "n", "fd": "a"}
 _ORDER_TO_BOOT_DEV = {v: k for k, v in _BOOT_DEV_TO_ORDER.items()}
+BOOT_DEVICES = _ORDER_TO_BOOT_DEV     # HVM_boot_params order letter -> <boot dev>
 
 # platform key -> hypervisors whose <features> element of that name we write.
 _FEATURE_FLAGS = {"acpi": ("kvm", "qemu", "test", "xen"), "apic": ("kvm", "qemu", "test", "xen"),

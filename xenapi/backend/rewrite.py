@@ -15,7 +15,9 @@ from xenapi.backend import devices, domxml
 _OS_ELEMENTS = {"PV_kernel": "kernel", "PV_ramdisk": "initrd", "PV_args": "cmdline"}
 _ACTIONS = {"actions_after_shutdown": ("on_poweroff", {"destroy": "destroy", "restart": "restart"}),
             "actions_after_reboot": ("on_reboot", {"destroy": "destroy", "restart": "restart"})}
-EDITABLE = frozenset(_OS_ELEMENTS) | frozenset(_ACTIONS)
+_TOP_ELEMENTS = {"PV_bootloader": "bootloader", "PV_bootloader_args": "bootloader_args"}
+EDITABLE = frozenset(_OS_ELEMENTS) | frozenset(_ACTIONS) | frozenset(_TOP_ELEMENTS) | {"HVM_boot_params"}
+BOOT_PARAMS = ("order",)             # the HVM_boot_params keys a domain's XML holds
 
 
 def _load(xml: str) -> ET.Element:
@@ -73,6 +75,17 @@ def set_field(xml: str, field: str, value: str) -> str:
             if element is None:
                 element = ET.SubElement(os_el, _OS_ELEMENTS[field])
             element.text = value
+    elif field in _TOP_ELEMENTS:
+        element = root.find(_TOP_ELEMENTS[field])
+        if not value:
+            if element is not None:
+                root.remove(element)
+        else:
+            if element is None:
+                element = ET.SubElement(root, _TOP_ELEMENTS[field])
+            element.text = value
+    elif field == "HVM_boot_params":
+        _set_boot_order(root, value)
     else:
         tag, table = _ACTIONS[field]
         element = root.find(tag)
@@ -80,6 +93,24 @@ def set_field(xml: str, field: str, value: str) -> str:
             element = ET.SubElement(root, tag)
         element.text = table[value]
     return ET.tostring(root, encoding="unicode")
+
+
+def _set_boot_order(root: ET.Element, params: dict) -> None:
+    """``<os><boot dev=.../>`` from HVM_boot_params' order ("cdn": disk, CD, network), in place of
+    the old ones; nothing else of ``<os>`` (firmware, loader, kernel) changes."""
+    unknown = set(params) - set(BOOT_PARAMS)
+    if unknown:
+        raise domxml.DomainXMLError(f"HVM_boot_params keys {sorted(unknown)} have no libvirt form here; "
+                                    f"it keeps {', '.join(BOOT_PARAMS)}")
+    os_el = root.find("os")
+    for boot in os_el.findall("boot"):
+        os_el.remove(boot)
+    devices = [domxml.BOOT_DEVICES[c] for c in params.get("order", "").lower() if c in domxml.BOOT_DEVICES]
+    after = max((i for i, e in enumerate(os_el) if e.tag in ("type", "loader", "nvram")), default=-1) + 1
+    for n, dev in enumerate(dict.fromkeys(devices)):
+        element = ET.Element("boot", dev=dev)
+        element.tail = os_el[0].tail if len(os_el) else None
+        os_el.insert(after + n, element)
 
 
 # ---- disks (VBDs) -----------------------------------------------------------------------------

@@ -166,7 +166,11 @@ class VMs:
             if rec["power_state"] != "Halted":
                 raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", rec["power_state"].lower())
             def edit(conn, uuid):
-                conn.define(rewrite.set_field(conn.xml(uuid, inactive=True), field, value))
+                try:
+                    xml = rewrite.set_field(conn.xml(uuid, inactive=True), field, value)
+                except domxml.DomainXMLError as e:
+                    raise XenAPIError(E.VALUE_NOT_SUPPORTED, field, str(value), str(e)) from None
+                conn.define(xml)
             self._on_domain(vm, edit)
         return setter
 
