@@ -2,9 +2,10 @@
 
 Where both volumes are files on this machine (a local libvirtd's dir, iso or nfs SR), the copy is
 ``qemu-img convert -p`` into the destination volume libvirt made: the same program and speed as
-doing it by hand, with its progress read from its output and a cancel that stops it.  Elsewhere
-(a remote host, a block or network volume, the test driver) libvirt copies within one host
-(``createXMLFrom``, which cannot be interrupted: a cancel takes effect when it returns).  Whatever
+doing it by hand, with its progress read from its output and a cancel that stops it.  Within
+another host (remote, block or network volumes, the test driver) libvirt copies (``createXMLFrom``,
+which cannot be interrupted: a cancel takes effect when it returns).  Onto another host, the
+bytes go through libvirt's volume streams (``_stream_copy``).  Whatever
 fails or is cancelled, the destination volume made here is deleted: no orphan is left behind.
 """
 from __future__ import annotations
@@ -49,7 +50,9 @@ def copy(storage, ctx, vdi: str, rec: dict, sr: str, into_vdi: str) -> str:
         storage._check_space(sr, plugin, rec["virtual_size"])
         host = storage.attached_host(sr)
         ctx.progress(0.0)
-        if host == src_host and not _local_files(storage, host, rec, sr):
+        if host != src_host:
+            return _stream_copy(storage, ctx, rec, (src_host, src_pool, src_name), host, sr, plugin)
+        if not _local_files(storage, host, rec, sr):
             return _libvirt_copy(storage, ctx, vdi, rec, sr, host, src_name)
         target = storage._make_volume(host, sr, plugin, new_uuid(), rec["virtual_size"], storage._copied_fields(rec))
         made = True
@@ -107,6 +110,52 @@ def _libvirt_copy(storage, ctx, vdi: str, rec: dict, sr: str, host: str, src_nam
         raise cancelled
     ctx.progress(1.0)
     return result["ref"]
+
+
+def _stream_copy(storage, ctx, rec: dict, source: tuple[str, str, str], host: str, sr: str, plugin) -> str:
+    """A copy onto another host: the source volume's bytes through libvirt streams, downloaded
+    from its host and uploaded into the new volume (both hosts may be remote).  A source with a
+    backing file, or in another format than the destination's, is first flattened into a
+    temporary volume on its own host by libvirt, which is deleted afterwards whatever happens."""
+    src_host, src_pool, src_name = source
+    src = storage.hosts.connection(src_host)
+    fmt = plugin.disk_format
+    temporary = None
+    if rec["sm_config"].get("backing") or _fmt(rec) != fmt:
+        temporary = f"xenapi-copy-{new_uuid()}.{fmt}"
+        src.copy_volume(src_pool, src_name, src_pool,
+                        f"<volume><name>{temporary}</name><capacity unit='bytes'>{rec['virtual_size']}</capacity>"
+                        f"<target><format type='{fmt}'/></target></volume>")
+    try:
+        total = max(1, src.volume_state(src_pool, temporary or src_name).allocation)
+        target = storage._make_volume(host, sr, plugin, new_uuid(), rec["virtual_size"], storage._copied_fields(rec))
+        try:
+            _, dst_pool, dst_name = storage.volume_of(target)
+            ctx.allow_cancel(True)
+            with src.download_volume(src_pool, temporary or src_name) as chunks, \
+                    storage.hosts.connection(host).upload_volume(dst_pool, dst_name) as write:
+                sent, reported = 0, 0.0
+                for chunk in chunks:
+                    write(chunk)
+                    sent += len(chunk)
+                    if (percent := min(99.0, 100.0 * sent / total)) >= reported + PROGRESS_STEP:
+                        reported = percent
+                        ctx.progress(percent / 100)
+                    ctx.check_cancelled()
+            _refresh(storage, target)
+        except BaseException:
+            _discard(storage, target)
+            raise
+        finally:
+            ctx.allow_cancel(False)
+    finally:
+        if temporary is not None:
+            try:
+                src.delete_volume(src_pool, temporary)
+            except XenAPIError as e:
+                log.warning("event=copy-temporary-left host=%s volume=%s error=%s", src_host, temporary, e.code)
+    ctx.progress(1.0)
+    return target
 
 
 def _qemu_img_copy(storage, ctx, rec: dict, target: str) -> None:
