@@ -208,7 +208,8 @@ def test_cancelling_a_waiting_clean_shutdown_ends_its_task_cancelled(tmp_path):
 
 def test_boot_settings_are_written_to_libvirt_and_survive_its_next_observation(running, xapi):
     """HVM_boot_params' order and PV_bootloader(_args) live in the domain's XML: set through the API,
-    they are what libvirt holds, so re-reading the domain keeps them (they used to be undone)."""
+    they are what libvirt holds, so re-reading the domain keeps them (they used to be undone); the
+    keys the XML has no place for are kept by the store."""
     x = xapi.xenapi
     vm = guest_vm(xapi, "Halted")
     uuid = x.VM.get_uuid(vm)
@@ -219,9 +220,25 @@ def test_boot_settings_are_written_to_libvirt_and_survive_its_next_observation(r
     assert [b for b in ("<boot dev='cdrom'/>", "<boot dev='hd'/>", "<boot dev='network'/>") if b in xml] == [
         "<boot dev='cdrom'/>", "<boot dev='hd'/>", "<boot dev='network'/>"]
     assert xml.index("<boot dev='cdrom'/>") < xml.index("<boot dev='hd'/>") < xml.index("<boot dev='network'/>")
-    assert fails(x.VM.add_to_HVM_boot_params, vm, "firmware", "uefi")[:2] == ["VALUE_NOT_SUPPORTED", "HVM_boot_params"]
-    assert x.VM.get_HVM_boot_params(vm) == {"order": "dcn"}           # a refused change changes nothing
+    x.VM.add_to_HVM_boot_params(vm, "firmware", "uefi")              # a key the XML has no place for: the store's
+    running.server.reconciler.refresh(running.server.hosts.master, uuid)
+    assert x.VM.get_HVM_boot_params(vm) == {"order": "dcn", "firmware": "uefi"}
     x.VM.set_PV_bootloader(vm, "pygrub")
     x.VM.set_PV_bootloader_args(vm, "--quiet")
     running.server.reconciler.refresh(running.server.hosts.master, uuid)
     assert (x.VM.get_PV_bootloader(vm), x.VM.get_PV_bootloader_args(vm)) == ("pygrub", "--quiet")
+
+
+def test_platform_keys_the_domain_xml_has_no_place_for_are_kept_by_the_store(running, xapi):
+    """Ansible's cores-per-socket, XO's device-model: kept across libvirt's observations, at
+    VM.create and through add_to_platform; keys the XML holds (acpi, apic, pae, machine) stay libvirt's."""
+    x = xapi.xenapi
+    from tests.conftest import vm_create_args
+    vm = x.VM.create(vm_create_args(name_label="platform", platform={"cores-per-socket": "2", "acpi": "true"}))
+    x.VM.add_to_platform(vm, "device-model", "qemu-upstream-compat")
+    running.server.reconciler.refresh(running.server.hosts.master, x.VM.get_uuid(vm))
+    platform = x.VM.get_platform(vm)
+    assert platform["cores-per-socket"] == "2" and platform["device-model"] == "qemu-upstream-compat"
+    assert platform["acpi"] == "true"
+    clone = x.VM.clone(vm, "platform clone")
+    assert x.VM.get_platform(clone)["cores-per-socket"] == "2"

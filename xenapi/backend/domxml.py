@@ -96,6 +96,11 @@ BOOT_DEVICES = _ORDER_TO_BOOT_DEV     # HVM_boot_params order letter -> <boot de
 _FEATURE_FLAGS = {"acpi": ("kvm", "qemu", "test", "xen"), "apic": ("kvm", "qemu", "test", "xen"),
                   "pae": ("kvm", "qemu", "test", "xen"), "hap": ("xen",), "viridian": ("xen",)}
 _ON_UNLESS_FALSE = ("acpi", "apic")     # HVM guests want these unless the caller says no
+# platform keys a domain's XML holds (parse reads them back); any other key (cores-per-socket,
+# device-model, ...) is the store's alone
+XML_PLATFORM_KEYS = frozenset(_FEATURE_FLAGS) | {"machine", "init", "lxc-root"}
+# the map fields split so: these keys are the XML's, every other key the store's
+XML_KEYS = {"platform": XML_PLATFORM_KEYS, "HVM_boot_params": frozenset({"order"})}
 _TRUE_WORDS = {"true", "1", "yes", "on"}
 
 _DEFAULT_MACHINE = "pc"

@@ -17,7 +17,6 @@ _ACTIONS = {"actions_after_shutdown": ("on_poweroff", {"destroy": "destroy", "re
             "actions_after_reboot": ("on_reboot", {"destroy": "destroy", "restart": "restart"})}
 _TOP_ELEMENTS = {"PV_bootloader": "bootloader", "PV_bootloader_args": "bootloader_args"}
 EDITABLE = frozenset(_OS_ELEMENTS) | frozenset(_ACTIONS) | frozenset(_TOP_ELEMENTS) | {"HVM_boot_params"}
-BOOT_PARAMS = ("order",)             # the HVM_boot_params keys a domain's XML holds
 
 
 def _load(xml: str) -> ET.Element:
@@ -97,11 +96,8 @@ def set_field(xml: str, field: str, value: str) -> str:
 
 def _set_boot_order(root: ET.Element, params: dict) -> None:
     """``<os><boot dev=.../>`` from HVM_boot_params' order ("cdn": disk, CD, network), in place of
-    the old ones; nothing else of ``<os>`` (firmware, loader, kernel) changes."""
-    unknown = set(params) - set(BOOT_PARAMS)
-    if unknown:
-        raise domxml.DomainXMLError(f"HVM_boot_params keys {sorted(unknown)} have no libvirt form here; "
-                                    f"it keeps {', '.join(BOOT_PARAMS)}")
+    the old ones; nothing else of ``<os>`` (firmware, loader, kernel) changes, and the other keys
+    are the store's (domxml.XML_KEYS)."""
     os_el = root.find("os")
     for boot in os_el.findall("boot"):
         os_el.remove(boot)

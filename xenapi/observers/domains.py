@@ -16,7 +16,7 @@ from xenapi.state.lifecycle import allowed_operations
 from xenapi.model.types import NULL_REF
 from xenapi.observers import Observer, read_or_none
 from xenapi.observers.vbds import vbd_ops
-from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod, modify
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,12 @@ _RUNS = ("Running", "Paused")
 
 def vm_ref(uuid: str) -> str:
     return derived_ref("VM", uuid)
+
+
+def _split_maps(rec: dict, parsed: dict) -> dict:
+    """platform and HVM_boot_params: the keys the domain's XML holds from it, the others the store's."""
+    return {field: {**{k: v for k, v in rec[field].items() if k not in xml_keys}, **parsed[field]}
+            for field, xml_keys in domxml.XML_KEYS.items()}
 
 
 class DomainObserver(Observer):
@@ -87,11 +93,15 @@ class DomainObserver(Observer):
         if current is None:
             base = self._expected.pop(state.uuid, None) or {}
             record = self.store.new_record("VM", {**base, **derived, "uuid": state.uuid})
+            record.update(_split_maps({field: base.get(field, {}) for field in domxml.XML_KEYS}, parsed))
             record["allowed_operations"] = allowed_operations(record)
             ops.append(add("VM", ref, record))
         else:
             derived["allowed_operations"] = allowed_operations({**current, **derived})
-            ops.append(mod("VM", ref, derived))
+            ops.append(mod("VM", ref, {k: v for k, v in derived.items() if k not in domxml.XML_KEYS}))
+            # merged with the store's keys when applied, under the store's lock: a setter's write
+            # between this read and that write is not lost
+            ops.append(modify("VM", ref, lambda rec: _split_maps(rec, parsed)))
         ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current)
         ops += vbd_ops(self.server, ref, state.uuid, host, parsed, config["devices"], parsed["devices"] if running else None)

@@ -32,7 +32,12 @@ def _stamp(rec: dict) -> dict[str, str]:
 
 
 def _store_owned(rec: dict) -> dict:
-    return {k: v for k, v in rec.items() if k not in _RUNTIME and k not in OBSERVED}
+    """What only the store keeps of a record: its unobserved fields, and the keys of platform and
+    HVM_boot_params a domain's XML has no place for."""
+    owned = {k: v for k, v in rec.items() if k not in _RUNTIME and k not in OBSERVED}
+    for field, xml_keys in domxml.XML_KEYS.items():
+        owned[field] = {k: v for k, v in rec[field].items() if k not in xml_keys}
+    return owned
 
 
 class VMs:
@@ -165,6 +170,8 @@ class VMs:
             rec = self.store.get("VM", vm)
             if rec["power_state"] != "Halted":
                 raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", rec["power_state"].lower())
+            if field in domxml.XML_KEYS:        # its other keys are the store's: in before the observation
+                self.store.update("VM", vm, {field: value})
             def edit(conn, uuid):
                 try:
                     xml = rewrite.set_field(conn.xml(uuid, inactive=True), field, value)
