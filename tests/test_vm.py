@@ -242,3 +242,20 @@ def test_platform_keys_the_domain_xml_has_no_place_for_are_kept_by_the_store(run
     assert platform["acpi"] == "true"
     clone = x.VM.clone(vm, "platform clone")
     assert x.VM.get_platform(clone)["cores-per-socket"] == "2"
+
+
+def test_a_platform_flag_the_xml_holds_is_written_to_libvirt(running, xapi):
+    x = xapi.xenapi
+    vm = x.VM.create(vm_create_args(name_label="flags"))
+    uuid = x.VM.get_uuid(vm)
+    x.VM.remove_from_platform(vm, "pae")
+    x.VM.add_to_platform(vm, "pae", "true")
+    x.VM.add_to_platform(vm, "cores-per-socket", "2")
+    running.server.reconciler.refresh(running.server.hosts.master, uuid)
+    assert x.VM.get_platform(vm)["pae"] == "true" and x.VM.get_platform(vm)["cores-per-socket"] == "2"
+    assert "<pae/>" in running.server.hosts.connection(running.server.hosts.master).xml(uuid, inactive=True)
+    x.VM.add_to_platform(vm, "acpi", "false") if "acpi" not in x.VM.get_platform(vm) else \
+        x.VM.set_platform(vm, {**x.VM.get_platform(vm), "acpi": "false"})
+    running.server.reconciler.refresh(running.server.hosts.master, uuid)
+    assert x.VM.get_platform(vm)["acpi"] == "false"
+    assert "<acpi/>" not in running.server.hosts.connection(running.server.hosts.master).xml(uuid, inactive=True)

@@ -102,6 +102,7 @@ XML_PLATFORM_KEYS = frozenset(_FEATURE_FLAGS) | {"machine", "init", "lxc-root"}
 # the map fields split so: these keys are the XML's, every other key the store's
 XML_KEYS = {"platform": XML_PLATFORM_KEYS, "HVM_boot_params": frozenset({"order"})}
 _TRUE_WORDS = {"true", "1", "yes", "on"}
+FEATURE_FLAGS, TRUE_WORDS = _FEATURE_FLAGS, _TRUE_WORDS     # for the in-place edits of backend/rewrite.py
 
 _DEFAULT_MACHINE = "pc"
 _DEFAULT_LXC_INIT = "/sbin/init"

@@ -16,7 +16,7 @@ _OS_ELEMENTS = {"PV_kernel": "kernel", "PV_ramdisk": "initrd", "PV_args": "cmdli
 _ACTIONS = {"actions_after_shutdown": ("on_poweroff", {"destroy": "destroy", "restart": "restart"}),
             "actions_after_reboot": ("on_reboot", {"destroy": "destroy", "restart": "restart"})}
 _TOP_ELEMENTS = {"PV_bootloader": "bootloader", "PV_bootloader_args": "bootloader_args"}
-EDITABLE = frozenset(_OS_ELEMENTS) | frozenset(_ACTIONS) | frozenset(_TOP_ELEMENTS) | {"HVM_boot_params"}
+EDITABLE = frozenset(_OS_ELEMENTS) | frozenset(_ACTIONS) | frozenset(_TOP_ELEMENTS) | set(domxml.XML_KEYS)
 
 
 def _load(xml: str) -> ET.Element:
@@ -85,6 +85,8 @@ def set_field(xml: str, field: str, value: str) -> str:
             element.text = value
     elif field == "HVM_boot_params":
         _set_boot_order(root, value)
+    elif field == "platform":
+        _set_platform(root, value)
     else:
         tag, table = _ACTIONS[field]
         element = root.find(tag)
@@ -92,6 +94,27 @@ def set_field(xml: str, field: str, value: str) -> str:
             element = ET.SubElement(root, tag)
         element.text = table[value]
     return ET.tostring(root, encoding="unicode")
+
+
+def _set_platform(root: ET.Element, platform: dict) -> None:
+    """The platform keys the XML holds, as ``domxml.build`` writes them: a feature flag this kind of
+    guest has (acpi, apic, pae; hap, viridian on Xen) present when true, absent when false, and
+    the machine type; keys not given are left as they are, every other key is the store's."""
+    hypervisor = root.get("type", "")
+    features = root.find("features")
+    for flag, value in platform.items():
+        if flag not in domxml.FEATURE_FLAGS or hypervisor not in domxml.FEATURE_FLAGS[flag]:
+            continue
+        if features is None:
+            features = ET.Element("features")
+            root.insert(list(root).index(root.find("os")) + 1 if root.find("os") is not None else len(root), features)
+        for old in features.findall(flag):
+            features.remove(old)
+        if str(value).lower() in domxml.TRUE_WORDS:
+            ET.SubElement(features, flag)
+    os_type = root.find("os/type")
+    if platform.get("machine") and os_type is not None and os_type.text == "hvm":
+        os_type.set("machine", platform["machine"])
 
 
 def _set_boot_order(root: ET.Element, params: dict) -> None:

@@ -168,7 +168,8 @@ class VMs:
     def set_in_xml(self, field: str):
         def setter(ctx, vm: str, value):
             rec = self.store.get("VM", vm)
-            if rec["power_state"] != "Halted":
+            # the maps split between XML and store change the persistent definition: the next boot's
+            if rec["power_state"] != "Halted" and field not in domxml.XML_KEYS:
                 raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", rec["power_state"].lower())
             if field in domxml.XML_KEYS:        # its other keys are the store's: in before the observation
                 self.store.update("VM", vm, {field: value})
