@@ -65,24 +65,9 @@ def set_field(xml: str, field: str, value: str) -> str:
     """Set one editable Xen-API field in a domain's XML."""
     root = _load(xml)
     if field in _OS_ELEMENTS:
-        os_el = root.find("os")
-        element = os_el.find(_OS_ELEMENTS[field])
-        if not value:
-            if element is not None:
-                os_el.remove(element)
-        else:
-            if element is None:
-                element = ET.SubElement(os_el, _OS_ELEMENTS[field])
-            element.text = value
+        _set_text(root.find("os"), _OS_ELEMENTS[field], value)
     elif field in _TOP_ELEMENTS:
-        element = root.find(_TOP_ELEMENTS[field])
-        if not value:
-            if element is not None:
-                root.remove(element)
-        else:
-            if element is None:
-                element = ET.SubElement(root, _TOP_ELEMENTS[field])
-            element.text = value
+        _set_text(root, _TOP_ELEMENTS[field], value)
     elif field == "HVM_boot_params":
         _set_boot_order(root, value)
     elif field == "platform":
@@ -94,6 +79,18 @@ def set_field(xml: str, field: str, value: str) -> str:
             element = ET.SubElement(root, tag)
         element.text = table[value]
     return ET.tostring(root, encoding="unicode")
+
+
+def _set_text(parent: ET.Element, tag: str, value: str) -> None:
+    """``<tag>value</tag>`` in ``parent``, or no such element when the value is empty."""
+    element = parent.find(tag)
+    if not value:
+        if element is not None:
+            parent.remove(element)
+        return
+    if element is None:
+        element = ET.SubElement(parent, tag)
+    element.text = value
 
 
 def _set_platform(root: ET.Element, platform: dict) -> None:
