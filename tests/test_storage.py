@@ -833,3 +833,16 @@ def test_where_compares_virtual_size_numerically_within_one_sr(xapi, tmp_path):
     found = xapi.xenapi.VDI.get_all_records_where(f'field "virtual_size" > "{9 * MiB}"')
     assert set(found) == {large, elsewhere}
     assert set(xapi.xenapi.VDI.get_all_records_where(f'field "SR" = "{sr2}"')) == {elsewhere}
+
+
+def test_a_relist_keeps_the_vbds_a_running_guest_has_in_its_definition_only(running, xapi):
+    """A bulk relist reads running domains without their persistent definitions (a second XMLDesc
+    each); a VBD made on a running VM (in the definition only, not plugged) stays, detached."""
+    x = xapi.xenapi
+    vm = guest_vm(xapi, "Running")
+    vbd = new_vbd(xapi, vm, new_vdi(xapi))
+    assert x.VBD.get_currently_attached(vbd) is False
+    running.server.reconciler.relist(running.server.hosts.master)
+    assert vbd in x.VM.get_VBDs(vm) and x.VBD.get_currently_attached(vbd) is False
+    running.server.reconciler.refresh(running.server.hosts.master, x.VM.get_uuid(vm))   # a full read finds it too
+    assert vbd in x.VM.get_VBDs(vm)

@@ -61,7 +61,7 @@ class DomainOperations:
                     raise
                 states = [(dom, *state) for dom in conn.listAllDomains(0)
                           if (state := unless_gone(dom.state)) is not None]
-            described = (unless_gone(lambda: describe(dom, state, reason, dom.UUIDString() in saved))
+            described = (unless_gone(lambda: describe(dom, state, reason, dom.UUIDString() in saved, with_config=False))
                          for dom, state, reason in states)
             return [d for d in described if d is not None]
 

@@ -44,7 +44,7 @@ class DomainState:
     domid: int             # -1 when not running
     xml: str               # XMLDesc(0): the live definition when running, else the persistent one
     libvirt_state: str = ""   # e.g. "PAUSED:IOERROR", for surfacing why (reason names vary per state)
-    config_xml: str = ""      # the persistent definition of a running domain ("": the same as xml)
+    config_xml: str | None = ""   # a running domain's persistent definition ("": as xml; None: not read)
 
 
 def power_state(state: int, has_managed_save: bool, is_active: Callable[[], bool]) -> str:
@@ -54,14 +54,18 @@ def power_state(state: int, has_managed_save: bool, is_active: Callable[[], bool
     return POWER_STATES[state][has_managed_save]
 
 
-def describe(dom: libvirt.virDomain, state: int, reason: int, has_managed_save: bool) -> DomainState:
-    """The domain's ``DomainState`` for the (state, reason) just read from it."""
+def describe(dom: libvirt.virDomain, state: int, reason: int, has_managed_save: bool, *,
+             with_config: bool = True) -> DomainState:
+    """The domain's ``DomainState`` for the (state, reason) just read from it.  ``with_config``: also
+    read a running domain's persistent definition (a disk added to it alone, VBD.create on a
+    running VM, is a VBD too); a bulk listing leaves it out (config_xml None: not read)."""
     power = power_state(state, has_managed_save, dom.isActive)
     running = power in ("Running", "Paused")
+    config_xml = ""
+    if running and dom.isPersistent():
+        config_xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if with_config else None
     return DomainState(uuid=dom.UUIDString(), name=dom.name(), power_state=power, domid=_domid(dom, power),
-                       xml=dom.XMLDesc(0), libvirt_state=_state_text(state, reason),
-                       # a disk added to the definition only (VBD.create on a running VM) is a VBD too
-                       config_xml=dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE) if running and dom.isPersistent() else "")
+                       xml=dom.XMLDesc(0), libvirt_state=_state_text(state, reason), config_xml=config_xml)
 
 
 def _state_text(state: int, reason: int) -> str:

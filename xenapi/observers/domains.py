@@ -75,7 +75,8 @@ class DomainObserver(Observer):
     def observe(self, host, state):
         try:
             parsed = domxml.parse(state.xml)
-            config = domxml.parse(state.config_xml) if state.config_xml else parsed
+            configured = (None if state.config_xml is None else
+                          domxml.parse_devices(state.config_xml) if state.config_xml else parsed["devices"])
         except domxml.DomainXMLError as e:
             log.warning("event=unparsable-domain uuid=%s error=%s", state.uuid, e)
             return None
@@ -104,7 +105,7 @@ class DomainObserver(Observer):
             ops.append(modify("VM", ref, lambda rec: _split_maps(rec, parsed)))
         ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current)
-        ops += vbd_ops(self.server, ref, state.uuid, host, parsed, config["devices"], parsed["devices"] if running else None)
+        ops += vbd_ops(self.server, ref, state.uuid, host, parsed, configured, parsed["devices"] if running else None)
         return ops
 
     def gone(self, ref):
