@@ -27,7 +27,7 @@ from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
 from xenapi.observers.reconciler import Reconciler
-from xenapi.services.storage import Storage
+from xenapi.services.storage import POOL_REF, Storage
 from xenapi.state.sessions import Sessions
 from xenapi.state.store import Store, add, derived_ref, derived_uuid, mod
 from xenapi.state.tasks import Tasks
@@ -35,7 +35,6 @@ from xenapi.services.vms import VMs
 
 log = logging.getLogger(__name__)
 
-POOL_REF = derived_ref("pool", "pool")
 _M_MMAP_THRESHOLD = -3           # glibc's mallopt parameter
 LARGE_ALLOCATION = 1 << 20
 

@@ -116,14 +116,7 @@ _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 
 def parse(xml: str) -> dict:
     """The Xen-API VM fields derivable from a libvirt domain XML document."""
-    if "<!DOCTYPE" in xml:
-        raise DomainXMLError("unparsable domain XML: a DTD (libvirt never writes one)")
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError as e:
-        raise DomainXMLError(f"unparsable domain XML: {e}") from e
-    if root.tag != "domain":
-        raise DomainXMLError(f"expected <domain>, got <{root.tag}>")
+    root = _domain_root(xml)
 
     name = _text(root, "name")
     current_memory = _memory_bytes(root.find("currentMemory")) or _memory_bytes(root.find("memory"))
@@ -171,13 +164,22 @@ def parse(xml: str) -> dict:
 def parse_devices(xml: str) -> list[dict]:
     """Only the devices of a domain's XML (a running domain's persistent definition, for its VBDs):
     the rest of ``parse`` is not needed there."""
+    root = _domain_root(xml)
+    return devices.parse(root, skip_root_mount=root.findtext("os/type") == "exe")
+
+
+def _domain_root(xml: str) -> ET.Element:
+    """The ``<domain>`` element of libvirt's own serialisation (ElementTree's C parser; a DTD,
+    which libvirt never writes, is refused: the part of defusedxml that matters here)."""
     if "<!DOCTYPE" in xml:
         raise DomainXMLError("unparsable domain XML: a DTD (libvirt never writes one)")
     try:
         root = ET.fromstring(xml)
     except ET.ParseError as e:
         raise DomainXMLError(f"unparsable domain XML: {e}") from e
-    return devices.parse(root, skip_root_mount=root.findtext("os/type") == "exe")
+    if root.tag != "domain":
+        raise DomainXMLError(f"expected <domain>, got <{root.tag}>")
+    return root
 
 
 def device_flavour(parsed: dict) -> str:

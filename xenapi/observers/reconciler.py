@@ -118,6 +118,9 @@ class Reconciler:
 
     def relist_storage(self, host: str) -> None:
         self._relist(self.pools, host)
+        self.relist_volumes(host)
+
+    def relist_volumes(self, host: str) -> None:
         self._relist(self.volumes, host)
 
     def _relist(self, observer: Observer, host: str) -> None:

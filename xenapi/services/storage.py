@@ -123,17 +123,15 @@ class Storage(disks.Disks):
             return
         pool = pools.get(EMBEDDED_POOL) if self.hosts.facts(host).hypervisor == "TEST" else None
         pool = pool or pools.get(LOCAL_POOL)
-        if pool is None:
-            uuid = new_uuid()
-            xml = self.plugins["dir"].pool_xml(uuid=uuid, name=LOCAL_POOL,
-                                               device_config={"location": self.local_path(conn.uri)})
-            conn.define_pool(xml, build=True)
+        uuid = pool.uuid if pool is not None else new_uuid()
+        if pool is None or not pool.active:     # made or started now: the host's relist did not see it
+            if pool is None:
+                xml = self.plugins["dir"].pool_xml(uuid=uuid, name=LOCAL_POOL,
+                                                   device_config={"location": self.local_path(conn.uri)})
+                conn.define_pool(xml, build=True)
             conn.start_pool(uuid)
-        elif not pool.active:
-            conn.start_pool(pool.uuid)
-        uuid = pool.uuid if pool is not None else uuid
-        self.reconciler.refresh(host, pool_key(host, uuid), "pool")
-        self._relist_volumes_of(host)
+            self.reconciler.refresh(host, pool_key(host, uuid), "pool")
+            self.reconciler.relist_volumes(host)
         if host == self.hosts.master:
             self.store.modify("pool", POOL_REF, lambda rec: {} if rec["default_SR"] != NULL_REF
                               and self.store.exists("SR", rec["default_SR"]) else {"default_SR": sr_ref(uuid)})
@@ -145,9 +143,6 @@ class Storage(disks.Disks):
         if urlparse(uri).hostname:                      # a remote host: its own /var/lib
             return "/var/lib/xenapi/local-sr"
         return os.path.join(os.path.abspath(self.server.config.state), "local-sr")
-
-    def _relist_volumes_of(self, host: str) -> None:
-        self.reconciler._relist(self.reconciler.volumes, host)
 
     # -- where an SR is usable -------------------------------------------------------------------------
     def plugin(self, sr: str) -> Plugin:
@@ -199,7 +194,7 @@ class Storage(disks.Disks):
                 conn.start_pool(uuid)
                 self.reconciler.refresh(target, pool_key(target, uuid), "pool")
                 self.store.update("PBD", pbd_ref(target, uuid), {"device_config": dict(device_config)})
-                self._relist_volumes_of(target)
+                self.reconciler.relist_volumes(target)
         except XenAPIError:
             for target in made:                          # nothing half-made: undefine what was defined
                 try:
@@ -252,7 +247,7 @@ class Storage(disks.Disks):
         with self.tables["SR"].operation(ctx, sr, "scan") as rec:
             host = self.attached_host(sr)
             self._refresh_pool(host, sr, rec["uuid"])
-            self._relist_volumes_of(host)
+            self.reconciler.relist_volumes(host)
 
     def sr_update(self, ctx, sr):
         with self.tables["SR"].operation(ctx, sr, "update") as rec:
@@ -333,7 +328,7 @@ class Storage(disks.Disks):
         with self.tables["SR"].operation(ctx, rec["SR"], "plug"):
             self.hosts.connection(rec["host"]).start_pool(sr["uuid"])
             self.reconciler.refresh(rec["host"], pool_key(rec["host"], sr["uuid"]), "pool")
-            self._relist_volumes_of(rec["host"])
+            self.reconciler.relist_volumes(rec["host"])
 
     def pbd_unplug(self, ctx, pbd):
         rec = self.store.get("PBD", pbd)
@@ -345,7 +340,7 @@ class Storage(disks.Disks):
         with self.tables["SR"].operation(ctx, rec["SR"], "unplug"):
             self.hosts.connection(rec["host"]).stop_pool(sr["uuid"])
             self.reconciler.refresh(rec["host"], pool_key(rec["host"], sr["uuid"]), "pool")
-            self._relist_volumes_of(rec["host"])
+            self.reconciler.relist_volumes(rec["host"])
 
     # -- VDI ---------------------------------------------------------------------------------------------
     def vdi_create(self, ctx, values: dict) -> str:
