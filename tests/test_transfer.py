@@ -713,11 +713,15 @@ def test_a_256_mib_upload_and_download_stream_in_bounded_memory(real, tmp_path):
     figures = {}
     for what, run in (("upload", lambda: curl_upload(real, image, vdi)),
                       ("download", lambda: curl_download(real, tmp_path / "back.raw", vdi))):
-        before = _rss_kib("VmRSS")
-        Path("/proc/self/clear_refs").write_text("5")             # resets VmHWM (the peak) to the current RSS
-        started = time.monotonic()
-        assert run().returncode == 0
-        figures[what] = ((_rss_kib("VmHWM") - before) / 1024, time.monotonic() - started)
+        # the peak is the whole test process's, where other threads (pollers, observers) allocate
+        # too: the lower of two runs is the transfer's (a buffered one would reach 256 MiB in both)
+        for _ in range(2):
+            before = _rss_kib("VmRSS")
+            Path("/proc/self/clear_refs").write_text("5")         # resets VmHWM (the peak) to the current RSS
+            started = time.monotonic()
+            assert run().returncode == 0
+            figure = ((_rss_kib("VmHWM") - before) / 1024, time.monotonic() - started)
+            figures[what] = min(figures.get(what, figure), figure)
     print(f"\nRSS growth (MiB) and seconds for 256 MiB: {figures}")
     for what, (growth, _) in figures.items():
         assert growth < 48, f"the server's RSS grew by {growth:.0f} MiB during the {what}: not streamed"
