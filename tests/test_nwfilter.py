@@ -17,6 +17,7 @@ URI = os.environ.get("XENAPI_E2E_LIBVIRT_URI", "qemu:///system")
 TAG = f"xtnwf{os.getpid()}"          # names of this session's filters: xenapi-*-xtnwf<pid>-...
 _ids = itertools.count(1)
 
+ANY = "NONE"            # libvirt: any state, this direction only
 MAC1, MAC2, MAC3 = "52:54:00:aa:00:01", "52:54:00:aa:00:02", "52:54:00:aa:00:03"
 
 
@@ -129,13 +130,14 @@ def test_group_filter_rules_in_order(tmp_path):
     root = ET.fromstring(xml)
     assert root.get("name") == nwf.group_filter_name("g-1") == "xenapi-sg-g-1"
     assert rules_of(xml) == [
-        ("drop", "in", -800, "tcp", {"dstportstart": "5001", "dstportend": "5001"}),
-        ("accept", "in", -799, "tcp", {"srcipaddr": "10.9.0.0", "srcipmask": "16",
+        ("drop", "in", -800, "tcp", {"state": ANY, "dstportstart": "5001", "dstportend": "5001"}),
+        ("accept", "in", -799, "tcp", {"state": "NEW", "srcipaddr": "10.9.0.0", "srcipmask": "16",
                                        "dstportstart": "22", "dstportend": "22"}),
-        ("accept", "out", -798, "udp", {"dstipaddr": "192.0.2.1", "dstipmask": "32",
-                                        "dstportstart": "53", "dstportend": "53"}),
-        ("accept", "in", -797, "icmp", {}),
-        ("drop", "out", -796, "all", {}),
+        ("accept", "out", -798, "udp", {"state": "NEW", "dstipaddr": "192.0.2.1",
+                                        "dstipmask": "32", "dstportstart": "53",
+                                        "dstportend": "53"}),
+        ("accept", "in", -797, "icmp", {"state": "NEW"}),
+        ("drop", "out", -796, "all", {"state": ANY}),
     ]
     # the UUID is the name's, so a redefinition of the same name always matches it
     assert root.findtext("uuid") == ET.fromstring(nwf.group_filter_xml("g-1", [], {})).findtext("uuid")
@@ -154,12 +156,14 @@ def test_group_filter_peer_rules_match_macs(tmp_path):
     schema_valid(xml, tmp_path)
     assert rules_of(xml) == [
         # in: the IP layer, by source MAC (sorted, lower-case)
-        ("accept", "in", -800, "tcp", {"srcmacaddr": MAC1, "dstportstart": "80", "dstportend": "81"}),
-        ("accept", "in", -800, "tcp", {"srcmacaddr": MAC2, "dstportstart": "80", "dstportend": "81"}),
+        ("accept", "in", -800, "tcp", {"srcmacaddr": MAC1, "state": "NEW",
+                                       "dstportstart": "80", "dstportend": "81"}),
+        ("accept", "in", -800, "tcp", {"srcmacaddr": MAC2, "state": "NEW",
+                                       "dstportstart": "80", "dstportend": "81"}),
         # out accept: the bridge layer lets frames to the peers go, the IP layer accepts them
         ("accept", "out", -799, "ip", {"dstmacaddr": MAC3, "protocol": "udp",
                                        "dstportstart": "53", "dstportend": "53"}),
-        ("accept", "out", -799, "udp", {"dstportstart": "53", "dstportend": "53"}),
+        ("accept", "out", -799, "udp", {"state": "NEW", "dstportstart": "53", "dstportend": "53"}),
         # out drop: the bridge layer, by destination MAC
         ("drop", "out", -798, "ip", {"dstmacaddr": MAC1}),
         ("drop", "out", -798, "ip", {"dstmacaddr": MAC2}),
@@ -177,12 +181,17 @@ def test_vif_filter(tmp_path):
     assert [f.get("filter") for f in root.findall("filterref")] == [
         "allow-arp", "xenapi-sg-g-a", "xenapi-sg-g-b"]
     rules = rules_of(xml)
-    assert ("accept", "out", nwf.PRIO_DHCP, "udp", {"srcportstart": "68", "dstportstart": "67"}) in rules
-    assert ("accept", "in", nwf.PRIO_DHCP, "udp", {"srcportstart": "67", "dstportstart": "68"}) in rules
+    assert ("accept", "out", nwf.PRIO_DHCP, "udp",
+            {"state": ANY, "srcportstart": "68", "dstportstart": "67"}) in rules
+    assert ("accept", "in", nwf.PRIO_DHCP, "udp",
+            {"state": ANY, "srcportstart": "67", "dstportstart": "68"}) in rules
     for d in ("in", "out"):
         assert ("accept", d, nwf.PRIO_ESTABLISHED, "all", {"state": "ESTABLISHED,RELATED"}) in rules
     drops = [r for r in rules if r[0] == "drop"]
-    assert drops == [("drop", "in", 1000, "all", {}), ("drop", "in", 1000, "all-ipv6", {})]
+    assert drops == [("drop", "in", 1000, "all", {"state": ANY}),
+                     ("drop", "in", 1000, "all-ipv6", {})]
+    # every IP-layer rule names its states (libvirt then adds no reverse rule), but IPv6's
+    assert all("state" in r[4] for r in rules if r[3] == "udp" or r[3] == "all")
     assert max(r[2] for r in rules) == 1000 == nwf.PRIO_DEFAULT_DROP      # the drops come last
 
     open_xml = nwf.vif_filter_xml("v-2", [], False, False)
@@ -259,7 +268,8 @@ def test_define_redefine_undefine(conn, cleanup, tmp_path):
     again = conn.nwfilterLookupByName(gname)
     assert again.UUIDString() == kept.UUIDString()
     assert rules_of(again.XMLDesc(0)) == [
-        ("accept", "in", -800, "udp", {"dstportstart": "5002", "dstportend": "5003"})]
+        ("accept", "in", -800, "udp", {"state": "NEW", "dstportstart": "5002",
+                                       "dstportend": "5003"})]
 
     # no running interface uses them: libvirt lets even a referenced group filter go (a
     # running interface's filters it refuses: tests/e2e/test_nwfilter_qemu.py)

@@ -15,13 +15,16 @@ Semantics (CloudStack-like, on a flat layer-2 network):
 - ARP and DHCP (client side: udp 68->67 out, 67->68 in) always pass, as does the return traffic of
   established connections and related traffic (conntrack ``ESTABLISHED,RELATED``), in both
   directions, before any rule is looked at.
+- Rules are stateful: an ``accept`` rule accepts new connections (conntrack ``NEW``), whose
+  further packets and replies pass as established; a ``drop`` rule drops whatever reaches it.
 - A group's rules are matched in order (a rule's position is its nwfilter priority, so rule i of
   every group of a VIF sits at the same place; rules of different groups at the same position
   are in no defined order among themselves).
 - If the VIF's groups together have any ``accept`` rule in a direction, traffic in that direction
   that no rule accepted is dropped (an allow-list); with only ``drop`` rules (or none) in a
-  direction, everything else passes.  Rules speak IPv4 only: in an allow-list direction all IPv6
-  is dropped, replies included (libvirt's schema has no connection state for IPv6 rules).
+  direction, everything else passes.  Rules speak IPv4 only: once either direction is an
+  allow-list, all IPv6 is dropped both ways (libvirt's schema has no connection state for IPv6
+  rules, so an IPv6 drop is stateless and libvirt adds its reverse).
 - A ``group`` rule names its peers by the MAC addresses of that group's VIFs (guest IPs are not
   known), given by the caller as ``peer_macs``.  "in": an IP-layer (iptables, stateful) rule per
   peer MAC matching the source MAC.  "out": iptables cannot match a destination MAC, so it is
@@ -74,6 +77,17 @@ RULES_FIRST = -800
 MAX_RULES = 1700                  # RULES_FIRST + MAX_RULES - 1 < PRIO_OUT_PEERS_ONLY
 PRIO_OUT_PEERS_ONLY = 950         # bridge-layer drop of an "out" group-accept's traffic to non-peers
 PRIO_DEFAULT_DROP = 1000
+
+# Every IP-layer rule names its connection states: libvirt then makes exactly that rule, in its
+# direction.  Without ``state`` it adds the reverse rule too (the reply's ports and addresses):
+# with statematch='false' a stateless one (an "in" drop of tcp/5001 would also drop the guest's
+# packets from port 5001, an "in" default drop all the guest sends), else NEW,ESTABLISHED one way
+# and ESTABLISHED back (INVALID packets then escape a drop).  state='NONE' is libvirt's "any
+# state, this direction only" (no conntrack match at all).  Established/related traffic is
+# accepted first, so an accept rule only needs NEW.
+STATE_NEW = "NEW"
+STATE_ANY = "NONE"
+STATE_RETURN = "ESTABLISHED,RELATED"
 
 _NAMESPACE = uuidlib.UUID("6f0d7f3e-4b43-5a52-9c1e-8f3b2f6a1d10")   # filter UUIDs from names
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
@@ -209,8 +223,8 @@ def _attrs(**attrs) -> str:
                    for k, v in attrs.items() if v is not None)
 
 
-def _rule(action: str, direction: str, priority: int, element: str, statematch: bool = False,
-          **attrs) -> str:
+def _rule(action: str, direction: str, priority: int, element: str, *,
+          statematch: bool = True, **attrs) -> str:
     sm = "" if statematch else " statematch='false'"
     return (f"  <rule action='{action}' direction='{direction}' priority='{priority}'{sm}>\n"
             f"    <{element}{_attrs(**attrs)}/>\n  </rule>\n")
@@ -218,7 +232,7 @@ def _rule(action: str, direction: str, priority: int, element: str, statematch: 
 
 def _ip_rule(r: dict, priority: int, srcmac: str | None = None) -> str:
     """The IP-layer (iptables) rule of r, optionally limited to frames from one MAC."""
-    attrs: dict = {"srcmacaddr": srcmac}
+    attrs: dict = {"srcmacaddr": srcmac, "state": STATE_NEW if r["action"] == "accept" else STATE_ANY}
     if r["cidr"]:
         net = ipaddress.IPv4Network(r["cidr"])
         side = "src" if r["direction"] == "in" else "dst"
@@ -238,7 +252,7 @@ def _bridge_rule(r: dict, action: str, priority: int, dstmac: str | None) -> str
     if r["protocol"] in PORT_PROTOCOLS:
         attrs["dstportstart"] = r["port_min"]
         attrs["dstportend"] = r["port_max"]
-    return _rule(action, "out", priority, "ip", statematch=True, **attrs)
+    return _rule(action, "out", priority, "ip", **attrs)
 
 
 def group_filter_xml(group_uuid: str, rules: Sequence[Mapping],
@@ -280,11 +294,12 @@ def vif_filter_xml(vif_uuid: str, group_uuids: Sequence[str], default_drop_in: b
     ``default_drops``), last by priority."""
     name = vif_filter_name(vif_uuid)
     parts = ["  <filterref filter='allow-arp'/>\n",
-             _rule("accept", "out", PRIO_DHCP, "udp", srcportstart=68, dstportstart=67),
-             _rule("accept", "in", PRIO_DHCP, "udp", srcportstart=67, dstportstart=68)]
+             _rule("accept", "out", PRIO_DHCP, "udp", state=STATE_ANY, srcportstart=68,
+                   dstportstart=67),
+             _rule("accept", "in", PRIO_DHCP, "udp", state=STATE_ANY, srcportstart=67,
+                   dstportstart=68)]
     for direction in DIRECTIONS:
-        parts.append(_rule("accept", direction, PRIO_ESTABLISHED, "all", statematch=True,
-                           state="ESTABLISHED,RELATED"))
+        parts.append(_rule("accept", direction, PRIO_ESTABLISHED, "all", state=STATE_RETURN))
     seen = set()
     for group in group_uuids:
         filter_name = group_filter_name(group)
@@ -293,8 +308,8 @@ def vif_filter_xml(vif_uuid: str, group_uuids: Sequence[str], default_drop_in: b
             parts.append(f"  <filterref filter={quoteattr(filter_name)}/>\n")
     for direction, drop in (("in", default_drop_in), ("out", default_drop_out)):
         if drop:
-            parts.append(_rule("drop", direction, PRIO_DEFAULT_DROP, "all"))
-            parts.append(_rule("drop", direction, PRIO_DEFAULT_DROP, "all-ipv6"))
+            parts.append(_rule("drop", direction, PRIO_DEFAULT_DROP, "all", state=STATE_ANY))
+            parts.append(_rule("drop", direction, PRIO_DEFAULT_DROP, "all-ipv6", statematch=False))
     return (f"<filter name={quoteattr(name)} chain='root'>\n"
             f"  <uuid>{_filter_uuid(name)}</uuid>\n" + "".join(parts) + "</filter>\n")
 
