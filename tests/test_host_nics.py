@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 import uuid as _uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -102,12 +103,22 @@ def devices():
             sh("ip", "route", "del", "unreachable", prefix, check=False)
 
 
+def kernel_snapshot() -> dict[str, tuple[str, ...]]:
+    """Every device but loopback and guests' taps, with what the comparison reads of it."""
+    return {name: tuple(sys_text(name, a) for a in ("ifindex", "address", "mtu", "operstate", "carrier", "speed"))
+            for name in sorted(os.listdir(SYS))
+            if sys_text(name, "type") != "772" and not name.startswith(("vnet", "macvtap"))}
+
+
 def test_system_nics_are_the_kernels_devices(system_conn, devices):
-    nics = {nic.device: nic for nic in read_nics(system_conn)}
-    kernel = {name for name in os.listdir(SYS)
-              if sys_text(name, "type") != "772" and not name.startswith(("vnet", "macvtap"))}
-    assert set(nics) == kernel
-    links = {link["ifname"]: link for link in json.loads(sh("ip", "-j", "-d", "addr", "show").stdout)}
+    for _attempt in range(10):          # other tests on this machine may add or change devices meanwhile
+        before = kernel_snapshot()
+        nics = {nic.device: nic for nic in read_nics(system_conn)}
+        links = {link["ifname"]: link for link in json.loads(sh("ip", "-j", "-d", "addr", "show").stdout)}
+        if kernel_snapshot() == before:
+            break
+        time.sleep(0.5)
+    assert set(nics) == set(before)
     for name, nic in nics.items():
         link = links[name]
         assert nic.mac == sys_text(name, "address").lower() == link["address"], name

@@ -74,7 +74,8 @@ class Nic:
     mtu: int                      # bytes; 0 where unknown
     speed_mbit: int | None        # None: unknown (no <link speed>, or the kernel's -1)
     carrier: bool                 # link state up
-    physical: bool                # a real NIC: its node device's parent is hardware, or /sys has a device link
+    physical: bool                # a real NIC: its node device's parent is hardware, or /sys has a device link;
+                                  # with neither (a remote host without net node devices): kind "ethernet"
     kind: str                     # ethernet, bridge, bond, vlan, veth, tap, vxlan, ifb, dummy, wireless, ...
     ipv4: list[str] = field(default_factory=list)    # "a.b.c.d/n"
     source: str = "interface"     # "nodedev": a node device describes it (merged with its interface);
@@ -84,13 +85,14 @@ class Nic:
 def read_nics(conn: libvirt.virConnect, exclude: set[str] | frozenset[str] = frozenset()) -> list[Nic]:
     """The host's NICs in name order, without loopback, guests' taps and the names in ``exclude``."""
     local = machine.is_this_machine(optional(conn.getURI, default=""))
-    nodedevs = _node_devices(conn, local)
-    interfaces = _interfaces(conn, local)
+    kernel_ipv4 = _local_ipv4() if local else {}
+    nodedevs = _node_devices(conn, local, kernel_ipv4)
+    interfaces = _interfaces(conn, local, kernel_ipv4)
     nics: dict[str, Nic] = {}
     for name, nic in interfaces.items():
         dev = nodedevs.get(name)
         if dev is not None:
-            nic = replace(nic, physical=dev.physical or nic.physical,
+            nic = replace(nic, physical=dev.physical,        # the node device's parent beats a guess by type
                           speed_mbit=nic.speed_mbit if nic.speed_mbit is not None else dev.speed_mbit,
                           mac=nic.mac or dev.mac, kind=nic.kind if nic.kind != "ethernet" else dev.kind,
                           source=dev.source)
@@ -145,7 +147,7 @@ def interfaces_writable(conn: libvirt.virConnect) -> tuple[bool, str]:
 
 # ---- libvirt's two listings ------------------------------------------------------------------
 
-def _node_devices(conn: libvirt.virConnect, local: bool) -> dict[str, Nic]:
+def _node_devices(conn: libvirt.virConnect, local: bool, kernel_ipv4: dict[str, list[str]]) -> dict[str, Nic]:
     try:
         devices = conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET)
     except libvirt.libvirtError as e:
@@ -173,11 +175,11 @@ def _node_devices(conn: libvirt.virConnect, local: bool) -> dict[str, Nic]:
             carrier=link is not None and link.get("state") == "up",
             physical=parent not in ("", "computer") or (local and _sys_has_device(name)),
             kind=kind or ("wireless" if wireless else _name_kind(name, "ethernet")),
-            ipv4=_local_ipv4().get(name, []) if local else [], source="nodedev")
+            ipv4=kernel_ipv4.get(name, []), source="nodedev")
     return found
 
 
-def _interfaces(conn: libvirt.virConnect, local: bool) -> dict[str, Nic]:
+def _interfaces(conn: libvirt.virConnect, local: bool, kernel_ipv4: dict[str, list[str]]) -> dict[str, Nic]:
     try:
         listed = conn.listAllInterfaces(0)
     except libvirt.libvirtError as e:
@@ -185,7 +187,6 @@ def _interfaces(conn: libvirt.virConnect, local: bool) -> dict[str, Nic]:
             raise
         log.debug("event=interfaces_unavailable code=%s message=%s", e.get_error_code(), e.get_error_message())
         return {}
-    kernel_ipv4 = _local_ipv4() if local else {}
     found: dict[str, Nic] = {}
     for iface in listed:
         text = optional(lambda: iface.XMLDesc(0), default="", conn=conn)
