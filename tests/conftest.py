@@ -26,7 +26,8 @@ _serial = itertools.count(1)
 
 
 def node_xml(domains: int = 2, running: int = 1) -> str:
-    """A libvirt test-driver host: a 4-CPU, 8 GiB machine with ``domains`` small guests."""
+    """A libvirt test-driver host: a 4-CPU, 8 GiB machine with ``domains`` small guests, and the
+    network and host interface of libvirt's own test:///default (a NAT network, eth1)."""
     parts = []
     for n in range(domains):
         state = "" if n < running else "<test:runstate>5</test:runstate>"
@@ -41,6 +42,18 @@ def node_xml(domains: int = 2, running: int = 1) -> str:
           <cpu><mode>paravirt</mode><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
                <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
           <memory>8388608</memory>{''.join(parts)}
+          <network>
+            <name>default</name><uuid>{_uuid.uuid4()}</uuid><forward mode='nat'/>
+            <bridge name='virbr0' stp='on' delay='0'/>
+            <ip address='192.168.122.1' netmask='255.255.255.0'>
+              <dhcp><range start='192.168.122.2' end='192.168.122.254'/></dhcp>
+            </ip>
+          </network>
+          <interface type='ethernet' name='eth1'>
+            <start mode='onboot'/><mtu size='1492'/>
+            <protocol family='ipv4'><ip address='192.168.0.5' prefix='24'/><route gateway='192.168.0.1'/></protocol>
+            <mac address='aa:bb:cc:dd:ee:ff'/>
+          </interface>
         </node>""")
 
 

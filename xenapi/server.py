@@ -27,6 +27,7 @@ from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
 from xenapi.observers.reconciler import Reconciler
+from xenapi.services.networks import Networks
 from xenapi.services.storage import POOL_REF, Storage
 from xenapi.state.sessions import Sessions
 from xenapi.state.store import Store, add, derived_ref, derived_uuid, mod
@@ -76,6 +77,7 @@ class Server:
         self.events = Events(self)
         self.vms = VMs(self)
         self.storage = Storage(self)
+        self.networks = Networks(self)
         self.storage_poller = StoragePoller(self, config.storage_poll_interval, config.storage_resync_interval)
         self.dispatcher = Dispatcher(self)
         self._stop = threading.Event()

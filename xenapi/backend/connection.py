@@ -43,16 +43,18 @@ from typing import Callable, Iterator, TypeVar
 import libvirt
 
 from xenapi.backend.domain_operations import DomainOperations
+from xenapi.backend.network_operations import NetworkOperations
 from xenapi.backend.storage_operations import StorageOperations
 from xenapi.backend.events import ensure_event_loop, register_domain_events
 from xenapi.backend.hostinfo import HostFacts, read_host_facts
-from xenapi.backend.libvirt_errors import ERR_NO_DOMAIN, ERR_NO_POOL, ERR_NO_VOLUME, error_message, is_connection_failure
+from xenapi.backend.libvirt_errors import (ERR_NO_DOMAIN, ERR_NO_NETWORK, ERR_NO_POOL, ERR_NO_VOLUME, error_message,
+                                           is_connection_failure)
 from xenapi.backend.opening import Opening, OpenTimedOut, discard, enable_keepalive
 from xenapi.backend.power_states import power_state
 from xenapi.errors import BACKEND_FAILURE, HOST_NOT_LIVE, XenAPIError
 
 __all__ = ["HostConnection", "DomainEventHandler", "LivenessHandler", "OPEN_TIMEOUT", "KEEPALIVE_INTERVAL",
-           "KEEPALIVE_COUNT", "ERR_NO_DOMAIN", "ERR_NO_POOL", "ERR_NO_VOLUME", "power_state", "OpenTimedOut"]
+           "KEEPALIVE_COUNT", "ERR_NO_DOMAIN", "ERR_NO_NETWORK", "ERR_NO_POOL", "ERR_NO_VOLUME", "power_state", "OpenTimedOut"]
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +73,7 @@ KEEPALIVE_INTERVAL, KEEPALIVE_COUNT = 5, 3
 _reconnect_thread_numbers = itertools.count(1)
 
 
-class HostConnection(DomainOperations, StorageOperations):
+class HostConnection(DomainOperations, StorageOperations, NetworkOperations):
     """The libvirt connection to one host URI; see the module doc for the contract."""
 
     def __init__(self, uri: str, on_domain_event: DomainEventHandler, on_liveness: LivenessHandler,

@@ -90,6 +90,12 @@ def flavour_of(hypervisor: str, *, hvm: bool, machine: str = "") -> str:
     return "virtio-q35" if "q35" in machine else "virtio"
 
 
+def nic_model(flavour: str) -> str | None:
+    """The NIC model a guest of ``flavour`` gets (None: the hypervisor's own choice, or LXC's veth)."""
+    table = _FLAVOURS.get(flavour)
+    return table.nic_model if table else None
+
+
 def target_name(flavour: str, slot: int, device: str = "disk") -> str:
     """The guest's name for the disk in ``slot`` (0 -> vda, xvda or hda), "" where there is none."""
     table = _FLAVOURS.get(flavour)

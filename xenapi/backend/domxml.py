@@ -47,7 +47,7 @@ import re
 import shlex
 import xml.etree.ElementTree as ET
 
-from xenapi.backend import devices
+from xenapi.backend import devices, interfaces
 
 STAMP_NAMESPACE = "https://xenapi.dev/ns/vm/1"
 STAMP_PREFIX = "xenapi"
@@ -157,8 +157,14 @@ def parse(xml: str) -> dict:
         "consoles": _consoles(root),
         "macs": [m.get("address") for m in root.findall("devices/interface/mac") if m.get("address")],
         "devices": devices.parse(root, skip_root_mount=os_type == "exe"),
+        "vifs": interfaces.parse_all(root),
     }
     return fields
+
+
+def parse_vifs(xml: str) -> list[dict]:
+    """Only the network interfaces of a domain's XML (a running domain's persistent definition)."""
+    return interfaces.parse_all(_domain_root(xml))
 
 
 def parse_devices(xml: str) -> list[dict]:

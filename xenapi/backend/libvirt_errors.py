@@ -21,7 +21,9 @@ T = TypeVar("T")
 ERR_NO_DOMAIN = str(libvirt.VIR_ERR_NO_DOMAIN)
 ERR_NO_POOL = str(libvirt.VIR_ERR_NO_STORAGE_POOL)
 ERR_NO_VOLUME = str(libvirt.VIR_ERR_NO_STORAGE_VOL)
-_GONE = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL}
+ERR_NO_NETWORK = str(libvirt.VIR_ERR_NO_NETWORK)
+_GONE = {libvirt.VIR_ERR_NO_DOMAIN, libvirt.VIR_ERR_NO_STORAGE_POOL, libvirt.VIR_ERR_NO_STORAGE_VOL,
+         libvirt.VIR_ERR_NO_NETWORK}
 
 # Errors that may mean the connection, not the call, failed (Nova/VDSM use the same sets).
 _CONNECTION_ERROR_DOMAINS = {libvirt.VIR_FROM_RPC, libvirt.VIR_FROM_REMOTE}

@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 
 from defusedxml.ElementTree import fromstring as parse_untrusted
 
-from xenapi.backend import devices, domxml
+from xenapi.backend import devices, domxml, interfaces
 
 # Xen-API field -> (parent path, element) it lives in, for fields edited in place.
 _OS_ELEMENTS = {"PV_kernel": "kernel", "PV_ramdisk": "initrd", "PV_args": "cmdline"}
@@ -211,3 +211,33 @@ def set_container_root(xml: str, path: str) -> str:
             source.set("dir", path)
     return ET.tostring(root, encoding="unicode")
 
+
+
+# ---- network interfaces (VIFs) ------------------------------------------------------------------
+
+def _edited(xml: str, edit) -> str:
+    root = _load(xml)
+    edit(root)
+    return ET.tostring(root, encoding="unicode")
+
+
+def interface_devices(xml: str) -> set[int]:
+    """The VIF device numbers the domain's interfaces take."""
+    return interfaces.devices_taken(_load(xml))
+
+
+def add_interface(xml: str, vif: dict, flavour: str) -> str:
+    return _edited(xml, lambda root: interfaces.add(root, vif, flavour))
+
+
+def remove_interface(xml: str, device: int) -> str:
+    return _edited(xml, lambda root: interfaces.remove(root, device))
+
+
+def interface_text(xml: str, device: int) -> str:
+    """The ``<interface>`` of VIF ``device`` as text, "" if the domain has none."""
+    return interfaces.text_of(_load(xml), device)
+
+
+def change_interface(xml: str, device: int, **changes) -> str:
+    return _edited(xml, lambda root: interfaces.change(root, device, **changes))

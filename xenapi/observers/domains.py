@@ -16,6 +16,7 @@ from xenapi.state.lifecycle import allowed_operations
 from xenapi.model.types import NULL_REF
 from xenapi.observers import Observer, read_or_none
 from xenapi.observers.vbds import vbd_ops
+from xenapi.observers.vifs import vif_ops
 from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod, modify
 from xenapi.wire.values import DateTime
 
@@ -77,6 +78,8 @@ class DomainObserver(Observer):
             parsed = domxml.parse(state.xml)
             configured = (None if state.config_xml is None else
                           domxml.parse_devices(state.config_xml) if state.config_xml else parsed["devices"])
+            configured_vifs = (None if state.config_xml is None else
+                               domxml.parse_vifs(state.config_xml) if state.config_xml else parsed["vifs"])
         except domxml.DomainXMLError as e:
             log.warning("event=unparsable-domain uuid=%s error=%s", state.uuid, e)
             return None
@@ -106,6 +109,7 @@ class DomainObserver(Observer):
         ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current)
         ops += vbd_ops(self.server, ref, state.uuid, host, parsed, configured, parsed["devices"] if running else None)
+        ops += vif_ops(self.server, ref, state.uuid, host, configured_vifs, parsed["vifs"] if running else None)
         return ops
 
     def gone(self, ref):
@@ -113,12 +117,16 @@ class DomainObserver(Observer):
         ops = [delete("VM", ref), delete("VM_metrics", rec["metrics"])]
         ops += [delete("console", c) for c in rec["consoles"]]
         ops += [delete("VBD", v) for v in rec["VBDs"]]
+        ops += [delete("VIF", v) for v in rec["VIFs"]]
         return ops
 
     def after_apply(self, host, states) -> None:
         vbds = [v for s in states if (rec := self.store.find("VM", vm_ref(s.uuid))) for v in rec["VBDs"]]
         if vbds:
             self.server.storage.tables["VBD"].refresh(self.store, vbds)
+        vifs = [v for s in states if (rec := self.store.find("VM", vm_ref(s.uuid))) for v in rec["VIFs"]]
+        if vifs:
+            self.server.networks.vif_table.refresh(self.store, vifs)
         if kept := self.server.hosts.kept(host):
             kept.note(states)
 

@@ -24,6 +24,8 @@ from contextlib import nullcontext
 from xenapi.errors import XenAPIError
 from xenapi.observers import Observer
 from xenapi.observers.domains import DomainObserver, vm_ref
+from xenapi.observers.networks import NetworkObserver
+from xenapi.observers.nics import NicObserver
 from xenapi.observers.pools import PoolObserver
 from xenapi.observers.volumes import VolumeObserver
 
@@ -41,8 +43,12 @@ class Reconciler:
         self.domains = DomainObserver(server)
         self.pools = PoolObserver(server)
         self.volumes = VolumeObserver(server)
-        # relist order: a domain's disks name volumes, a volume names its pool
-        self.observers: dict[str, Observer] = {o.kind: o for o in (self.pools, self.volumes, self.domains)}
+        self.networks = NetworkObserver(server)
+        self.nics = NicObserver(server)
+        # relist order: a domain's disks name volumes, a volume names its pool; its interfaces name
+        # networks, and a host's interfaces exclude its networks' bridges
+        self.observers: dict[str, Observer] = {o.kind: o for o in (self.networks, self.nics, self.pools, self.volumes,
+                                                                   self.domains)}
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.RLock()           # one observation applied at a time
         self._reads = itertools.count(1)         # numbers every read of libvirt's state
@@ -122,6 +128,10 @@ class Reconciler:
 
     def relist_volumes(self, host: str) -> None:
         self._relist(self.volumes, host)
+
+    def relist_networks(self, host: str) -> None:
+        self._relist(self.networks, host)
+        self._relist(self.nics, host)
 
     def _relist(self, observer: Observer, host: str) -> None:
         conn = self.server.hosts.connection(host)

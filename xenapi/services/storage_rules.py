@@ -109,8 +109,8 @@ def _vbd_check(store, ref: str, rec: dict, op: str) -> XenAPIError | None:
             return XenAPIError(E.VBD_NOT_EMPTY, ref)
         if state == "Suspended":
             return XenAPIError(E.VM_BAD_POWER_STATE, rec["VM"], "halted, running", "suspended")
-        if state in ("Running", "Paused") and _driver(store, vm) not in HOTPLUG_DRIVERS:
-            return XenAPIError(E.OPERATION_NOT_ALLOWED, f"libvirt's {_driver(store, vm) or 'unknown'} driver "
+        if state in ("Running", "Paused") and hypervisor_of(store, vm) not in HOTPLUG_DRIVERS:
+            return XenAPIError(E.OPERATION_NOT_ALLOWED, f"libvirt's {hypervisor_of(store, vm) or 'unknown'} driver "
                                "cannot change a running guest's CD: eject and insert while it is halted")
         return None
     if op in ("plug", "unplug", "unplug_force"):
@@ -125,7 +125,7 @@ def _vbd_check(store, ref: str, rec: dict, op: str) -> XenAPIError | None:
         if vm["current_operations"]:
             return XenAPIError(E.OPERATION_NOT_ALLOWED,
                                f"Current operation on VM:{rec['VM']} is {next(iter(vm['current_operations'].values()))}")
-        driver = _driver(store, vm)
+        driver = hypervisor_of(store, vm)
         if driver not in HOTPLUG_DRIVERS:
             return XenAPIError(E.OPERATION_NOT_ALLOWED,
                                f"VM states it does not support VBD hotplug (libvirt's {driver or 'unknown'} driver cannot).")
@@ -137,7 +137,7 @@ def _vbd_check(store, ref: str, rec: dict, op: str) -> XenAPIError | None:
     return None
 
 
-def _driver(store, vm: dict) -> str:
+def hypervisor_of(store, vm: dict) -> str:
     """The libvirt driver of the host a running VM is on (host.software_version:hypervisor)."""
     host = store.find("host", vm["resident_on"])
     return host["software_version"].get("hypervisor", "") if host else ""
