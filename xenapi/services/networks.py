@@ -337,6 +337,18 @@ class Networks:
             self._edit(vif, lambda xml, device: rewrite.change_interface(xml, device, mtu=mtu))
         self.store.update("VIF", vif, {"other_config": value})
 
+    def set_vif_filter(self, vif: str, name: str) -> None:
+        """Point VIF ``vif``'s interface at nwfilter ``name`` ("" for none), in its definition and,
+        when attached, in the running guest (security groups: xenapi/services/security_groups.py)."""
+        self._edit(vif, lambda xml, device: rewrite.change_interface(xml, device, filter=name), live=True)
+
+    def vif_filter(self, vif: str) -> str:
+        """The nwfilter VIF ``vif``'s interface references now ("" for none)."""
+        rec = self.store.get("VIF", vif)
+        vm, host, conn = self._domain(rec["VM"])
+        found = [v for v in domxml.parse_vifs(conn.xml(vm["uuid"], inactive=True)) if v["device"] == int(rec["device"])]
+        return found[0]["filter"] if found else ""
+
     def vif_configure_ipv4(self, ctx, vif: str, mode: str, address: str, gateway: str) -> None:
         self._configure_ip(vif, "ipv4", mode, address, gateway)
 
