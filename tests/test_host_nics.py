@@ -31,7 +31,20 @@ libvirt.registerErrorHandler(lambda _ctx, _err: None, None)   # errors still rai
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def claim_prefix() -> int:
+    """N of a 10.235.N.0/24 no one else routes now, routed ``unreachable`` in the root namespace
+    (concurrent runs of this test, or a run killed before its clean-up, hold other N)."""
+    for _attempt in range(20):
+        octet = int.from_bytes(os.urandom(1), "big") % 250 + 1
+        if sh("ip", "route", "add", "unreachable", f"10.235.{octet}.0/24", check=False).returncode == 0:
+            return octet
+    raise RuntimeError("no free 10.235.N.0/24 prefix")
 
 
 def sys_text(name: str, attribute: str) -> str:
@@ -79,14 +92,11 @@ def devices():
     if os.geteuid() != 0:
         pytest.skip("making veth pairs and bridges needs root")
     tag = f"{os.getpid() % 1000:03d}{_uuid.uuid4().hex[:3]}"
-    octet = int(tag[3:], 16) % 250 + 1
+    octet = claim_prefix()
     prefix = f"10.235.{octet}.0/24"
     made = MadeDevices(up=f"xnta{tag}", port=f"xntb{tag}", bridge=f"xntbr{tag}", lonely=f"xntc{tag}",
                        down=f"vnetx{tag}", address=f"10.235.{octet}.1")
-    routed = False
     try:
-        sh("ip", "route", "add", "unreachable", prefix)
-        routed = True
         sh("ip", "link", "add", made.up, "type", "veth", "peer", "name", made.port)
         sh("ip", "link", "add", made.bridge, "type", "bridge")
         sh("ip", "link", "set", made.port, "master", made.bridge)
@@ -99,8 +109,7 @@ def devices():
     finally:
         for name in (made.up, made.bridge, made.lonely):        # a veth's peer goes with it
             sh("ip", "link", "del", name, check=False)
-        if routed:
-            sh("ip", "route", "del", "unreachable", prefix, check=False)
+        sh("ip", "route", "del", "unreachable", prefix, check=False)
 
 
 def kernel_snapshot() -> dict[str, tuple[str, ...]]:

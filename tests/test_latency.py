@@ -38,7 +38,20 @@ NO_BINARY = 'exec of "nosuchping" failed: No such file or directory\n'
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(argv, capture_output=True, text=True, check=check, timeout=30)
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+    if check and done.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
+    return done
+
+
+def claim_prefix() -> int:
+    """N of a 10.233.N.0/24 no one else routes now, routed ``unreachable`` in the root namespace
+    (concurrent runs of this test, or a run killed before its clean-up, hold other N)."""
+    for _attempt in range(20):
+        octet = int.from_bytes(os.urandom(1), "big") % 250 + 1
+        if sh("ip", "route", "add", "unreachable", f"10.233.{octet}.0/24", check=False).returncode == 0:
+            return octet
+    raise RuntimeError("no free 10.233.N.0/24 prefix")
 
 
 def local_run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -70,15 +83,12 @@ def pair():
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     tag = _uuid.uuid4().hex[:6]
-    octet = int(tag, 16) % 250 + 1               # concurrent runs use different /24s
+    octet = claim_prefix()                       # concurrent runs use different /24s
     subnet = f"10.233.{octet}.0/24"
     p = Pair(ns1=f"xntlat-{tag}-1", ns2=f"xntlat-{tag}-2", dev1=f"xntl{tag}a", dev2=f"xntl{tag}b",
              addr1=f"10.233.{octet}.1", addr2=f"10.233.{octet}.2", subnet=subnet)
     made: list[str] = []
-    routed = False
     try:
-        sh("ip", "route", "add", "unreachable", subnet)
-        routed = True
         for ns in (p.ns1, p.ns2):
             sh("ip", "netns", "add", ns)
             made.append(ns)
@@ -94,8 +104,7 @@ def pair():
         sh("ip", "link", "del", p.dev1, check=False)        # still in the root namespace if a move failed
         for ns in made:                                     # a namespace takes its veth end with it
             sh("ip", "netns", "del", ns, check=False)
-        if routed:
-            sh("ip", "route", "del", "unreachable", subnet, check=False)
+        sh("ip", "route", "del", "unreachable", subnet, check=False)
 
 
 def rx_packets(ns: str, dev: str) -> int:
