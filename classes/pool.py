@@ -1,5 +1,7 @@
 """pool: exactly one, whose master is the first host.  It also carries the draft's VM profiles."""
 from classes.enums import ENUMS
+from classes.network_messages import networking
+from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
 from xenapi.model.roles import POOL_OP
@@ -43,6 +45,14 @@ pool = declare_class(
     [
         message("get_license_state", "This call returns the license state for the pool.",
                 params=[param(T.Ref("pool"), "self", "Reference to the pool")], result=T.S2S, impl=get_license_state),
+        message("create_VLAN_from_PIF", "Create a pool-wide VLAN by taking the PIF (a VLAN on every live host's "
+                "PIF of that PIF's network; all undone if one host fails).",
+                params=[param(T.Ref("PIF"), "pif", "physical interface on any particular host, that identifies the "
+                              "PIF on which to create the (pool-wide) VLAN interface"),
+                        param(T.Ref("network"), "network", "network to which this interface should be connected"),
+                        param(T.Int, "VLAN", "VLAN tag for the new interface")],
+                result=T.Set(T.Ref("PIF")), impl=networking("create_vlan_from_pif"), roles=POOL_OP, is_async=True,
+                errors=(E.VLAN_TAG_INVALID, E.PIF_VLAN_EXISTS, E.OPERATION_NOT_ALLOWED, E.HOST_OFFLINE)),
     ],
     writer_roles=POOL_OP, persisted=True,
 )

@@ -164,3 +164,42 @@ def test_a_libvirt_network_vanishing_behind_our_back(running, xapi):
     vm = guest_vm(xapi, "Halted")
     host = xapi.xenapi.host.get_all()[0]
     assert fails(xapi.xenapi.VIF.create, vif_record(vm, net, "0")) == ["HOST_CANNOT_ATTACH_NETWORK", host, net]
+
+
+def test_vlan_create_checks_its_tag_and_says_what_the_host_lacks(xapi):
+    host = xapi.xenapi.host.get_all()[0]
+    pif = [p for p in xapi.xenapi.host.get_PIFs(host) if xapi.xenapi.PIF.get_management(p)][0]
+    net = new_network(xapi, "vlan 5")
+    for tag in ("-1", "4095"):
+        assert fails(xapi.xenapi.VLAN.create, pif, tag, net) == ["VLAN_TAG_INVALID", tag]
+    error = fails(xapi.xenapi.VLAN.create, pif, "5", net)
+    assert error[0] == "OPERATION_NOT_ALLOWED" and "Open vSwitch" in error[1] and "8021q" in error[1]
+    assert xapi.xenapi.VLAN.get_all() == []
+    assert fails(xapi.xenapi.pool.create_VLAN_from_PIF, pif, net, "5")[0] == "OPERATION_NOT_ALLOWED"
+
+
+def test_tunnels_need_a_host_shell_and_gre_needs_open_vswitch(xapi):
+    host = xapi.xenapi.host.get_all()[0]
+    pif = [p for p in xapi.xenapi.host.get_PIFs(host) if xapi.xenapi.PIF.get_management(p)][0]
+    net = new_network(xapi, "private")
+    assert fails(xapi.xenapi.tunnel.create, pif, net, "gre") == ["OPENVSWITCH_NOT_ACTIVE"]
+    error = fails(xapi.xenapi.tunnel.create, pif, net, "vxlan")
+    assert error[0] == "OPERATION_NOT_ALLOWED" and "simulated" in error[1]
+    assert xapi.xenapi.tunnel.get_all() == []
+
+
+def test_bond_create_says_how_to_bond(xapi):
+    host = xapi.xenapi.host.get_all()[0]
+    pif = xapi.xenapi.host.get_PIFs(host)[0]
+    error = fails(xapi.xenapi.Bond.create, new_network(xapi), [pif], "", "active-backup", {})
+    assert error[0] == "OPERATION_NOT_ALLOWED" and "host's own tools" in error[1]
+
+
+def test_latency_without_a_host_shell_is_unknown_and_says_why(xapi):
+    nets = xapi.xenapi.network.get_all_records()
+    [default] = [r for r, rec in nets.items() if rec["name_label"] == "default"]
+    assert xapi.xenapi.network.measure_latency(default) == -1.0
+    rec = xapi.xenapi.network.get_record(default)
+    assert rec["latency"] == -1.0 and "shell" in rec["other_config"]["latency_error"]
+    assert rec["other_config"]["latency_measured_against"] == "192.168.122.1"
+    assert default not in xapi.xenapi.network.get_all_records_where('field "latency" > 0')

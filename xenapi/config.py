@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import shlex
 from dataclasses import dataclass, field, fields as dc_fields
 from pathlib import Path
 
@@ -42,6 +43,10 @@ class Config:
     metrics_public: bool = False
     storage_local_path: str = ""
     storage_poll_interval: float = 0.5
+    # URI -> the argv prefix that runs a command on that host (nsenter, ip netns exec, a custom ssh):
+    # the [host_exec] section; hosts without one get a local shell (local URIs) or ssh (qemu+ssh)
+    host_exec: dict = field(default_factory=dict)
+    network_latency_interval: float = 300.0
     storage_resync_interval: float = 300.0
     tls_cert: str = ""
     tls_key: str = ""
@@ -106,6 +111,7 @@ _KEYS = {
     ("metrics", "public"): "metrics_public",
     ("storage", "local_path"): "storage_local_path", ("storage", "poll_interval"): "storage_poll_interval",
     ("storage", "resync_interval"): "storage_resync_interval",
+    ("network", "latency_interval"): "network_latency_interval",
     ("tls", "cert"): "tls_cert", ("tls", "key"): "tls_key", ("tls", "self_signed"): "tls_self_signed",
     ("ssh", "listen"): "ssh_listen", ("ssh", "host_key"): "ssh_host_key",
     ("ssh", "allow_passwords"): "ssh_allow_passwords",
@@ -121,13 +127,17 @@ def load(path: str | None) -> Config:
     config = Config()
     if not path:
         return config
-    parser = configparser.ConfigParser()
+    parser = configparser.ConfigParser(delimiters=("=",))
+    parser.optionxform = str            # [host_exec] keys are URIs: case and colons kept
     if not parser.read(path):
         raise ValueError(f"cannot read config file {path}")
     types = {f.name: type(getattr(config, f.name)) for f in dc_fields(config)}
     for section in parser.sections():
+        if section == "host_exec":
+            config.host_exec = {uri: shlex.split(text) for uri, text in parser.items(section)}
+            continue
         for key, text in parser.items(section):
-            attr = _KEYS.get((section, key))
+            attr = _KEYS.get((section, key.lower()))
             if attr is None:
                 raise ValueError(f"{path}: unknown setting [{section}] {key}")
             if types[attr] is list:

@@ -27,6 +27,7 @@ from xenapi.metrics import Metrics
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
 from xenapi.observers.reconciler import Reconciler
+from xenapi.services.host_networking import LatencySampler
 from xenapi.services.networks import Networks
 from xenapi.services.storage import POOL_REF, Storage
 from xenapi.state.sessions import Sessions
@@ -78,6 +79,7 @@ class Server:
         self.vms = VMs(self)
         self.storage = Storage(self)
         self.networks = Networks(self)
+        self.latency_sampler = LatencySampler(self.networks, config.network_latency_interval)
         self.storage_poller = StoragePoller(self, config.storage_poll_interval, config.storage_resync_interval)
         self.dispatcher = Dispatcher(self)
         self._stop = threading.Event()
@@ -105,6 +107,7 @@ class Server:
         self.reconciler.start()
         self.hosts.start()
         self.storage_poller.start()
+        self.latency_sampler.start()
         if not self.hosts.wait_settled(self.config.libvirt_sync_wait):
             log.info("event=serving-before-sync wait=%gs", self.config.libvirt_sync_wait)
         threading.Thread(target=self._housekeeping, name="housekeeping", daemon=True).start()
@@ -124,6 +127,7 @@ class Server:
     def stop(self) -> None:
         self.drain()
         self.storage_poller.stop()
+        self.latency_sampler.stop()
         self.hosts.stop()
         self.reconciler.stop()
         self.store.close()

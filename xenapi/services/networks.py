@@ -20,6 +20,7 @@ from xenapi.model.types import NULL_REF
 from xenapi.observers.networks import DISCOVERED, network_ref
 from xenapi.observers.nics import READ_ONLY_KEY, READ_ONLY_REASON_KEY, physical_network_ref
 from xenapi.observers.vifs import vif_ref
+from xenapi.services.host_networking import HostNetworking
 from xenapi.services.network_rules import VIF_TABLE
 from xenapi.state.store import add, delete, new_uuid
 
@@ -55,7 +56,7 @@ def valid_mac(mac: str) -> bool:
     return bool(_MAC.match(mac.lower())) and not int(mac[:2], 16) & 1
 
 
-class Networks:
+class Networks(HostNetworking):
     def __init__(self, server):
         self.server = server
         self.store = server.store
@@ -97,6 +98,8 @@ class Networks:
         for uuid in pending:
             self.reconciler.on_event(self.hosts.uri_of(host), "domain", uuid, "interface")
         self.refresh_bandwidth()
+        if any(s.active for s in states):
+            self.restore_tunnels(host)
 
     def refresh_bandwidth(self) -> None:
         """network.bandwidth: the slowest known link speed of its PIFs, or its cap when lower; -1
@@ -113,12 +116,14 @@ class Networks:
                 self.store.update("network", ref, {"bandwidth": bandwidth})
 
     # -- where a network is on a host -----------------------------------------------------------------
+    def pif_ref_on(self, network: str, host: str) -> str | None:
+        """The PIF through which ``host`` reaches ``network`` (None: it does not)."""
+        return next((ref for ref in self.store.get("network", network)["PIFs"]
+                     if (pif := self.store.find("PIF", ref)) is not None and pif["host"] == host), None)
+
     def _pif_on(self, network: str, host: str) -> dict | None:
-        for ref in self.store.get("network", network)["PIFs"]:
-            pif = self.store.find("PIF", ref)
-            if pif is not None and pif["host"] == host:
-                return pif
-        return None
+        ref = self.pif_ref_on(network, host)
+        return self.store.get("PIF", ref) if ref is not None else None
 
     def wiring(self, network: str, host: str) -> tuple[str, str]:
         """How a domain on ``host`` joins ``network``: (wiring, source) of its <interface>."""
