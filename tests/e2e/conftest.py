@@ -41,6 +41,7 @@ if str(HERE) not in sys.path:  # guest.py sits beside this file (any pytest impo
     sys.path.insert(0, str(HERE))
 
 import guest  # noqa: E402
+from lab_hosts import lab_hosts  # noqa: F401,E402  (session fixture: two lab libvirt hosts, lab1/lab2)
 from qemu_e2e import SYSTEM_URI, E2EServer, libvirt_uri_in_use  # noqa: E402
 
 NAME_PREFIX = "xe2e-"  # domains made by make_domain: xe2e-<pid>-<n>-<hint>
