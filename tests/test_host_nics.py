@@ -255,3 +255,41 @@ def test_management_device_rule():
     assert management_device([plain, addressed, physical_down]) == "b"
     assert management_device([plain, physical_down]) == "a"
     assert management_device([]) is None
+
+
+# ---- whose kernel: a socket may lead to a libvirtd in another network namespace ---------------
+
+_LISTENER = """
+import socket, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind(sys.argv[1]); s.listen(4)
+print("listening", flush=True)
+while True:
+    c, _ = s.accept(); c.close()
+"""
+
+
+def test_a_socket_served_from_another_network_namespace_reads_that_namespaces_kernel(tmp_path):
+    """A unix socket whose listener is in its own network namespace (``unshare --net``, as a lab
+    host's or a container's libvirtd): its /sys and ``ip`` are read, not this machine's, and a
+    socket nobody serves gives no kernel facts at all (rather than ours)."""
+    from xenapi.backend.host_nics import Kernel, kernel_of
+    assert kernel_of(SYSTEM_URI) == Kernel()
+    assert kernel_of(TEST_URI) is None
+    assert kernel_of(f"qemu+unix:///system?socket={tmp_path / 'nobody'}") is None
+    sock = tmp_path / "sock"
+    listener = subprocess.Popen(["unshare", "--net", "--mount", "--", "sh", "-c",
+                                 'mount -t sysfs sysfs /sys && exec "$0" -c "$1" "$2"', os.sys.executable,
+                                 _LISTENER, str(sock)],
+                                stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True)
+    try:
+        assert listener.stdout.readline().strip() == "listening"
+        kernel = kernel_of(f"qemu+unix:///system?socket={sock}")
+        assert kernel is not None and kernel.netns_pid == listener.pid
+        assert sorted(p.name for p in kernel.sys_net.iterdir()) == ["lo"]     # its namespace has only lo
+        assert kernel.ipv4() == {}                                            # lo is down: no 127.0.0.1
+        assert kernel.local_kind("lo") == "loopback"
+        assert "lo" in {p.name for p in SYS.iterdir()} and len(list(SYS.iterdir())) > 1   # ours differs
+    finally:
+        listener.kill()
+        listener.wait(timeout=10)

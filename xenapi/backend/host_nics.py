@@ -13,7 +13,8 @@ The interface XML is read live from the kernel (udev backend) and wins where bot
 the node device adds its parent and a speed the interface lacks.  A driver that lists no net node
 devices (libvirt's test driver has none) gives its interfaces alone.
 
-Where the host's URI is this machine (``machine.is_this_machine``), /sys fills in what libvirt
+Where the host's kernel is this machine's (``kernel_of``: a local URI; through a ``?socket=``,
+the network namespace of the libvirtd behind it, which may not be ours), its /sys fills in what libvirt
 leaves out: the kind of a virtual device (veth, tap, ifb, dummy, ...: sysfs and the ethtool driver
 name), a bridge port's MTU, whether a device is backed by hardware, and the kernel's IPv4
 addresses where libvirt gives none (Debian's udev interface backend never does).  A node device
@@ -29,6 +30,7 @@ import fcntl
 import ipaddress
 import json
 import logging
+import os
 import shutil
 import socket
 import struct
@@ -36,6 +38,7 @@ import subprocess
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import libvirt
 from defusedxml.ElementTree import fromstring as parse_untrusted
@@ -84,8 +87,8 @@ class Nic:
 
 def read_nics(conn: libvirt.virConnect, exclude: set[str] | frozenset[str] = frozenset()) -> list[Nic]:
     """The host's NICs in name order, without loopback, guests' taps and the names in ``exclude``."""
-    local = machine.is_this_machine(optional(conn.getURI, default=""))
-    kernel_ipv4 = _local_ipv4() if local else {}
+    local = kernel_of(optional(conn.getURI, default=""))
+    kernel_ipv4 = local.ipv4() if local else {}
     nodedevs = _node_devices(conn, local, kernel_ipv4)
     interfaces = _interfaces(conn, local, kernel_ipv4)
     nics: dict[str, Nic] = {}
@@ -147,7 +150,7 @@ def interfaces_writable(conn: libvirt.virConnect) -> tuple[bool, str]:
 
 # ---- libvirt's two listings ------------------------------------------------------------------
 
-def _node_devices(conn: libvirt.virConnect, local: bool, kernel_ipv4: dict[str, list[str]]) -> dict[str, Nic]:
+def _node_devices(conn: libvirt.virConnect, local: "Kernel | None", kernel_ipv4: dict[str, list[str]]) -> dict[str, Nic]:
     try:
         devices = conn.listAllDevices(libvirt.VIR_CONNECT_LIST_NODE_DEVICES_CAP_NET)
     except libvirt.libvirtError as e:
@@ -163,23 +166,23 @@ def _node_devices(conn: libvirt.virConnect, local: bool, kernel_ipv4: dict[str, 
         root = parse_untrusted(text)
         cap = root.find("capability[@type='net']")
         name = _text(cap, "interface") if cap is not None else ""
-        if not name or (local and not (SYS_CLASS_NET / name).exists()):
+        if not name or (local and not (local.sys_net / name).exists()):
             continue
         link = cap.find("link")
         wireless = cap.find("capability[@type='80211']") is not None
-        kind = _local_kind(name) if local else ""
+        kind = local.local_kind(name) if local else ""
         parent = _text(root, "parent")
         found[name] = Nic(
-            device=name, mac=_text(cap, "address").lower(), mtu=_sys_int(name, "mtu") if local else 0,
+            device=name, mac=_text(cap, "address").lower(), mtu=local.sys_int(name, "mtu") if local else 0,
             speed_mbit=machine.known_speed(link.get("speed") if link is not None else None),
             carrier=link is not None and link.get("state") == "up",
-            physical=parent not in ("", "computer") or (local and _sys_has_device(name)),
+            physical=parent not in ("", "computer") or bool(local and local.sys_has_device(name)),
             kind=kind or ("wireless" if wireless else _name_kind(name, "ethernet")),
             ipv4=kernel_ipv4.get(name, []), source="nodedev")
     return found
 
 
-def _interfaces(conn: libvirt.virConnect, local: bool, kernel_ipv4: dict[str, list[str]]) -> dict[str, Nic]:
+def _interfaces(conn: libvirt.virConnect, local: "Kernel | None", kernel_ipv4: dict[str, list[str]]) -> dict[str, Nic]:
     try:
         listed = conn.listAllInterfaces(0)
     except libvirt.libvirtError as e:
@@ -198,7 +201,7 @@ def _interfaces(conn: libvirt.virConnect, local: bool, kernel_ipv4: dict[str, li
     return found
 
 
-def _describe(element: ET.Element, found: dict[str, Nic], local: bool, kernel_ipv4: dict[str, list[str]],
+def _describe(element: ET.Element, found: dict[str, Nic], local: "Kernel | None", kernel_ipv4: dict[str, list[str]],
               active: bool | None = None, mac: str = "") -> None:
     """One <interface> and, recursively, its bridge/bond members and VLAN parent."""
     name = element.get("name", "")
@@ -211,51 +214,147 @@ def _describe(element: ET.Element, found: dict[str, Nic], local: bool, kernel_ip
     if link is not None and link.get("state") not in (None, "unknown"):
         carrier = link.get("state") == "up"
     elif local:
-        carrier = _sys_carrier(name)
+        carrier = local.sys_carrier(name)
     else:
         carrier = bool(active)        # libvirt's "active" (udev backend: operstate up)
     ipv4 = [f"{ip.get('address')}/{ip.get('prefix')}" if ip.get("prefix") else ip.get("address", "")
             for ip in element.findall("protocol[@family='ipv4']/ip") if ip.get("address")]
-    kind = (_local_kind(name) if local else "") or _name_kind(name, xml_type or "ethernet")
+    kind = (local.local_kind(name) if local else "") or _name_kind(name, xml_type or "ethernet")
     found.setdefault(name, Nic(
         device=name,
         mac=(mac_element.get("address", "") if mac_element is not None else mac).lower(),
-        mtu=_int(mtu.get("size")) if mtu is not None else (_sys_int(name, "mtu") if local else 0),
+        mtu=_int(mtu.get("size")) if mtu is not None else (local.sys_int(name, "mtu") if local else 0),
         speed_mbit=machine.known_speed(link.get("speed") if link is not None else None)
-        if link is not None and link.get("speed") else (_sys_speed(name) if local else None),
+        if link is not None and link.get("speed") else (local.sys_speed(name) if local else None),
         carrier=carrier,
-        physical=_sys_has_device(name) if local else kind == "ethernet",
+        physical=local.sys_has_device(name) if local else kind == "ethernet",
         kind=kind, ipv4=ipv4 or kernel_ipv4.get(name, []), source="interface"))
     for member in element.findall("bridge/interface") + element.findall("bond/interface") \
             + element.findall("vlan/interface"):
         _describe(member, found, local, kernel_ipv4)
 
 
-# ---- this machine ----------------------------------------------------------------------------
+# ---- the host's kernel, where it is on this machine -------------------------------------------
 
-def _local_kind(name: str) -> str:
-    """The kind of a device of this machine by its sysfs files and ethtool driver; "" for a plain
-    Ethernet NIC or a device /sys does not know."""
-    sys_dir = SYS_CLASS_NET / name
-    if not sys_dir.exists():
-        return ""
-    if _sys_int(name, "type") == _ARPHRD_LOOPBACK:
-        return "loopback"
-    if (sys_dir / "bridge").is_dir():
-        return "bridge"
-    if (sys_dir / "bonding").is_dir():
-        return "bond"
-    if (sys_dir / "tun_flags").exists():
-        return "tap" if _int(_sys_text(name, "tun_flags"), base=16) & 0x2 else "tun"     # IFF_TAP
-    devtype = dict(line.split("=", 1) for line in _sys_text(name, "uevent").splitlines() if "=" in line)
-    if devtype.get("DEVTYPE") in _DEVTYPE_KINDS:
-        return _DEVTYPE_KINDS[devtype["DEVTYPE"]]
-    if (sys_dir / "device").exists():
-        return "ethernet"
-    driver = _ethtool_driver(name)
-    if driver == "macvlan":
-        return "macvtap" if name.startswith("macvtap") else "macvlan"
-    return _DRIVER_KINDS.get(driver, "")
+@dataclass(frozen=True)
+class Kernel:
+    """The kernel of a host on this machine, read directly: its /sys/class/net and its IPv4
+    addresses.  ``netns_pid``: a process (the host's libvirtd) in the host's own network namespace
+    when it is not ours (a libvirtd in a container or a test lab): /sys is read through that
+    process's root (its mount namespace mounts the sysfs of its network namespace) and ``ip`` runs
+    in its network namespace; None: this process's namespace."""
+
+    sys_net: Path = SYS_CLASS_NET
+    netns_pid: int | None = None
+
+    def local_kind(self, name: str) -> str:
+        """The kind of a device by its sysfs files and ethtool driver; "" for a plain Ethernet NIC
+        or a device /sys does not know."""
+        sys_dir = self.sys_net / name
+        if not sys_dir.exists():
+            return ""
+        if self.sys_int(name, "type") == _ARPHRD_LOOPBACK:
+            return "loopback"
+        if (sys_dir / "bridge").is_dir():
+            return "bridge"
+        if (sys_dir / "bonding").is_dir():
+            return "bond"
+        if (sys_dir / "tun_flags").exists():
+            return "tap" if _int(self.sys_text(name, "tun_flags"), base=16) & 0x2 else "tun"     # IFF_TAP
+        devtype = dict(line.split("=", 1) for line in self.sys_text(name, "uevent").splitlines() if "=" in line)
+        if devtype.get("DEVTYPE") in _DEVTYPE_KINDS:
+            return _DEVTYPE_KINDS[devtype["DEVTYPE"]]
+        if (sys_dir / "device").exists():
+            return "ethernet"
+        if self.netns_pid is not None:          # the ethtool ioctl asks our own namespace's devices
+            return ""
+        driver = _ethtool_driver(name)
+        if driver == "macvlan":
+            return "macvtap" if name.startswith("macvtap") else "macvlan"
+        return _DRIVER_KINDS.get(driver, "")
+
+    def ipv4(self) -> dict[str, list[str]]:
+        """The kernel's IPv4 addresses per device ("a.b.c.d/n"), by iproute2; {} where it is missing."""
+        ip = shutil.which("ip")
+        if ip is None:
+            return {}
+        argv = [ip, "-j", "-4", "addr", "show"]
+        if self.netns_pid is not None:
+            nsenter = shutil.which("nsenter")
+            if nsenter is None:
+                return {}
+            argv = [nsenter, f"--target={self.netns_pid}", "--net", "--", *argv]
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=5, stdin=subprocess.DEVNULL)
+            links = json.loads(done.stdout or "[]")
+        except (OSError, subprocess.TimeoutExpired, ValueError):
+            return {}
+        found: dict[str, list[str]] = {}
+        for link in links:
+            for addr in link.get("addr_info", []):
+                if addr.get("family") == "inet" and addr.get("local"):
+                    found.setdefault(link.get("ifname", ""), []).append(
+                        str(ipaddress.IPv4Interface(f"{addr['local']}/{addr.get('prefixlen', 32)}")))
+        return found
+
+    def sys_text(self, name: str, attribute: str) -> str:
+        try:
+            return (self.sys_net / name / attribute).read_text().strip()
+        except OSError:                   # absent, or EINVAL (a down link's carrier or speed)
+            return ""
+
+    def sys_int(self, name: str, attribute: str) -> int:
+        return _int(self.sys_text(name, attribute))
+
+    def sys_speed(self, name: str) -> int | None:
+        return machine.known_speed(self.sys_text(name, "speed"))
+
+    def sys_carrier(self, name: str) -> bool:
+        return self.sys_text(name, "operstate") == "up" or (
+            self.sys_text(name, "operstate") == "unknown" and self.sys_text(name, "carrier") == "1")
+
+    def sys_has_device(self, name: str) -> bool:
+        return (self.sys_net / name / "device").exists()
+
+
+def kernel_of(uri: str) -> Kernel | None:
+    """The kernel of the host behind ``uri`` when it runs on this machine, else None (nothing is
+    read from this machine for it).
+
+    A local URI is this machine's kernel, but not necessarily its network namespace: a
+    ``?socket=`` may lead to a libvirtd in another one (a container, a test lab host), whose
+    interfaces are not ours.  The socket's peer (SO_PEERCRED: the libvirtd) tells: in our network
+    namespace, our /sys and ``ip``; in another, that namespace's (``Kernel.netns_pid``); if the
+    peer cannot be found, None rather than our own interfaces' facts."""
+    if not machine.is_this_machine(uri):
+        return None
+    socket_path = {k: v[-1] for k, v in parse_qs(urlsplit(uri).query).items()}.get("socket")
+    if not socket_path:
+        return Kernel()
+    pid = _socket_peer_pid(socket_path)
+    if pid is None:
+        return None
+    try:
+        theirs = os.readlink(f"/proc/{pid}/ns/net")
+        if theirs == os.readlink("/proc/self/ns/net"):
+            return Kernel()
+    except OSError:
+        return None
+    root_sys = Path(f"/proc/{pid}/root") / SYS_CLASS_NET.relative_to("/")
+    return Kernel(sys_net=root_sys, netns_pid=pid) if root_sys.is_dir() else None
+
+
+def _socket_peer_pid(path: str) -> int | None:
+    """The pid of the process listening on unix socket ``path`` (SO_PEERCRED), None if unknown."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            pid, _, _ = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                            struct.calcsize("3i")))
+    except OSError:
+        return None
+    return pid if pid > 0 and os.path.exists(f"/proc/{pid}") else None
 
 
 def _name_kind(name: str, xml_type: str) -> str:
@@ -281,49 +380,6 @@ def _ethtool_driver(name: str) -> str:
     except OSError:
         return ""
     return buffer.tobytes()[4:36].split(b"\0", 1)[0].decode(errors="replace")
-
-
-def _local_ipv4() -> dict[str, list[str]]:
-    """The kernel's IPv4 addresses per device ("a.b.c.d/n"), by iproute2; {} where it is missing."""
-    ip = shutil.which("ip")
-    if ip is None:
-        return {}
-    try:
-        done = subprocess.run([ip, "-j", "-4", "addr", "show"], capture_output=True, text=True, timeout=5)
-        links = json.loads(done.stdout or "[]")
-    except (OSError, subprocess.TimeoutExpired, ValueError):
-        return {}
-    found: dict[str, list[str]] = {}
-    for link in links:
-        for addr in link.get("addr_info", []):
-            if addr.get("family") == "inet" and addr.get("local"):
-                found.setdefault(link.get("ifname", ""), []).append(
-                    str(ipaddress.IPv4Interface(f"{addr['local']}/{addr.get('prefixlen', 32)}")))
-    return found
-
-
-def _sys_text(name: str, attribute: str) -> str:
-    try:
-        return (SYS_CLASS_NET / name / attribute).read_text().strip()
-    except OSError:                   # absent, or EINVAL (a down link's carrier or speed)
-        return ""
-
-
-def _sys_int(name: str, attribute: str) -> int:
-    return _int(_sys_text(name, attribute))
-
-
-def _sys_speed(name: str) -> int | None:
-    return machine.known_speed(_sys_text(name, "speed"))
-
-
-def _sys_carrier(name: str) -> bool:
-    return _sys_text(name, "operstate") == "up" or (
-        _sys_text(name, "operstate") == "unknown" and _sys_text(name, "carrier") == "1")
-
-
-def _sys_has_device(name: str) -> bool:
-    return (SYS_CLASS_NET / name / "device").exists()
 
 
 def _text(root: ET.Element, path: str) -> str:
