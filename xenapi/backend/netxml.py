@@ -66,7 +66,9 @@ def network_xml(*, uuid: str, name: str, bridge: str, mode: str = "", mtu: int =
         if not ipv4:
             raise NetworkSpecError("ipv4", "", f"a {mode} network needs the host's address on it")
         ET.SubElement(root, "forward", mode=mode)
-    ET.SubElement(root, "bridge", name=bridge, stp="on", delay="0")
+    # no STP: with it the kernel holds a new port (a plugged VIF) in listening and learning for at
+    # least 2 s each; a guest network has no loops for STP to break (xapi bridges run without it too)
+    ET.SubElement(root, "bridge", name=bridge, stp="off", delay="0")
     if mtu:
         ET.SubElement(root, "mtu", size=str(mtu))
     if ipv4:
