@@ -17,6 +17,19 @@ ID of its ISO 9660 file system, or ``none`` (an empty drive, whose sr0 reports 2
 ``sr0 medium: <ID>`` (``cd_medium(text)``).  Each tick reads the drive, as udev's polling would
 elsewhere, so the kernel notices a medium put in or taken out.
 
+It has a NIC driver too (virtio-net, hot-plugged NICs included), loaded after the block drivers;
+``lo`` is up and IPv6 off (the guest sends nothing a test did not ask for).  Once the driver is in,
+each tick prints its network devices (lo aside) with their MACs when they change:
+``net devices: eth0=52:54:00:12:34:56 eth1=52:54:00:ab:cd:ef`` (``net_devices(text)``).
+
+And a command channel on the same console (``guest_net.GuestShell``): a line
+``@xe <id> <command>`` typed on it runs the command in sh, answered with ``@xe <id> begin``, each
+output line as ``@xe <id> | <line>``, and ``@xe <id> end rc=<status>``; the guest prints
+``@xe ready`` (after the ready line) once it reads commands.  It turns the console's echo off and
+keeps the kernel's console messages to errors (``dmesg -n 4``) from then on, so that nothing lands
+inside a framed line.  ``domain_xml(..., serial="pty")`` gives a domain a pty console (as the
+server's VMs have) instead of the file.
+
 With ``ignore_acpi=1`` on the kernel command line (``TinyGuest.domain_xml(...,
 ignore_acpi=True)``) the same initrd logs ``power button: ignored`` and keeps running, to test
 clean-shutdown timeouts and their fallbacks.  With ``poweroff_after=N``
@@ -69,7 +82,7 @@ CACHE = Path(os.environ.get("XENAPI_GUEST_CACHE", REPO / ".cache" / "guest"))
 KERNEL_META = "linux-image-cloud-amd64"
 BUSYBOX = "busybox-static"
 OLD_BUILD_KEEP_SECONDS = 86400  # superseded builds are removed after a day
-BUILD_FORMAT = 2  # bump when the build procedure changes (the init text is hashed anyway)
+BUILD_FORMAT = 3  # bump when the build procedure changes (the init text is hashed anyway)
 
 READY_TEXT = "tiny guest up"
 POWEROFF_TEXT = "power button: powering off"
@@ -80,16 +93,27 @@ IGNORE_ACPI_ARG = "ignore_acpi=1"
 VNC_XML = "    <graphics type='vnc' port='-1' autoport='yes' listen='127.0.0.1'/>\n"
 BLOCK_DEVICES_TEXT = "block devices:"
 CD_MEDIUM_TEXT = "sr0 medium:"
+NET_DEVICES_TEXT = "net devices:"
+COMMAND_PREFIX = "@xe"      # the command channel's lines (guest_net.GuestShell)
+COMMAND_READY_TEXT = "@xe ready"
 # Block drivers (modules in this kernel), in load order: each after the modules it depends on.
 # virtio-blk for the server's disks (PCI hot-plug itself, acpiphp, is built in); the PIIX IDE
 # controller, SCSI and sr for the CD drive.
 BLOCK_MODULES = ("virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
                  "virtio_blk", "scsi_common", "scsi_mod", "libata", "ata_piix", "cdrom", "sr_mod")
+# The NIC driver, loaded after the block drivers (it needs virtio_pci): virtio-net and what it
+# depends on in this kernel (``modinfo -F depends virtio_net.ko``: virtio_ring, virtio, net_failover;
+# net_failover: failover).
+NET_MODULES = ("failover", "net_failover", "virtio_net")
 
 INIT = r"""#!/bin/busybox sh
 # /init of the xenapi e2e tiny guest (tests/e2e/guest.py)
 /bin/busybox --install -s /bin
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
+# loopback up; no IPv6 unless a test turns it on (no router solicitations or DAD of its own: the
+# guest sends only what a test makes it send)
+ip link set lo up
+echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6; echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
 # button before evdev, so that evdev binds the power button's input device when it loads
 insmod /lib/button.ko; insmod /lib/evdev.ko
 # busybox acpid exits at once without /var/log and /var/run
@@ -110,8 +134,29 @@ acpid -f -c /etc/acpi &
 while ! ls -l /proc/$!/fd 2>/dev/null | grep -q input; do sleep 0.1; done
 echo "tiny guest up (power button: $mode)"
 # the disk and CD drivers, loaded while the guest already runs (about a second under TCG): the block
-# device lines below begin once they are in
-(for m in @BLOCK_MODULES@; do insmod /lib/$m.ko; done; : > /tmp/block-drivers) &
+# device lines below begin once they are in; then the NIC driver, and the net device lines
+(for m in @BLOCK_MODULES@; do insmod /lib/$m.ko; done; : > /tmp/block-drivers
+ for m in @NET_MODULES@; do insmod /lib/$m.ko; done; : > /tmp/net-drivers) &
+# The command channel (tests/e2e/guest_net.py): a line "@xe <id> <command>" typed on the console
+# runs <command> in sh (stdin /dev/null, one at a time), answered with "@xe <id> begin", each line
+# of its output as "@xe <id> | <line>", then "@xe <id> end rc=<status>"; other input is ignored.
+# No echo of the input; the kernel's console messages only from errors up (they could land inside
+# a framed line).
+stty -F /dev/ttyS0 -echo 2>/dev/null; dmesg -n 4
+(cr=$(printf '\r')
+ while IFS= read -r line; do
+   line=${line%$cr}
+   case "$line" in
+     "@xe "*" "*)
+       rest=${line#@xe }; id=${rest%% *}; cmd=${rest#* }
+       echo "@xe $id begin"
+       sh -c "$cmd" </dev/null >/tmp/xe-out 2>&1; rc=$?
+       while IFS= read -r out || [ -n "$out" ]; do printf '@xe %s | %s\n' "$id" "$out"; done </tmp/xe-out
+       rm -f /tmp/xe-out
+       echo "@xe $id end rc=$rc" ;;
+   esac
+ done </dev/ttyS0) &
+echo "@xe ready"
 # poweroff_after=N: the guest powers itself off N seconds after it is up (no request from outside)
 for arg in $(cat /proc/cmdline); do
   case "$arg" in poweroff_after=*) (sleep "${arg#*=}"; echo "powering off by itself"; poweroff -f) & ;; esac
@@ -120,7 +165,9 @@ done
 # ISO 9660 file system: 32 bytes at offset 40 of sector 16; reading it makes the kernel look at
 # the drive), each printed when it changes
 blocks() { for d in /sys/block/*; do [ -e "$d/size" ] && printf ' %s=%s' "${d##*/}" "$(cat "$d/size")"; done; }
-last_blocks=- last_medium=-
+# each network device but lo, with its MAC address, printed when the set changes
+nets() { for d in /sys/class/net/*; do [ "${d##*/}" = lo ] || printf ' %s=%s' "${d##*/}" "$(cat "$d/address")"; done; }
+last_blocks=- last_medium=- last_nets=-
 while true; do
   echo "uptime $(cut -d' ' -f1 /proc/uptime)"
   [ -e /tmp/block-drivers ] || { sleep 2; continue; }
@@ -136,9 +183,16 @@ while true; do
     last_blocks=$now
     echo "block devices:$now"
   fi
+  if [ -e /tmp/net-drivers ]; then
+    now="$(nets)"
+    if [ "$now" != "$last_nets" ]; then
+      last_nets=$now
+      echo "net devices:$now"
+    fi
+  fi
   sleep 2
 done
-""".replace("@BLOCK_MODULES@", " ".join(BLOCK_MODULES))
+""".replace("@BLOCK_MODULES@", " ".join(BLOCK_MODULES)).replace("@NET_MODULES@", " ".join(NET_MODULES))
 
 
 class GuestBuildError(RuntimeError):
@@ -312,7 +366,7 @@ def _sha256(path: Path) -> str:
 def _build_into(out: Path, kernel_deb: Path, busybox_deb: Path) -> None:
     kfiles = extract(kernel_deb, re.compile(
         r"^\./boot/vmlinuz-|/kernel/drivers/(acpi/button|input/evdev)\.ko(\.xz)?$"
-        rf"|/kernel/drivers/.*/({'|'.join(BLOCK_MODULES)})\.ko(\.xz)?$"))
+        rf"|/kernel/(drivers|net)/.*/({'|'.join(BLOCK_MODULES + NET_MODULES)})\.ko(\.xz)?$"))
     vmlinuz = [v for k, v in kfiles.items() if "/boot/vmlinuz-" in k]
     if len(vmlinuz) != 1:
         raise GuestBuildError(f"expected one /boot/vmlinuz-* in {kernel_deb.name}")
@@ -324,7 +378,7 @@ def _build_into(out: Path, kernel_deb: Path, busybox_deb: Path) -> None:
         ("bin/busybox", X, busybox, 0),
         ("lib/button.ko", F, _module(kfiles, "button"), 0),
         ("lib/evdev.ko", F, _module(kfiles, "evdev"), 0),
-        *((f"lib/{name}.ko", F, _module(kfiles, name), 0) for name in BLOCK_MODULES),
+        *((f"lib/{name}.ko", F, _module(kfiles, name), 0) for name in BLOCK_MODULES + NET_MODULES),
         ("init", X, INIT.encode(), 0),
     ]
     (out / "vmlinuz").write_bytes(vmlinuz[0])
@@ -348,14 +402,16 @@ class TinyGuest:
                    uuid: str | None = None, extra_devices: str = "",
                    on_poweroff: str = "destroy", on_reboot: str = "restart",
                    on_crash: str = "destroy", vnc: bool = True,
-                   poweroff_after: float | None = None) -> str:
+                   poweroff_after: float | None = None, serial: str = "file") -> str:
         """libvirt domain XML booting this guest; serial console written to ``serial_log``.
 
         ``virt_type`` 'qemu' (TCG) is the one that works for Linux guests under this sandbox's
         nested KVM (see the module docstring). ``ignore_acpi`` selects the init that ignores
         the power button. ``extra_devices`` is raw XML put inside <devices>. ``vnc`` adds a VNC
         display (autoport, 127.0.0.1); ``poweroff_after`` makes the guest power itself off that
-        many seconds after it is up.
+        many seconds after it is up.  ``serial="pty"`` gives it a pty serial console instead of
+        the file (``serial_log`` unused, may be None), as the server's own VMs have: read and
+        typed into with ``qemu_e2e.SerialConsole`` (the command channel of ``guest_net``).
         """
         if memory_mib < 256:
             raise ValueError("the tiny guest needs >= 256 MiB (the kernel may fail below)")
@@ -365,6 +421,20 @@ class TinyGuest:
         if vnc:
             extra_devices = VNC_XML + extra_devices
         uuid_xml = f"\n  <uuid>{escape(uuid)}</uuid>" if uuid else ""
+        if serial == "file":
+            serial_xml = f"""    <serial type='file'>
+      <source path={quoteattr(str(serial_log))}/>
+      <target port='0'/>
+    </serial>"""
+        elif serial == "pty":
+            serial_xml = """    <serial type='pty'>
+      <target port='0'/>
+    </serial>
+    <console type='pty'>
+      <target type='serial' port='0'/>
+    </console>"""
+        else:
+            raise ValueError(f"serial must be 'file' or 'pty', not {serial!r}")
         return f"""<domain type={quoteattr(virt_type)}>
   <name>{escape(name)}</name>{uuid_xml}
   <memory unit='MiB'>{int(memory_mib)}</memory>
@@ -381,10 +451,7 @@ class TinyGuest:
   <on_reboot>{escape(on_reboot)}</on_reboot>
   <on_crash>{escape(on_crash)}</on_crash>
   <devices>
-    <serial type='file'>
-      <source path={quoteattr(str(serial_log))}/>
-      <target port='0'/>
-    </serial>
+{serial_xml}
     <controller type='usb' model='none'/>
     <memballoon model='none'/>
 {extra_devices}
@@ -438,6 +505,16 @@ def cd_medium(text: str) -> str | None:
     volume ID, "none" for an empty drive; None if it printed none yet."""
     lines = [line for line in text.splitlines() if line.startswith(CD_MEDIUM_TEXT)]
     return lines[-1][len(CD_MEDIUM_TEXT):].strip() if lines else None
+
+
+def net_devices(text: str) -> dict[str, str] | None:
+    """The guest's network devices (lo aside) in the last ``net devices:`` line of its serial output
+    ``text``: {name: MAC address}; None if it printed none yet (its NIC driver not loaded yet)."""
+    lines = [line.strip() for line in text.splitlines() if line.startswith(NET_DEVICES_TEXT)]
+    if not lines:
+        return None
+    entries = lines[-1][len(NET_DEVICES_TEXT):].split()
+    return {name: mac for name, _, mac in (entry.partition("=") for entry in entries)}
 
 
 def build(cache: Path = CACHE, download: bool = True) -> TinyGuest:
