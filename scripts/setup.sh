@@ -59,7 +59,8 @@ PKGS=(libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu libvirt-d
       libvirt-clients qemu-system-x86 qemu-utils libxml2-utils openssh-server openssh-client
       gcc libc6-dev ca-certificates openssl
       tgt libvirt-daemon-driver-storage-iscsi-direct qemu-block-extra
-      dnsmasq-base ebtables iptables libvirt-daemon-config-nwfilter iputils-ping)
+      dnsmasq-base ebtables iptables libvirt-daemon-config-nwfilter iputils-ping
+      pxelinux syslinux-common ipxe-qemu)
 (( DEB_PY )) && PKGS+=(python3-venv python3-dev)
 PKGS+=(python3)            # tests run helpers as another uid with /usr/bin/python3
 # node 20 + npm come with the machine image (outside Debian's archive); Debian's are the fallback
