@@ -11,6 +11,7 @@ from classes.pbd import PBD
 from classes.pif import PIF, PIF_metrics
 from classes.pool import pool
 from classes.role import role
+from classes.security_group import security_group
 from classes.session import session
 from classes.sm import SM
 from classes.sr import SR
@@ -26,8 +27,8 @@ from xenapi.model.declare import relations
 from xenapi.model.registry import Registry
 
 DECLARATIONS = [session, pool, host, host_metrics, host_cpu, VM, VM_metrics, VM_guest_metrics, console, SR, PBD,
-                VDI, VBD, SM, network, PIF, PIF_metrics, VIF, VIF_metrics, VLAN, tunnel, Bond, task, event, role, user,
-                grant, audit]
+                VDI, VBD, SM, network, PIF, PIF_metrics, VIF, VIF_metrics, VLAN, tunnel, Bond, security_group, task, event,
+                role, user, grant, audit]
 
 # xapi's relations (ocaml/idl/datamodel.ml, all_relations) between the classes declared: the ref
 # on the left is what gets written, the set on the right is kept from it by the store.
@@ -55,8 +56,9 @@ RELATIONS = relations("""
     tunnel.access_PIF     PIF.tunnel_access_PIF_of
     tunnel.transport_PIF  PIF.tunnel_transport_PIF_of
 """)
-# Sets of refs that are no relation's side: role.subroles is many to many (the role ladder), and
-# xapi keeps session.tasks from a task field it does not publish.
-UNRELATED = ("role.subroles", "session.tasks")
+# Sets of refs that are no relation's side: role.subroles is many to many (the role ladder),
+# xapi keeps session.tasks from a task field it does not publish, and security_group.VIFs is many
+# to many (xenapi/services/security_groups.py keeps it when a VIF goes).
+UNRELATED = ("role.subroles", "session.tasks", "security_group.VIFs")
 
 REGISTRY = Registry(DECLARATIONS, RELATIONS, UNRELATED)

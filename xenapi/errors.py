@@ -113,6 +113,7 @@ TRANSPORT_PIF_NOT_CONFIGURED = _declare("TRANSPORT_PIF_NOT_CONFIGURED", "PIF", "
 IS_TUNNEL_ACCESS_PIF = _declare("IS_TUNNEL_ACCESS_PIF", "PIF", "You tried to create a VLAN or tunnel on top of a tunnel access PIF - use the underlying transport PIF instead.")
 OPENVSWITCH_NOT_ACTIVE = _declare("OPENVSWITCH_NOT_ACTIVE", "", "This operation needs the OpenVSwitch networking backend to be enabled on all hosts in the pool.")
 INVALID_IP_ADDRESS_SPECIFIED = _declare("INVALID_IP_ADDRESS_SPECIFIED", "parameter", "A required parameter contained an invalid IP address.")
+SECURITY_GROUP_IN_USE = _declare("SECURITY_GROUP_IN_USE", "group users", "The security group still applies to VIFs, or rules of other security groups name it as their peer (the refs follow): remove those first.")
 # SM's own failures: SR_BACKEND_FAILURE_<n> ["", reason, detail], as xapi relays them from its drivers
 SR_BACKEND_FAILURE = {n: _declare(f"SR_BACKEND_FAILURE_{n}", "status reason detail", f"The storage backend failed ({why}).")
                       for n, why in ((38, "Unimplemented"), (44, "SRNoSpace"), (46, "VDIUnavailable"), (47, "SRUnavailable"),
