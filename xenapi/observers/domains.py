@@ -127,6 +127,7 @@ class DomainObserver(Observer):
         vifs = [v for s in states if (rec := self.store.find("VM", vm_ref(s.uuid))) for v in rec["VIFs"]]
         if vifs:
             self.server.networks.vif_table.refresh(self.store, vifs)
+            self.server.networks.enforce_qos(host)
         if kept := self.server.hosts.kept(host):
             kept.note(states)
 

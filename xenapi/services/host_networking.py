@@ -23,7 +23,7 @@ import threading
 import uuid as uuid_module
 
 from xenapi import errors as E
-from xenapi.backend import host_shell, latency, netxml, vxlan
+from xenapi.backend import host_shell, latency, netxml, shaping, vxlan
 from xenapi.errors import XenAPIError
 from xenapi.state.store import add, delete, derived_ref, mod
 
@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 LATENCY_TARGET_KEY = "latency_target"
 CAP_OVS, CAP_8021Q, CAP_VXLAN = "vlan:openvswitch", "vlan:8021q", "tunnel:vxlan"
+CAP_QOS = {shaping.LIBVIRT: "qos:libvirt", shaping.IFB: "qos:ifb"}
+_PROBED = (CAP_OVS, CAP_8021Q, CAP_VXLAN, *CAP_QOS.values())
 _PROBE_TIMEOUT = 10.0
 
 
@@ -59,7 +61,9 @@ class HostNetworking:
         return shell
 
     def probe_capabilities(self, host: str) -> list[str]:
-        """What the host can build (VLANs through OVS or 802.1q, VXLAN tunnels), into host.capabilities."""
+        """What the host can build (VLANs through OVS or 802.1q, VXLAN tunnels, rate limits through
+        libvirt or ifb), into host.capabilities; once per host and run."""
+        self._probed.add(host)
         shell, found = self.shell(host), []
         if shell.available:
             try:
@@ -72,16 +76,53 @@ class HostNetworking:
                 log.info("event=capability-probe-failed host=%s error=%s", host, e)
             if vxlan.available(shell)[0]:
                 found.append(CAP_VXLAN)
-        ours = {CAP_OVS, CAP_8021Q, CAP_VXLAN}
+            try:
+                if method := shaping.probe(shell):
+                    found.append(CAP_QOS[method])
+            except host_shell.HostShellError as e:
+                log.info("event=qos-probe-failed host=%s error=%s", host, e)
         self.store.modify("host", host, lambda rec: {
-            "capabilities": [c for c in rec["capabilities"] if c not in ours] + found})
+            "capabilities": [c for c in rec["capabilities"] if c not in _PROBED] + found})
         return found
 
     def _capabilities(self, host: str) -> list[str]:
-        caps = self.store.get("host", host)["capabilities"]
-        if not any(c in caps for c in (CAP_OVS, CAP_8021Q, CAP_VXLAN)):
-            caps = self.probe_capabilities(host)
-        return caps
+        if host not in self._probed:
+            self.probe_capabilities(host)
+        return self.store.get("host", host)["capabilities"]
+
+    # -- rate limits --------------------------------------------------------------------------------------
+    def qos_method(self, host: str) -> str | None:
+        """How ``host`` limits a VIF's rate: libvirt's <bandwidth> (also where the server cannot look:
+        no shell, as on the test driver), the server's own ifb shaping, or None (it cannot)."""
+        if not self.shell(host).available:
+            return shaping.LIBVIRT
+        caps = self._capabilities(host)
+        return next((method for method, cap in CAP_QOS.items() if cap in caps), None)
+
+    def enforce_qos(self, host: str) -> None:
+        """Where the server shapes (ifb): each attached VIF's tap on ``host`` limited to its rate,
+        nothing else; only the differences from what was applied are run."""
+        if self.qos_method(host) != shaping.IFB:
+            return
+        wanted = {}
+        for vif in self.store.refs("VIF"):
+            rec = self.store.find("VIF", vif)
+            target = rec["runtime_properties"].get("target", "") if rec else ""
+            if target and rec["currently_attached"] and self.reconciler.homes.get(rec["VM"]) == host:
+                if kbps := self.rate_of(rec):
+                    wanted[target] = kbps
+        applied = self._shaped.setdefault(host, {})
+        shell = self.shell(host)
+        for tap in [t for t in applied if t not in wanted or applied[t] != wanted[t]]:
+            shaping.unshape(shell, tap)
+            applied.pop(tap)
+        for tap, kbps in wanted.items():
+            if tap not in applied:
+                try:
+                    shaping.shape(shell, tap, kbps)
+                    applied[tap] = kbps
+                except (shaping.ShapingError, host_shell.HostShellError) as e:
+                    log.warning("event=shaping-failed host=%s tap=%s error=%s", host, tap, e)
 
     # -- tunnels ----------------------------------------------------------------------------------------
     def tunnel_create(self, ctx, transport_pif: str, network: str, protocol: str = "vxlan") -> str:

@@ -14,7 +14,7 @@ import re
 import time
 
 from xenapi import errors as E
-from xenapi.backend import domxml, netxml, rewrite
+from xenapi.backend import domxml, netxml, rewrite, shaping
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers.networks import DISCOVERED, network_ref
@@ -65,6 +65,8 @@ class Networks(HostNetworking):
         self.vif_table = VIF_TABLE
         self._expected_vifs: dict[str, dict] = {}
         self.unresolved: set[tuple[str, str]] = set()    # (host, domain uuid) with an interface on an unknown network
+        self._probed: set[str] = set()                   # hosts whose capabilities were probed this run
+        self._shaped: dict[str, dict[str, int]] = {}     # host -> tap -> kbit/s the server's shaping applies
 
     # -- what the observers ask ---------------------------------------------------------------------
     def expected_vif(self, ref: str) -> dict:
@@ -245,7 +247,7 @@ class Networks(HostNetworking):
             raise XenAPIError(E.MAC_INVALID, values["MAC"])
         wiring, source = self.wiring(network, host)
         vif = {"device": slot, "mac": mac, "wiring": wiring, "source": source,
-               "mtu": self._mtu(values["other_config"], network), "kbps": _kbps(values)}
+               "mtu": self._mtu(values["other_config"], network), "kbps": self._libvirt_kbps(host, _kbps(values))}
         with self.store.object_lock("VM", vm):
             xml = conn.xml(rec["uuid"], inactive=True)
             if slot in rewrite.interface_devices(xml):
@@ -333,9 +335,27 @@ class Networks(HostNetworking):
         self._set_qos(vif, {"qos_algorithm_params": value})
 
     def _set_qos(self, vif: str, change: dict) -> None:
-        kbps = _kbps({**self.store.get("VIF", vif), **change})
+        host = self.hosts.home_of(self.store.get("VIF", vif)["VM"])
+        kbps = self._libvirt_kbps(host, _kbps({**self.store.get("VIF", vif), **change}))
         self._edit(vif, lambda xml, device: rewrite.change_interface(xml, device, kbps=kbps), live=True)
         self.store.update("VIF", vif, change)
+        self.enforce_qos(host)
+
+    def rate_of(self, rec: dict) -> int:
+        """A VIF record's rate limit in kbit/s (0: none)."""
+        return _kbps(rec)
+
+    def _libvirt_kbps(self, host: str, kbps: int) -> int:
+        """The rate to write as libvirt's <bandwidth>: the VIF's where libvirt enforces it, 0 where
+        the server shapes; a host that can do neither refuses a limit."""
+        if not kbps:
+            return 0
+        method = self.qos_method(host)
+        if method is None:
+            raise XenAPIError(E.VALUE_NOT_SUPPORTED, "qos_algorithm_params:kbps", str(kbps),
+                              f"host {host} cannot limit a rate: its kernel lacks what libvirt uses (act_police, "
+                              "sch_sfq) and what the server uses (ifb, mirred, tbf)")
+        return kbps if method == shaping.LIBVIRT else 0
 
     def vif_set_other_config(self, ctx, vif: str, value: dict) -> None:
         rec = self.store.get("VIF", vif)
