@@ -92,6 +92,7 @@ class VMs:
         virt_type = self.hosts.virt_type(host)
         if rec["is_a_template"]:
             templates.check(rec, virt_type)
+            templates.pxe_plan(self.server, rec, host, virt_type)     # a pxe: template: can it be served here?
         container = virt_type == "lxc"
         with vm_disks.Made(storage, ctx) as made:
             disks = vm_disks.new_disks(storage, ctx, rec, host, copy_to, made)
@@ -118,14 +119,18 @@ class VMs:
 
     def provision(self, ctx, vm: str, rec: dict) -> None:
         """xapi's order: the VM stops being a template first, then its disks are made."""
-        virt_type = self.hosts.virt_type(self.hosts.home_of(vm))
+        host = self.hosts.home_of(vm)
+        virt_type = self.hosts.virt_type(host)
         templates.check(rec, virt_type)
-        self.set_is_a_template(ctx, vm, False)      # lifecycle.check let only templates through
-        if rec["other_config"].get("disks"):
-            vm_disks.provision(self.server.storage, ctx, vm, self.store.get("VM", vm))
-        tarball = rec["other_config"].get("lxc_tarball")
-        if templates.kind_of(rec, virt_type)[0] == "lxc" and tarball:
-            templates.unpack_root(tarball, rec["platform"][lxc_roots.ROOT_KEY])
+        pxe = templates.pxe_plan(self.server, rec, host, virt_type)
+        # a pxe: template's VM: its VIF and per-MAC PXE configuration, undone if what follows fails
+        with templates.PXEServing(self.server, ctx, vm, pxe):
+            self.set_is_a_template(ctx, vm, False)      # lifecycle.check let only templates through
+            if rec["other_config"].get("disks"):
+                vm_disks.provision(self.server.storage, ctx, vm, self.store.get("VM", vm))
+            tarball = rec["other_config"].get("lxc_tarball")
+            if templates.kind_of(rec, virt_type)[0] == "lxc" and tarball:
+                templates.unpack_root(tarball, rec["platform"][lxc_roots.ROOT_KEY])
 
     def destroy(self, ctx, vm: str, rec: dict) -> None:
         host = self.hosts.home_of(vm)
@@ -133,6 +138,7 @@ class VMs:
             self.hosts.connection(host).undefine(rec["uuid"])
             self.reconciler.forget(rec["uuid"])
         lxc_roots.release_root(self.server.config.state, rec["uuid"], rec["platform"])
+        templates.release_pxe(self.server, host, rec)      # its per-MAC PXE configuration, if any
 
     def set_memory(self, ctx, vm: str, rec: dict, static_min: int, static_max: int, dynamic_min: int,
                    dynamic_max: int) -> None:
