@@ -203,3 +203,28 @@ def test_latency_without_a_host_shell_is_unknown_and_says_why(xapi):
     assert rec["latency"] == -1.0 and "shell" in rec["other_config"]["latency_error"]
     assert rec["other_config"]["latency_measured_against"] == "192.168.122.1"
     assert default not in xapi.xenapi.network.get_all_records_where('field "latency" > 0')
+
+
+def test_networks_made_and_removed_behind_our_back_arrive_by_libvirts_events(running, xapi):
+    import time
+    import uuid as uuid_module
+    from xenapi.backend.netxml import network_xml
+
+    def wait(predicate):
+        deadline = time.monotonic() + 10
+        while not predicate():
+            assert time.monotonic() < deadline, "no event"
+            time.sleep(0.05)
+
+    uuid = str(uuid_module.uuid4())
+    conn(running).define_network(network_xml(uuid=uuid, name="behind", bridge="behind0"))
+    wait(lambda: any(r["uuid"] == uuid for r in xapi.xenapi.network.get_all_records().values()))
+    net = xapi.xenapi.network.get_by_uuid(uuid)
+    rec = xapi.xenapi.network.get_record(net)
+    assert rec["name_label"] == "behind" and rec["other_config"]["discovered"] == "true"
+    [pif] = rec["PIFs"]
+    assert xapi.xenapi.PIF.get_currently_attached(pif)
+    conn(running).stop_network(uuid)
+    wait(lambda: not xapi.xenapi.PIF.get_currently_attached(pif))
+    conn(running).undefine_network(uuid)
+    wait(lambda: net not in xapi.xenapi.network.get_all())      # a discovered network goes with its last PIF

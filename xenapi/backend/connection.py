@@ -45,7 +45,7 @@ import libvirt
 from xenapi.backend.domain_operations import DomainOperations
 from xenapi.backend.network_operations import NetworkOperations
 from xenapi.backend.storage_operations import StorageOperations
-from xenapi.backend.events import ensure_event_loop, register_domain_events
+from xenapi.backend.events import ensure_event_loop, register_domain_events, register_network_events
 from xenapi.backend.hostinfo import HostFacts, read_host_facts
 from xenapi.backend.libvirt_errors import (ERR_NO_DOMAIN, ERR_NO_NETWORK, ERR_NO_POOL, ERR_NO_VOLUME, error_message,
                                            is_connection_failure)
@@ -155,6 +155,7 @@ class HostConnection(DomainOperations, StorageOperations, NetworkOperations):
         try:
             conn.registerCloseCallback(self._closed_by_libvirt, generation)
             callback_ids = register_domain_events(conn, self._domain_event)
+            callback_ids += register_network_events(conn, self._network_event)
             enable_keepalive(conn, *self._keepalive)
         except libvirt.libvirtError:
             discard(conn, [])
@@ -258,6 +259,12 @@ class HostConnection(DomainOperations, StorageOperations, NetworkOperations):
             self._on_domain_event(self.uri, dom.UUIDString(), kind)
         except Exception:                        # never let a handler bug reach libvirt's loop
             log.exception("event=domain_event_handler_raised uri=%s kind=%s", self.uri, kind)
+
+    def _network_event(self, net: libvirt.virNetwork) -> None:
+        try:
+            self._on_domain_event(self.uri, net.UUIDString(), "network")
+        except Exception:                        # never let a handler bug reach libvirt's loop
+            log.exception("event=network_event_handler_raised uri=%s", self.uri)
 
     # ---- the one place libvirt errors are translated ----------------------------------------
 

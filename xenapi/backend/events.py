@@ -108,10 +108,28 @@ def register_domain_events(conn: libvirt.virConnect, notify: Notify) -> list[int
     return callback_ids
 
 
-def deregister_domain_events(conn: libvirt.virConnect, callback_ids: list[int]) -> None:
+NETWORK = "network"     # a network callback's id is kept as (NETWORK, id) beside the domain ids
+
+
+def register_network_events(conn: libvirt.virConnect, notify: Callable[[libvirt.virNetwork], None]) -> list:
+    """Subscribe ``notify(net)`` to network lifecycle events (defined, undefined, started, stopped:
+    a libvirt network restarted behind the server's back makes a new bridge); none where the
+    driver has no networks."""
+    try:
+        return [(NETWORK, conn.networkEventRegisterAny(
+            None, libvirt.VIR_NETWORK_EVENT_ID_LIFECYCLE, lambda _c, net, _event, _detail, _o: notify(net), None))]
+    except libvirt.libvirtError as e:
+        log.info("event=network_events_unsupported code=%s", e.get_error_code())
+        return []
+
+
+def deregister_domain_events(conn: libvirt.virConnect, callback_ids: list) -> None:
     """Best effort: a dead connection may refuse, and that is fine."""
     for callback_id in callback_ids:
         try:
-            conn.domainEventDeregisterAny(callback_id)
+            if isinstance(callback_id, tuple):
+                conn.networkEventDeregisterAny(callback_id[1])
+            else:
+                conn.domainEventDeregisterAny(callback_id)
         except libvirt.libvirtError:
             pass

@@ -40,6 +40,10 @@ class Observer:
     def key_of(self, state) -> str:
         raise NotImplementedError
 
+    def event_key(self, host: str, key: str) -> str:
+        """The key of the object an event on ``host`` names by ``key`` (libvirt's own id)."""
+        return key
+
     # -- into the store --------------------------------------------------------------------------
     def ref(self, key: str) -> str:
         raise NotImplementedError

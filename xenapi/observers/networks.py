@@ -95,6 +95,9 @@ class NetworkObserver(Observer):
     def key_of(self, state) -> str:
         return state.key
 
+    def event_key(self, host: str, key: str) -> str:
+        return f"{host}/{key}"        # an event names the network by its uuid
+
     def ref(self, key: str) -> str:
         return derived_ref("PIF", key)
 

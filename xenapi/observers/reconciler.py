@@ -75,7 +75,8 @@ class Reconciler:
         self._queue.put((uri, kind, key, what))
 
     def on_domain_event(self, uri: str, uuid: str, what: str) -> None:
-        self.on_event(uri, "domain", uuid, what)
+        """A domain's event, or a network's (``what`` "network": the connection's one handler)."""
+        self.on_event(uri, "network" if what == "network" else "domain", uuid, what)
 
     def on_liveness(self, uri: str, live: bool) -> None:
         self._queue.put((uri, None, None, "live" if live else "dead"))
@@ -94,6 +95,7 @@ class Reconciler:
                 elif what == "dead":
                     self.server.hosts.set_live(host, False)
                 else:
+                    key = self.observers[kind].event_key(host, key)
                     self.refresh(host, key, kind)
                     self.observers[kind].after_event(host, key, what)
             except XenAPIError as e:

@@ -165,6 +165,9 @@ class HostNetworking:
             except Exception:               # the build failed before making it, most likely
                 pass
             raise
+        mtu = vxlan.tunnel_mtu(pif["MTU"])
+        if self.store.get("network", network)["MTU"] > mtu:   # VIFs made from now on fit in the tunnel
+            self.store.update("network", network, {"MTU": mtu})
         for other in self._tunnels_of(network):         # the others learn of this host
             if other != ref:
                 self._build_tunnel(other, quiet=True)
@@ -209,6 +212,20 @@ class HostNetworking:
             access = self.store.find("PIF", self.store.get("tunnel", ref)["access_PIF"])
             if access is not None and access["host"] == host and access["currently_attached"]:
                 self._build_tunnel(ref, quiet=True)
+
+    def reattach_taps(self, host: str, bridges: set[str]) -> None:
+        """Running guests' taps back on their networks' bridges: libvirt does not put them on the
+        new bridge of a network restarted while they run."""
+        shell = self.shell(host)
+        if not shell.available:
+            return
+        for rec in self.store.records("VIF").values():
+            target = rec["runtime_properties"].get("target", "")
+            pif = self._pif_on(rec["network"], host) if rec["currently_attached"] and target else None
+            if pif is not None and pif["device"] in bridges and self.reconciler.homes.get(rec["VM"]) == host:
+                result = shell.run(["ip", "link", "set", target, "master", pif["device"]], timeout=_PROBE_TIMEOUT)
+                if result.returncode != 0:
+                    log.warning("event=tap-reattach-failed host=%s tap=%s error=%s", host, target, result.stderr.strip())
 
     # -- VLANs ----------------------------------------------------------------------------------------------
     def vlan_create(self, ctx, tagged_pif: str, tag: int, network: str) -> str:

@@ -66,6 +66,7 @@ class Networks(HostNetworking):
         self._expected_vifs: dict[str, dict] = {}
         self.unresolved: set[tuple[str, str]] = set()    # (host, domain uuid) with an interface on an unknown network
         self._probed: set[str] = set()                   # hosts whose capabilities were probed this run
+        self._active: dict[str, dict[str, str]] = {}     # host -> uuid -> bridge of its active libvirt networks
         self._shaped: dict[str, dict[str, int]] = {}     # host -> tap -> kbit/s the server's shaping applies
 
     # -- what the observers ask ---------------------------------------------------------------------
@@ -100,8 +101,16 @@ class Networks(HostNetworking):
         for uuid in pending:
             self.reconciler.on_event(self.hosts.uri_of(host), "domain", uuid, "interface")
         self.refresh_bandwidth()
-        if any(s.active for s in states):
+        active = {s.uuid: s.bridge for s in states if s.active}
+        before = self._active.setdefault(host, {})
+        started = {uuid: bridge for uuid, bridge in active.items() if uuid not in before}
+        before.update(active)
+        for s in states:
+            if not s.active:
+                before.pop(s.uuid, None)
+        if started:                     # started, or restarted behind our back: a new bridge
             self.restore_tunnels(host)
+            self.reattach_taps(host, set(started.values()))
 
     def refresh_bandwidth(self) -> None:
         """network.bandwidth: the slowest known link speed of its PIFs, or its cap when lower; -1
