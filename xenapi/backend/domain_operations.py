@@ -137,6 +137,20 @@ class DomainOperations:
         stays until it does, and the next observation says so)."""
         self._on_domain("detach_device", uuid, lambda dom: dom.detachDeviceFlags(device_xml, _LIVE))
 
+    def change_config(self, uuid: str, device_xml: str, *, attach: bool) -> bool:
+        """Add (or remove) a device in the persistent definition alone, without rewriting the whole
+        domain (a define validates all of it); False where the driver cannot (the test driver):
+        the caller then defines the edited domain."""
+        def change(dom):
+            try:
+                (dom.attachDeviceFlags if attach else dom.detachDeviceFlags)(device_xml, libvirt.VIR_DOMAIN_AFFECT_CONFIG)
+                return True
+            except libvirt.libvirtError as e:
+                if is_unsupported(e):
+                    return False
+                raise
+        return self._on_domain("attach_device_config" if attach else "detach_device_config", uuid, change)
+
     def update_live(self, uuid: str, device_xml: str) -> None:
         """Change a running guest's device in place (a CD drive's medium)."""
         self._on_domain("update_device", uuid, lambda dom: dom.updateDeviceFlags(device_xml, _LIVE))

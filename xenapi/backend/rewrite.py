@@ -226,6 +226,11 @@ def interface_devices(xml: str) -> set[int]:
     return interfaces.devices_taken(_load(xml))
 
 
+def interface_element(vif: dict, flavour: str) -> str:
+    """One ``<interface>`` as text, as a guest of ``flavour`` gets it (to attach it)."""
+    return ET.tostring(interfaces.element(vif, flavour), encoding="unicode")
+
+
 def add_interface(xml: str, vif: dict, flavour: str) -> str:
     return _edited(xml, lambda root: interfaces.add(root, vif, flavour))
 
