@@ -59,9 +59,14 @@ def _disk_path(libvirt_conn, disk: ET.Element) -> str | None:
 
 
 def _wait_blocks(console: SerialConsole, predicate, what: str) -> dict:
+    """The guest's block devices once its latest ``block devices:`` line satisfies ``predicate``."""
     deadline = time.monotonic() + GUEST_TIMEOUT
     while True:
-        blocks = guest.block_devices(console.text())
+        text = console.text()
+        try:                        # whole lines only: the copy may stop in the middle of one
+            blocks = guest.block_devices(text[:text.rfind("\n") + 1])
+        except ValueError:          # a line garbled by a kernel message: wait for the next one
+            blocks = None
         if blocks is not None and predicate(blocks):
             return blocks
         if time.monotonic() > deadline:
