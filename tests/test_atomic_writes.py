@@ -69,6 +69,8 @@ def target(running, session, cls: str) -> str:
         return new_vdi(session)
     if cls == "VBD":
         return new_vbd(session, guest_vm(session, "Halted"), new_vdi(session))
+    if cls == "security_group":
+        return session.xenapi.security_group.create({"name_label": "atomic"})
     if cls == "VIF":
         network = session.xenapi.network.create({"name_label": "atomic", "other_config": {}})
         vm = guest_vm(session, "Halted")
