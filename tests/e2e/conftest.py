@@ -42,6 +42,7 @@ if str(HERE) not in sys.path:  # guest.py sits beside this file (any pytest impo
 
 import guest  # noqa: E402
 from lab_hosts import lab_hosts  # noqa: F401,E402  (session fixture: two lab libvirt hosts, lab1/lab2)
+from guest_image import tiny_image, tiny_image_template  # noqa: F401,E402  (the tiny guest's SYSLINUX disk, its image:tiny template)
 from qemu_e2e import SYSTEM_URI, E2EServer, libvirt_uri_in_use  # noqa: E402
 
 NAME_PREFIX = "xe2e-"  # domains made by make_domain: xe2e-<pid>-<n>-<hint>

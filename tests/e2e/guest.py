@@ -491,9 +491,11 @@ def wait_for_serial(path: str | os.PathLike, text: str, timeout: float = 60.0, *
 
 
 def block_devices(text: str) -> dict[str, int] | None:
-    """The guest's block devices in the last ``block devices:`` line of its serial output ``text``:
-    {name: size in 512-byte sectors}; None if it printed none yet."""
-    lines = [line for line in text.splitlines() if line.startswith(BLOCK_DEVICES_TEXT)]
+    """The guest's block devices in the last complete ``block devices:`` line of its serial output
+    ``text`` (a console copied mid-line ends in half a line): {name: size in 512-byte sectors};
+    None if it printed none yet."""
+    complete = text if text.endswith("\n") else text.rpartition("\n")[0]
+    lines = [line for line in complete.splitlines() if line.startswith(BLOCK_DEVICES_TEXT)]
     if not lines:
         return None
     entries = lines[-1][len(BLOCK_DEVICES_TEXT):].split()
