@@ -228,3 +228,15 @@ def test_networks_made_and_removed_behind_our_back_arrive_by_libvirts_events(run
     wait(lambda: not xapi.xenapi.PIF.get_currently_attached(pif))
     conn(running).undefine_network(uuid)
     wait(lambda: net not in xapi.xenapi.network.get_all())      # a discovered network goes with its last PIF
+
+
+def test_a_nat_network_and_the_draft_figures_selectable_with_where(running, xapi):
+    net = new_network(xapi, "natted", mode="nat", ipv4="10.77.0.1/24", dhcp="10.77.0.10-10.77.0.50",
+                      ratelimit_kbps="250000")
+    uuid = xapi.xenapi.network.get_uuid(net)
+    state = {n.uuid: n for n in conn(running).list_networks()}[uuid]
+    assert (state.forward, state.ipv4, state.active) == ("nat", "10.77.0.1/24", True)
+    assert xapi.xenapi.network.get_bandwidth(net) == 250.0            # its cap: a bridge has no speed
+    assert set(xapi.xenapi.network.get_all_records_where('field "bandwidth" > 100')) == {net}
+    unknown = xapi.xenapi.network.get_all_records_where('field "bandwidth" < 0')
+    assert net not in unknown and all(r["bandwidth"] == -1.0 for r in unknown.values())
