@@ -2,6 +2,7 @@
 import time
 
 from classes.enums import ENUMS
+from classes.vm_placement import HOST_MESSAGES
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
 from xenapi.model.roles import POOL_OP, READ_ONLY
@@ -88,6 +89,7 @@ host = declare_class(
                      "numa_affinity_policy": "default_policy", "ssh_enabled": True, "ntp_mode": "Factory",
                      "timezone": "UTC"}, docs=_DOCS),
     [
+        *HOST_MESSAGES,
         message("compute_free_memory", "Computes the amount of free memory on the host, in bytes (libvirt's getFreeMemory, read now).",
                 params=[_HOST], result=T.Int, impl=compute_free_memory, changes_nothing=True),
         message("compute_memory_overhead", "Computes the virtualization memory overhead of a host.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 
+from classes import vm_placement
 from classes.enums import ENUMS
 from xenapi import errors as E
 from xenapi.state import lifecycle
@@ -150,7 +151,6 @@ def shutdown(ctx, vm):
     return hard_shutdown(ctx, vm)
 
 
-start = _power("start", lambda conn, uuid, paused, force: conn.start(uuid, paused))
 clean_shutdown = _power("clean_shutdown", lambda conn, uuid: conn.shutdown(uuid), until=_halted,
                         timeout_code=E.VM_SHUTDOWN_TIMEOUT)
 hard_shutdown = _power("hard_shutdown", _hard_shutdown)
@@ -236,8 +236,10 @@ VM = declare_class(
     "VM", "A virtual machine (or 'guest'), a template, or a host's control domain.",
     VM_FIELDS,
     [
-        _msg("start", "Start the specified VM. This function can only be called with the VM in the Halted State.",
-             [_VM, _START_PAUSED, _FORCE], start, errors=_POWER_ERRORS),
+        _msg("start", "Start the specified VM, on its host if it qualifies, else on the host that qualifies with "
+             "the most free memory (moved there first). This function can only be called with the VM in the "
+             "Halted State.", [_VM, _START_PAUSED, _FORCE], vm_placement.start, errors=_POWER_ERRORS),
+        *vm_placement.VM_MESSAGES,
         _msg("clean_shutdown", "Attempt to cleanly shutdown the specified VM (the guest is asked through ACPI or its agent); fails with VM_SHUTDOWN_TIMEOUT if it does not halt within the configured time.",
              [_VM], clean_shutdown, errors=(*_POWER_ERRORS, E.VM_SHUTDOWN_TIMEOUT, E.TASK_CANCELLED)),
         _msg("shutdown", "Attempts to first clean shutdown a VM and if it should fail then perform a hard shutdown on it.",

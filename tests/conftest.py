@@ -25,7 +25,7 @@ ADMIN_PASSWORD = "admin-pw"
 _serial = itertools.count(1)
 
 
-def node_xml(domains: int = 2, running: int = 1) -> str:
+def node_xml(domains: int = 2, running: int = 1, memory_kib: int = 8388608, cpus: int = 4) -> str:
     """A libvirt test-driver host: a 4-CPU, 8 GiB machine with ``domains`` small guests, and the
     network and host interface of libvirt's own test:///default (a NAT network, eth1)."""
     parts = []
@@ -39,9 +39,9 @@ def node_xml(domains: int = 2, running: int = 1) -> str:
           </domain>""")
     return textwrap.dedent(f"""
         <node>
-          <cpu><mode>paravirt</mode><nodes>1</nodes><sockets>1</sockets><cores>4</cores><threads>1</threads>
-               <active>4</active><mhz>2400</mhz><model>x86_64</model></cpu>
-          <memory>8388608</memory>{''.join(parts)}
+          <cpu><mode>paravirt</mode><nodes>1</nodes><sockets>1</sockets><cores>{cpus}</cores><threads>1</threads>
+               <active>{cpus}</active><mhz>2400</mhz><model>x86_64</model></cpu>
+          <memory>{memory_kib}</memory>{''.join(parts)}
           <network>
             <name>default</name><uuid>{_uuid.uuid4()}</uuid><forward mode='nat'/>
             <bridge name='virbr0' stp='on' delay='0'/>

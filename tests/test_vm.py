@@ -21,7 +21,8 @@ def test_allowed_operations_follow_the_power_state(xapi):
     vm = guest_vm(xapi, "Running")
     assert {"pause", "suspend", "clean_shutdown", "hard_shutdown"} <= set(xapi.xenapi.VM.get_allowed_operations(vm))
     xapi.xenapi.VM.pause(vm)
-    assert set(xapi.xenapi.VM.get_allowed_operations(vm)) == {"unpause", "hard_shutdown", "hard_reboot", "shutdown"}
+    assert set(xapi.xenapi.VM.get_allowed_operations(vm)) == {"unpause", "hard_shutdown", "hard_reboot", "shutdown",
+                                                              "pool_migrate"}
     xapi.xenapi.VM.hard_shutdown(vm)
     ops = set(xapi.xenapi.VM.get_allowed_operations(vm))
     assert {"start", "clone", "destroy"} <= ops and "pause" not in ops

@@ -29,6 +29,7 @@ from xenapi.observers.polling import StoragePoller
 from xenapi.observers.reconciler import Reconciler
 from xenapi.services.host_networking import LatencySampler
 from xenapi.services.networks import Networks
+from xenapi.services.placement import Placement
 from xenapi.services.security_groups import SecurityGroups
 from xenapi.services.storage import POOL_REF, Storage
 from xenapi.state.sessions import Sessions
@@ -80,6 +81,7 @@ class Server:
         self.vms = VMs(self)
         self.storage = Storage(self)
         self.networks = Networks(self)
+        self.placement = Placement(self)
         self.security_groups = SecurityGroups(self)
         self.latency_sampler = LatencySampler(self.networks, config.network_latency_interval)
         self.storage_poller = StoragePoller(self, config.storage_poll_interval, config.storage_resync_interval)

@@ -148,7 +148,8 @@ class Sampler:
             return []
         # memory_total is a host fact (exact, from the NUMA cells, set at connect); getInfo's
         # figure here is rounded to MiB and must not overwrite it
-        ops = self._changes("host_metrics", record["metrics"], {"memory_free": sample.memory_free}, now)
+        free = self.hosts.free_memory(host) if self.hosts.simulated(host) else sample.memory_free
+        ops = self._changes("host_metrics", record["metrics"], {"memory_free": free}, now)
         if before is None:
             return ops
         for ref in record["host_CPUs"]:

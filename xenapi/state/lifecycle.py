@@ -15,6 +15,8 @@ _ORDER = ("Halted", "Paused", "Suspended", "Running")     # xapi's order in VM_B
 
 ALLOWED_IN: dict[str, frozenset[str]] = {
     "start": frozenset({"Halted"}),
+    "start_on": frozenset({"Halted"}),
+    "pool_migrate": frozenset({"Halted", "Paused", "Running"}),   # live when it runs, cold when halted
     "provision": frozenset({"Halted"}),
     "clone": frozenset({"Halted"}),
     "copy": frozenset({"Halted"}),
