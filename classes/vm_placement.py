@@ -99,17 +99,19 @@ def migrate(ctx, vm, current_host, destination_host, test):
     """The draft's VM.migrate: with ``test`` true only qualify the destination."""
     if test:
         return not migration_reasons(ctx, vm, current_host, destination_host)
-    _move(ctx, vm, current_host, destination_host)
+    move(ctx, vm, current_host, destination_host)
     return True
 
 
 def pool_migrate(ctx, vm, host, options):
     rec = ctx.store.get("VM", vm)
     current = rec["resident_on"] if rec["power_state"] in _LIVE else ctx.server.reconciler.homes.get(vm)
-    _move(ctx, vm, current, host, force=options.get("force", "") == "true")
+    move(ctx, vm, current, host, force=options.get("force", "") == "true")
 
 
-def _move(ctx, vm: str, current: str, destination: str, *, force: bool = False) -> None:
+def move(ctx, vm: str, current: str, destination: str, *, force: bool = False) -> None:
+    """Move ``vm`` from ``current`` to ``destination`` (live if it runs, cold if halted), after
+    the same checks as the dry run; what VM.migrate, VM.pool_migrate and host.evacuate do."""
     with lifecycle.operation(ctx, vm, "pool_migrate") as rec:
         reasons = migration_reasons(ctx, vm, current, destination)
         if force:         # xapi's force skips the CPU check
