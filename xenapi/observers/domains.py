@@ -86,6 +86,9 @@ class DomainObserver(Observer):
         ref = vm_ref(state.uuid)
         current = self.store.find("VM", ref)
         running = state.power_state in _RUNS
+        moved_from = self.homes.get(ref)
+        if moved_from not in (None, host) and (kept := self.server.hosts.kept(moved_from)):
+            kept.note_gone(state.uuid)           # migrated away: the embedded host no longer keeps it
         derived = {k: parsed[k] for k in OBSERVED if k in parsed}
         derived.update(
             power_state=state.power_state, domid=state.domid, resident_on=host if running else NULL_REF,

@@ -19,7 +19,7 @@ import itertools
 import logging
 import queue
 import threading
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 from xenapi.errors import XenAPIError
 from xenapi.observers import Observer
@@ -57,6 +57,7 @@ class Reconciler:
         self._thread = threading.Thread(target=self._run, name="reconciler", daemon=True)
         self._stopping = False
         self._unclaimed: set[tuple[str, str]] = set()
+        self._held: set[str] = set()             # domain uuids whose events wait (a migration moving them)
 
     @property
     def homes(self) -> dict[str, str]:
@@ -96,6 +97,8 @@ class Reconciler:
                     self.server.hosts.set_live(host, False)
                 else:
                     key = self.observers[kind].event_key(host, key)
+                    if kind == "domain" and key in self._held:
+                        continue             # a migration in progress re-observes it when it ends
                     self.refresh(host, key, kind)
                     self.observers[kind].after_event(host, key, what)
             except XenAPIError as e:
@@ -163,16 +166,52 @@ class Reconciler:
         log.info("event=relist host=%s kind=%s objects=%d", host, observer.kind, len(seen))
 
     def refresh(self, host: str, key: str, kind: str = "domain") -> None:
-        """Re-read one object (a domain by uuid, a pool by uuid, a volume by pool-uuid/name) now."""
+        """Re-read one object (a domain by uuid, a pool by uuid, a volume by pool-uuid/name) now.
+
+        An object gone from ``host`` is forgotten only if ``host`` was its home: one that lives on
+        another host is not this one's to forget.  A domain gone from its home is first looked
+        for on the other live hosts (it migrated, through the API or ``virsh migrate``): found
+        there, it is observed there, keeping the VM and its store-owned fields."""
         observer = self.observers[kind]
         conn = self.server.hosts.connection(host)
         with self._lock:            # read and apply together: a slower, older read must not land last
             read = next(self._reads)
             state = observer.read(host, conn, key)
-            if state is None:
-                self._forget(observer, observer.ref(key))
-            else:
+            if state is not None:
                 self._observe_batch(observer, host, [state], read)
+                return
+            ref = observer.ref(key)
+            home = observer.homes.get(ref)
+            if home is not None and home != host:
+                return
+            if kind == "domain" and (found := self._elsewhere(observer, host, key)) is not None:
+                self._observe_batch(observer, found[0], [found[1]], read)
+                return
+            self._forget(observer, ref)
+
+    def _elsewhere(self, observer: Observer, gone_from: str, key: str):
+        """(host, state) of an object on another live host than ``gone_from``, else None."""
+        for host in self.server.hosts.refs:
+            if host == gone_from or not self.server.hosts.live(host):
+                continue
+            try:
+                state = observer.read(host, self.server.hosts.connection(host), key)
+            except XenAPIError:
+                continue
+            if state is not None:
+                return host, state
+        return None
+
+    @contextmanager
+    def hold(self, uuid: str):
+        """While a migration moves domain ``uuid``, libvirt's events about it are not observed:
+        halfway states (the incoming domain, paused, on the destination) would show the VM
+        where it is not.  The migration re-observes both hosts when it ends."""
+        self._held.add(uuid)
+        try:
+            yield
+        finally:
+            self._held.discard(uuid)
 
     def forget(self, key: str, kind: str = "domain") -> None:
         observer = self.observers[kind]
