@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 import shlex
 from dataclasses import dataclass, field, fields as dc_fields
 from pathlib import Path
@@ -46,6 +47,10 @@ class Config:
     # URI -> the argv prefix that runs a command on that host (nsenter, ip netns exec, a custom ssh):
     # the [host_exec] section; hosts without one get a local shell (local URIs) or ssh (qemu+ssh)
     host_exec: dict = field(default_factory=dict)
+    # URI -> the URI the other hosts' libvirtd dial to reach that host in a peer-to-peer live
+    # migration: the [migrate_uri] section; a host without one is dialled at its own URI (right
+    # for qemu+ssh/qemu+tcp URIs; a unix-socket or qemu:///system URI means "this machine" there)
+    migrate_uris: dict = field(default_factory=dict)
     network_latency_interval: float = 300.0
     storage_resync_interval: float = 300.0
     tls_cert: str = ""
@@ -123,18 +128,33 @@ _CHOICES = {"xen_boot": ("pv", "hvm")}
 _POSITIVE = {"header_timeout", "body_timeout", "keepalive_timeout", "storage_poll_interval"}
 
 
+# "URI = DIAL_URI": the split is at the first "=" followed by a URI scheme, since a unix-socket
+# URI's own query (?socket=/run/...) has "=" in it too (configparser splits at the first one)
+_MIGRATE_URI_LINE = re.compile(r"^(?P<uri>.+?)\s*=\s*(?P<dial>[A-Za-z][A-Za-z0-9+.-]*:.*)$")
+
+
+def _migrate_uri(path: str, key: str, text: str) -> tuple[str, str]:
+    match = _MIGRATE_URI_LINE.match(f"{key}={text}")
+    if match is None:
+        raise ValueError(f"{path}: [migrate_uri] {key} = {text!r}: expected URI = URI the other hosts dial")
+    return match.group("uri"), match.group("dial").strip()
+
+
 def load(path: str | None) -> Config:
     config = Config()
     if not path:
         return config
     parser = configparser.ConfigParser(delimiters=("=",))
-    parser.optionxform = str            # [host_exec] keys are URIs: case and colons kept
+    parser.optionxform = str            # [host_exec] and [migrate_uri] keys are URIs: case and colons kept
     if not parser.read(path):
         raise ValueError(f"cannot read config file {path}")
     types = {f.name: type(getattr(config, f.name)) for f in dc_fields(config)}
     for section in parser.sections():
         if section == "host_exec":
             config.host_exec = {uri: shlex.split(text) for uri, text in parser.items(section)}
+            continue
+        if section == "migrate_uri":
+            config.migrate_uris = dict(_migrate_uri(path, key, text) for key, text in parser.items(section))
             continue
         for key, text in parser.items(section):
             attr = _KEYS.get((section, key.lower()))

@@ -28,6 +28,7 @@ from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
 from xenapi.observers.reconciler import Reconciler
 from xenapi.services.host_networking import LatencySampler
+from xenapi.services.migration import Migration
 from xenapi.services.networks import Networks
 from xenapi.services.placement import Placement
 from xenapi.services.security_groups import SecurityGroups
@@ -83,6 +84,7 @@ class Server:
         self.networks = Networks(self)
         self.placement = Placement(self)
         self.security_groups = SecurityGroups(self)
+        self.migration = Migration(self)
         self.latency_sampler = LatencySampler(self.networks, config.network_latency_interval)
         self.storage_poller = StoragePoller(self, config.storage_poll_interval, config.storage_resync_interval)
         self.dispatcher = Dispatcher(self)

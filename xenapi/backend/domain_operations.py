@@ -197,6 +197,56 @@ class DomainOperations:
         """Delete the managed-save image: a Suspended domain becomes Halted (hard_shutdown)."""
         self._on_domain("discard_save", uuid, lambda dom: dom.managedSaveRemove(0))
 
+    # ---- migration ----------------------------------------------------------------------------
+
+    def migrate(self, uuid: str, dest_uri: str, params: dict, flags: int) -> None:
+        """Peer-to-peer migration (``migrateToURI3``): this host's libvirtd dials ``dest_uri``
+        itself; returns when the domain runs there (or raises, the domain still here)."""
+        self._on_domain("migrate", uuid, lambda dom: dom.migrateToURI3(dest_uri, params, flags))
+
+    def job_stats(self, uuid: str) -> dict:
+        """The domain's current job (a migration) as libvirt's typed stats (``type``,
+        ``data_total``, ``data_processed``, ``disk_total``, ...); ``{}`` when none runs or the
+        domain has gone (a migration that just finished)."""
+        def read(dom: libvirt.virDomain) -> dict:
+            try:
+                stats = dom.jobStats(0)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return {}
+                if not is_unsupported(e):
+                    raise
+                info = dom.jobInfo()       # [type, time elapsed, time remaining, data total, processed, remaining, ...]
+                stats = {"type": info[0], "time_elapsed": info[1], "data_total": info[3],
+                         "data_processed": info[4], "data_remaining": info[5]}
+            return stats if stats.get("type", libvirt.VIR_DOMAIN_JOB_NONE) != libvirt.VIR_DOMAIN_JOB_NONE else {}
+        return self._on_domain("job_stats", uuid, read)
+
+    def completed_job_stats(self, uuid: str) -> dict:
+        """The stats of the domain's last completed job (its downtime, time elapsed), ``{}`` if
+        the driver keeps none."""
+        def read(dom: libvirt.virDomain) -> dict:
+            try:
+                return dom.jobStats(libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+            except libvirt.libvirtError as e:
+                if is_unsupported(e) or e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    return {}
+                raise
+        return self._on_domain("completed_job_stats", uuid, read)
+
+    def abort_job(self, uuid: str) -> bool:
+        """Abort the domain's running job (a migration: the domain stays here); False if no job
+        was running any more."""
+        def abort(dom: libvirt.virDomain) -> bool:
+            try:
+                dom.abortJob()
+                return True
+            except libvirt.libvirtError as e:
+                if e.get_error_code() in (libvirt.VIR_ERR_OPERATION_INVALID, libvirt.VIR_ERR_NO_DOMAIN):
+                    return False
+                raise
+        return self._on_domain("abort_job", uuid, abort)
+
 
 # ---- helpers that only talk to one libvirt domain -------------------------------------------
 
