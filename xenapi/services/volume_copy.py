@@ -1,8 +1,8 @@
 """VDI.copy: a volume's data into a new VDI (or an existing one), as a task with progress and cancel.
 
 Where both volumes are files on this machine (a local libvirtd's dir, iso or nfs SR), the copy is
-``qemu-img convert -p`` into the destination volume libvirt made: the same program and speed as
-doing it by hand, with its progress read from its output and a cancel that stops it.  Within
+``qemu-img convert -p -C`` into the destination volume libvirt made: the same program as doing it
+by hand, with its progress read from its output and a cancel that stops it.  Within
 another host (remote, block or network volumes, the test driver) libvirt copies (``createXMLFrom``,
 which cannot be interrupted: a cancel takes effect when it returns).  Onto another host, the
 bytes go through libvirt's volume streams (``_stream_copy``).  Whatever
@@ -159,9 +159,20 @@ def _stream_copy(storage, ctx, rec: dict, source: tuple[str, str, str], host: st
 
 
 def _qemu_img_copy(storage, ctx, rec: dict, target: str) -> None:
+    """``qemu-img convert`` into the existing volume (``-n``), with ``-C``: the data clusters are
+    copied with copy_file_range, inside the kernel (one copy, page cache to page cache, instead of
+    a read into qemu-img's buffer and a write back out): a quarter less CPU than without it, on a
+    1 GiB qcow2 with half of it written (bench/bench_vdi_copy.py), which pays for libvirt making
+    the volume first.  The output is the same; where the file systems cannot (another kind of
+    file system, an old kernel, a compressed cluster), qemu-img falls back to reading and writing
+    by itself.  Measured and not kept: ``-W`` and ``-m 2/16`` (no gain, more CPU with ``-W``),
+    ``--target-is-zero`` (no gain: a fresh volume's zeroing pass is one block-status query),
+    ``-t none``/``-T none`` (twice as slow: the source is in the page cache, and the default
+    target cache, unsafe, never flushes), ``-t writeback`` (1.7 times as slow)."""
     dst = storage.store.get("VDI", target)
     src_fmt = _fmt(rec)
-    command = ["qemu-img", "convert", "-p", "-n", "-f", src_fmt, "-O", _fmt(dst), rec["location"], dst["location"]]
+    command = ["qemu-img", "convert", "-p", "-n", "-C", "-f", src_fmt, "-O", _fmt(dst),
+               rec["location"], dst["location"]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stderr: list[bytes] = []
     reader = threading.Thread(target=lambda: stderr.append(process.stderr.read()), daemon=True)
