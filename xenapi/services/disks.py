@@ -8,7 +8,6 @@ drive's medium.  What kinds of guest take what (VM_CLASSES) is declared once her
 from __future__ import annotations
 
 import re
-import time
 
 from xenapi import errors as E
 from xenapi.backend import devices, domxml, rewrite
@@ -16,6 +15,7 @@ from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers.vbds import vbd_ref
 from xenapi.observers.volumes import volume_key
+from xenapi.services.hotplug import wait_released
 from xenapi.services.storage_rules import vdi_attachable
 
 # What each kind of guest takes: the VBD types and the SR types (plugins) its disks may live on.
@@ -30,7 +30,6 @@ VM_CLASSES = {
 _ATTACHABLE_VDI_TYPES = {"system", "user", "ephemeral", "suspend", "crashdump", "metadata", "rrd", "pvs_cache"}
 _DEVICE_NAME = re.compile(r"^(xvd|vd|hd|sd)([a-z]+)$")
 _MAX_SLOT = 255
-DETACH_WAIT = 10.0          # seconds a guest has to release a hot-unplugged disk
 
 
 def vm_class(parsed: dict) -> str:
@@ -183,15 +182,7 @@ class Disks:
             vm, host, conn = self._domain(rec["VM"])
             with self.store.object_lock("VM", rec["VM"]):
                 conn.detach_live(vm["uuid"], rewrite.live_disk(conn.xml(vm["uuid"]), int(rec["userdevice"])))
-                deadline = time.monotonic() + DETACH_WAIT
-                while True:
-                    self.reconciler.refresh(host, vm["uuid"])
-                    if not self.store.get("VBD", vbd)["currently_attached"]:
-                        return
-                    if time.monotonic() >= deadline:
-                        raise XenAPIError(E.DEVICE_DETACH_REJECTED, "VBD", vbd,
-                                          f"the guest did not release the disk within {DETACH_WAIT:g} s")
-                    time.sleep(0.2)
+                wait_released(self.server, "VBD", vbd, host, vm["uuid"], "disk")
 
     def vbd_unplug_force(self, ctx, vbd):
         self.vbd_unplug(ctx, vbd, "unplug_force")

@@ -104,6 +104,10 @@ class HostNetworking:
         nothing else; only the differences from what was applied are run."""
         if self.qos_method(host) != shaping.IFB:
             return
+        with self._shaping_lock:          # the API's change and the observer's may run at once
+            self._enforce_qos(host)
+
+    def _enforce_qos(self, host: str) -> None:
         wanted = {}
         for vif in self.store.refs("VIF"):
             rec = self.store.find("VIF", vif)
@@ -115,7 +119,7 @@ class HostNetworking:
         shell = self.shell(host)
         for tap in [t for t in applied if t not in wanted or applied[t] != wanted[t]]:
             shaping.unshape(shell, tap)
-            applied.pop(tap)
+            del applied[tap]
         for tap, kbps in wanted.items():
             if tap not in applied:
                 try:

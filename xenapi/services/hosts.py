@@ -11,6 +11,8 @@ import threading
 import time
 from urllib.parse import urlparse
 
+import libvirt
+
 from xenapi import errors as E
 from xenapi.services import host_facts
 from xenapi.backend import hostinfo, machine
@@ -194,6 +196,17 @@ class Hosts:
         facts = self._facts.get(host)
         return facts is not None and facts.hypervisor == "TEST"
 
+    def reclaimable_memory(self, host: str) -> int:
+        """Bytes free or reclaimable now (free + buffers + page cache, libvirt's node memory
+        stats); getFreeMemory where the driver has no stats."""
+        def read(conn):
+            try:
+                stats = conn.getMemoryStats(-1, 0)
+            except libvirt.libvirtError:
+                return hostinfo.free_memory(conn)
+            return 1024 * sum(stats.get(k, 0) for k in ("free", "buffers", "cached"))
+        return self.connection(host).read("memory_stats", read)
+
     def free_memory(self, host: str) -> int:
         """Bytes free on the host now: one getFreeMemory; on the test driver its total less the
         nominal OS and what the running guests are given (xenapi/services/placement.py)."""
@@ -262,8 +275,12 @@ class Hosts:
     def _control_domain(self, host: str, facts: HostFacts | None) -> dict:
         # what the host's own OS holds: a nominal figure on the test driver, else what was in use
         # when the server connected (the sampler keeps its VM_metrics.memory_actual current)
-        memory = (SIMULATED_OS_MEMORY if facts and facts.hypervisor == "TEST" else
-                  max(0, facts.memory_total - facts.memory_free) if facts else 0)
+        memory = SIMULATED_OS_MEMORY if facts and facts.hypervisor == "TEST" else 0
+        if facts and not memory:
+            try:
+                memory = max(0, facts.memory_total - self.reclaimable_memory(host))
+            except XenAPIError:
+                memory = max(0, facts.memory_total - facts.memory_free)
         return {
             "name_label": f"Control domain on host: {facts.hostname if facts else host}",
             "name_description": "The host's own operating system (libvirt's side of the host).",

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 import re
-import time
 
 from xenapi import errors as E
 from xenapi.backend import domxml, netxml, rewrite, shaping
@@ -21,6 +21,7 @@ from xenapi.observers.networks import DISCOVERED, network_ref
 from xenapi.observers.nics import READ_ONLY_KEY, READ_ONLY_REASON_KEY, physical_network_ref
 from xenapi.observers.vifs import vif_ref
 from xenapi.services.host_networking import HostNetworking
+from xenapi.services.hotplug import wait_released
 from xenapi.services.network_rules import VIF_TABLE
 from xenapi.state.store import add, delete, new_uuid
 
@@ -34,7 +35,6 @@ _RESERVED_BRIDGE_PREFIXES = ("vnet", "macvtap", "macvlan", "veth", "lo", "tap", 
 # other_config keys network.create reads (docs/networks.md)
 MODE_KEY, IPV4_KEY, DHCP_KEY, TFTP_KEY, BOOT_FILE_KEY = "mode", "ipv4", "dhcp", "tftp_root", "boot_file"
 RATE_CAP_KEY = "ratelimit_kbps"   # a network-wide cap, counted in network.bandwidth
-DETACH_WAIT = 10.0                # seconds a guest has to release a hot-unplugged NIC
 _VIF_STORE_FIELDS = ("MTU", "other_config", "qos_algorithm_type", "qos_algorithm_params", "locking_mode",
                      "ipv4_allowed", "ipv6_allowed")
 
@@ -68,6 +68,7 @@ class Networks(HostNetworking):
         self._probed: set[str] = set()                   # hosts whose capabilities were probed this run
         self._active: dict[str, dict[str, str]] = {}     # host -> uuid -> bridge of its active libvirt networks
         self._shaped: dict[str, dict[str, int]] = {}     # host -> tap -> kbit/s the server's shaping applies
+        self._shaping_lock = threading.Lock()
 
     # -- what the observers ask ---------------------------------------------------------------------
     def expected_vif(self, ref: str) -> dict:
@@ -324,15 +325,7 @@ class Networks(HostNetworking):
             vm, host, conn = self._domain(rec["VM"])
             with self.store.object_lock("VM", rec["VM"]):
                 conn.detach_live(vm["uuid"], rewrite.interface_text(conn.xml(vm["uuid"]), int(rec["device"])))
-                deadline = time.monotonic() + DETACH_WAIT
-                while True:
-                    self.reconciler.refresh(host, vm["uuid"])
-                    if not self.store.get("VIF", vif)["currently_attached"]:
-                        return
-                    if time.monotonic() >= deadline:
-                        raise XenAPIError(E.DEVICE_DETACH_REJECTED, "VIF", vif,
-                                          f"the guest did not release the NIC within {DETACH_WAIT:g} s")
-                    time.sleep(0.2)
+                wait_released(self.server, "VIF", vif, host, vm["uuid"], "NIC")
 
     def vif_unplug_force(self, ctx, vif: str) -> None:
         self.vif_unplug(ctx, vif, "unplug_force")

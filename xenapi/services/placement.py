@@ -9,7 +9,7 @@ Each reason is a Xen-API error, xapi's code where xapi has one:
 | the host is connected | HOST_NOT_LIVE |
 | the host is enabled | HOST_DISABLED [host] |
 | the hypervisor and the VM class (a QEMU/KVM guest, a Xen PV or HVM guest, an LXC container) | VM_INCOMPATIBLE_WITH_THIS_HOST [vm, host, why] |
-| memory: the VM's memory_dynamic_max (what libvirt gives it at start) within the host's total less its own OS and the VMs resident, starting or arriving there | HOST_NOT_ENOUGH_FREE_MEMORY [needed, available] |
+| memory: the VM's memory_dynamic_max (what libvirt gives it at start) within what the host has free or reclaimable (libvirt's memory stats; on the test driver its total less a nominal OS and the resident guests), less the VMs starting or arriving there | HOST_NOT_ENOUGH_FREE_MEMORY [needed, available] |
 | CPU: the guest's CPU definition compared on the host (libvirt's compareHypervisorCPU), not host against host | VM_INCOMPATIBLE_WITH_THIS_HOST [vm, host, "CPU: ..."] |
 | a vTPM needs the host's emulator (swtpm; libvirt's domain capabilities) | VM_INCOMPATIBLE_WITH_THIS_HOST [vm, host, "TPM: ..."] |
 | every SR of its disks plugged there, or its VDIs copyable to the host's local SR (what a migration does) | VM_REQUIRES_SR [vm, sr] |
@@ -77,26 +77,22 @@ class Placement:
         self._tpm: dict[str, bool] = {}                     # host -> libvirt there offers an emulated TPM
 
     # -- memory ---------------------------------------------------------------------------------------
-    def os_memory(self, host: str) -> int:
-        """What the host's own OS holds: the control domain's figure (a nominal one on the test driver)."""
-        rec = self.store.get("host", host)
-        if rec["software_version"].get("hypervisor") == "TEST":
-            return SIMULATED_OS_MEMORY
-        control = self.store.find("VM_metrics", self.store.get("VM", rec["control_domain"])["metrics"]) \
-            if self.store.exists("VM", rec["control_domain"]) else None
-        return control["memory_actual"] if control else 0
-
     def available_memory(self, host: str, excluding: str = "") -> int:
-        """The host's memory less its OS and what the VMs resident or arriving there are given."""
+        """Bytes a VM arriving on ``host`` can have, less what the VMs already arriving there take.
+
+        A real host: what libvirt says is free or reclaimable now (free + buffers + page cache:
+        getMemoryStats), since its guests' use is in that figure already.  The test driver, whose
+        figures are made up: its total less a nominal OS and what the resident guests are given."""
+        with self._lock:
+            arriving = {ref: size for ref, size in self._arriving.get(host, {}).items() if ref != excluding}
+        if not self.hosts.simulated(host):
+            return max(0, self.hosts.reclaimable_memory(host) - sum(arriving.values()))
         rec = self.store.get("host", host)
         total = self.store.get("host_metrics", rec["metrics"])["memory_total"]
-        with self._lock:
-            arriving = dict(self._arriving.get(host, {}))
         used = sum(vm["memory_dynamic_max"] for ref in rec["resident_VMs"]
                    if ref != excluding and ref not in arriving and (vm := self.store.find("VM", ref)) is not None
                    and not vm["is_control_domain"])
-        used += sum(size for ref, size in arriving.items() if ref != excluding)
-        return max(0, total - self.os_memory(host) - used)
+        return max(0, total - SIMULATED_OS_MEMORY - used - sum(arriving.values()))
 
     @contextmanager
     def arriving(self, vm: str, host: str):
