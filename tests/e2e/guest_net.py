@@ -262,7 +262,9 @@ PING_TIME = re.compile(r"time=([\d.]+) ms")
 def ping(shell: GuestShell, address: str, count: int = 3, *, wait: float = 5.0) -> list[float]:
     """``ping -c count`` from the guest: the round trips in ms of the replies (empty: none came,
     falsy).  ``wait``: seconds ping waits in all (``-w``)."""
-    _, output = shell.run(f"ping -c {int(count)} -i 0.2 -w {max(1, int(wait))} {address}", timeout=wait + 15)
+    # -W too: without it busybox waits 10 s for a reply that never comes, whatever -w says
+    _, output = shell.run(f"ping -c {int(count)} -i 0.2 -w {max(1, int(wait))} -W {max(1, int(wait))} {address}",
+                          timeout=wait + 15)
     return [float(t) for t in PING_TIME.findall(output)]
 
 
