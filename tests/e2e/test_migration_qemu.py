@@ -11,8 +11,9 @@ own private ``/var/lib/libvirt`` (``[storage] local_path``), so no storage is sh
   before and an uptime that kept counting (a reboot would restart it and lose the file);
   ``resident_on``, ``host.resident_VMs`` and the events follow; libvirt defines it on one host only.
 - A live migration slowed down (1 MiB/s, the guest dirtying memory so it never converges) and
-  cancelled (``task.cancel`` of ``Async.VM.pool_migrate``) ends cancelled, the guest running on
-  lab1 as before, nothing on lab2.
+  cancelled (``task.cancel`` of ``Async.VM.pool_migrate``, once its progress moved) ends
+  cancelled, the guest running on lab1 as before, nothing on lab2; one whose destination libvirtd
+  cannot be dialled fails with ``VM_MIGRATE_FAILED`` and libvirt's reason, the guest likewise.
 - A guest with a disk on lab1's local SR is live-migrated with its disk copied (its data read back
   in the guest on lab2, with the page cache dropped), then halted and cold-migrated back with its
   disk (libvirt volume streams): the data is in the file on lab1; the old VDIs are gone each time.
@@ -174,6 +175,7 @@ class Pool:
 def test_a_running_guest_moves_live_there_and_back_and_a_cancelled_move_leaves_it_running(
         lab_hosts, lab_server, tiny_guest, tmp_path):
     import libvirt
+    import XenAPI
     pool = Pool(lab_hosts, lab_server)
     x = pool.x
     lab1, lab2 = lab_hosts.lab1, lab_hosts.lab2
@@ -216,6 +218,24 @@ def test_a_running_guest_moves_live_there_and_back_and_a_cancelled_move_leaves_i
         assert shell.check("cat /tmp/marker") == marker          # the same guest, on the same pty
         assert _uptime(shell) >= before
         print(f"cancelled live migration: progress {progress_seen:.4f} when cancelled")
+        _on_domain(lab1, uuid, lambda dom: dom.migrateSetMaxSpeed(8796093022207, 0))   # QEMU's maximum, the default
+
+        # failed: lab1's libvirtd cannot reach lab2's (a port nobody listens on): a clear error, the
+        # guest running on lab1 as before
+        config = lab_server.server.config
+        config.migrate_uris[lab2.uri] = f"qemu+tcp://{lab2.address}:9/system"
+        try:
+            with pytest.raises(XenAPI.Failure) as failure:
+                x.VM.pool_migrate(vm, pool.host[lab2.name], {})
+        finally:
+            config.migrate_uris[lab2.uri] = lab2.tcp_uri
+        code, *params = failure.value.details
+        assert code == "VM_MIGRATE_FAILED" and params[:3] == [vm, pool.host[lab1.name], pool.host[lab2.name]], params
+        assert "9" in params[3], params
+        assert (x.VM.get_power_state(vm), x.VM.get_resident_on(vm)) == ("Running", pool.host[lab1.name])
+        assert _libvirt_state(lab1, uuid)[0] == libvirt.VIR_DOMAIN_RUNNING and _libvirt_state(lab2, uuid) is None
+        assert shell.check("cat /tmp/marker") == marker
+        print(f"failed live migration: {params[3]}")
     finally:
         shell.close()
 
