@@ -140,6 +140,18 @@ def _migrate_uri(path: str, key: str, text: str) -> tuple[str, str]:
     return match.group("uri"), match.group("dial").strip()
 
 
+# "URI = command words": the URI has no spaces, so the split is at the "=" after its last character
+_HOST_EXEC_LINE = re.compile(r"^(?P<uri>\S+)\s*=\s*(?P<command>.+)$")
+
+
+def _host_exec(path: str, key: str, text: str) -> tuple[str, list[str]]:
+    match = _HOST_EXEC_LINE.match(f"{key}={text}")
+    if match is None or not shlex.split(match.group("command")):
+        raise ValueError(f"{path}: [host_exec] {key} = {text!r}: expected URI = the command prefix that runs "
+                         "a command on that host")
+    return match.group("uri"), shlex.split(match.group("command"))
+
+
 def load(path: str | None) -> Config:
     config = Config()
     if not path:
@@ -151,7 +163,7 @@ def load(path: str | None) -> Config:
     types = {f.name: type(getattr(config, f.name)) for f in dc_fields(config)}
     for section in parser.sections():
         if section == "host_exec":
-            config.host_exec = {uri: shlex.split(text) for uri, text in parser.items(section)}
+            config.host_exec = dict(_host_exec(path, key, text) for key, text in parser.items(section))
             continue
         if section == "migrate_uri":
             config.migrate_uris = dict(_migrate_uri(path, key, text) for key, text in parser.items(section))
