@@ -66,3 +66,28 @@ def test_a_restart_of_the_embedded_default_keeps_what_users_did(tmp_path, how):
         assert set(_labelled(fourth.session().xenapi)) == {"made", "paused"}
     finally:
         fourth.stop()
+
+
+def test_the_embedded_defaults_memory_is_coherent_and_its_stock_vm_qualifies(tmp_path):
+    """libvirt's test driver says 3 GiB (getInfo), 6 GiB (its NUMA cells) and about 3 MiB free;
+    the server shows the cells' total, a nominal OS for the control domain, and free memory as the
+    total less that and what the running guests are given, so placement behaves as on a real host."""
+    from xenapi.services.placement import SIMULATED_OS_MEMORY
+    serve = Serve(tmp_path, URI)
+    try:
+        x = serve.session().xenapi
+        host = x.host.get_all()[0]
+        builtin = x.VM.get_by_name_label("test")[0]
+        total = int(x.host_metrics.get_memory_total(x.host.get_metrics(host)))
+        given = int(x.VM.get_memory_dynamic_max(builtin))
+        assert total == 6 << 30 and x.VM.get_power_state(builtin) == "Running"
+        dom0 = x.host.get_control_domain(host)
+        assert int(x.VM.get_memory_static_max(dom0)) == SIMULATED_OS_MEMORY
+        assert int(x.host.compute_free_memory(host)) == total - SIMULATED_OS_MEMORY - given
+        x.VM.hard_shutdown(builtin)
+        assert int(x.host.compute_free_memory(host)) == total - SIMULATED_OS_MEMORY
+        assert x.host.qualify(builtin, host) is True and x.VM.get_possible_hosts(builtin) == [host]
+        x.VM.start(builtin, False, False)
+        assert x.VM.get_resident_on(builtin) == host
+    finally:
+        serve.stop()
