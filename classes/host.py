@@ -5,7 +5,9 @@ from classes.enums import ENUMS
 from classes.vm_placement import HOST_MESSAGES
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
+from xenapi import errors as E
 from xenapi.model.roles import POOL_OP, READ_ONLY
+from xenapi.model.types import NULL_REF
 from xenapi.wire.values import DateTime
 
 # The API level of xapi whose wire protocol this server follows (ocaml/idl/api_version.ml).
@@ -58,6 +60,25 @@ def list_methods(ctx, host):
     return ctx.server.registry.list_methods()
 
 
+def evacuate(ctx, host, network, evacuate_batch_size):
+    ctx.server.evacuation.evacuate(ctx, host, network, evacuate_batch_size)
+
+
+def get_vms_which_prevent_evacuation(ctx, self):
+    return ctx.server.evacuation.preventing(ctx, self)
+
+
+def assert_can_evacuate(ctx, host):
+    ctx.server.evacuation.assert_can(ctx, host)
+
+
+_EVACUATION_REASONS = (E.NO_HOSTS_AVAILABLE, E.HOST_NOT_ENOUGH_FREE_MEMORY, E.VM_INCOMPATIBLE_WITH_THIS_HOST,
+                       E.VM_REQUIRES_SR, E.VM_REQUIRES_NETWORK, E.OPERATION_NOT_ALLOWED, E.VM_BAD_POWER_STATE)
+_EVACUATION_DOC = ("the plan (xenapi/services/evacuation.py): every VM running there, and every halted VM defined "
+                   "there, must pass the migration's checks on some other enabled, live host, with memory "
+                   "bin-packed across those hosts")
+
+
 host = declare_class(
     "host", "A physical host: one libvirt connection (KVM/QEMU, Xen, LXC or libvirt's test driver).",
     fields("""uuid:s name_label*:s name_description*:s memory_overhead:i
@@ -100,6 +121,25 @@ host = declare_class(
                 params=[_HOST], result=T.Timestamp, impl=get_server_localtime),
         message("list_methods", "List all supported methods.", params=[_HOST], result=T.Set(T.String),
                 impl=list_methods, roles=READ_ONLY, changes_nothing=True),
+        message("evacuate", "Migrate all VMs off of this host, where possible: running VMs live, halted VMs "
+                f"defined there cold, evacuate_batch_size at a time. Refused, with nothing moved, unless {_EVACUATION_DOC} "
+                "(the first VM's reason is raised). Does not disable the host: call host.disable first.",
+                params=[_HOST, param(T.Ref("network"), "network", "Optional preferred network for migration "
+                                     "(checked to exist; libvirt's [migrate_uri] decides the path)", default=NULL_REF),
+                        param(T.Int, "evacuate_batch_size", "The maximum number of VMs to be migrated per batch "
+                              "(0 or less: 10)", default=0)],
+                impl=evacuate, roles=POOL_OP, is_async=True,
+                errors=(*_EVACUATION_REASONS, E.OTHER_OPERATION_IN_PROGRESS, E.TASK_CANCELLED)),
+        message("get_vms_which_prevent_evacuation", "Return a set of VMs which prevent the host being evacuated, "
+                f"with per-VM error codes ({_EVACUATION_DOC}): VM -> [code, params...]; empty when it can be.",
+                params=[param(T.Ref("host"), "self", "The host to query")],
+                result=T.Map(T.Ref("VM"), T.Set(T.String)), impl=get_vms_which_prevent_evacuation,
+                roles=READ_ONLY, is_async=True, changes_nothing=True),
+        message("assert_can_evacuate", "Check this host can be evacuated: raises CANNOT_EVACUATE_HOST "
+                "[\"CODE,param,...|CODE,...\"] (each VM that prevents it, xapi's encoding) unless "
+                f"{_EVACUATION_DOC}.",
+                params=[_HOST], impl=assert_can_evacuate, roles=READ_ONLY, is_async=True, changes_nothing=True,
+                errors=(E.CANNOT_EVACUATE_HOST,)),
     ],
     writer_roles=POOL_OP, persisted=True,
 )

@@ -4,7 +4,7 @@ from classes.network_messages import networking
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
-from xenapi.model.roles import POOL_OP
+from xenapi.model.roles import POOL_ADMIN, POOL_OP
 
 # The Xen-API draft's example profiles; administrators add their own.
 SUGGESTED_PROFILES = ["web-server", "sendmail-switch", "dbms-host", "devel-workstation"]
@@ -12,6 +12,17 @@ SUGGESTED_PROFILES = ["web-server", "sendmail-switch", "dbms-host", "devel-works
 
 def get_license_state(ctx, self):
     return {"edition": "xenapi", "expiry": "never"}
+
+
+def add_host(ctx, pool, uri):
+    return ctx.server.hosts.add(uri, ctx.server.config.libvirt_sync_wait)
+
+
+def remove_host(ctx, pool, host):
+    ctx.server.hosts.remove(host)
+
+
+_POOL = param(T.Ref("pool"), "pool", "The pool")
 
 
 pool = declare_class(
@@ -53,6 +64,22 @@ pool = declare_class(
                         param(T.Int, "VLAN", "VLAN tag for the new interface")],
                 result=T.Set(T.Ref("PIF")), impl=networking("create_vlan_from_pif"), roles=POOL_OP, is_async=True,
                 errors=(E.VLAN_TAG_INVALID, E.PIF_VLAN_EXISTS, E.OPERATION_NOT_ALLOWED, E.HOST_OFFLINE)),
+        message("add_host", "Add a host to the pool by its libvirt URI (this server's counterpart of xapi's "
+                "pool.join): the server connects to it, checks it runs the pool's hypervisor type "
+                "(pool.other_config:hypervisor, libvirt getType()), publishes its host, host_metrics, host_cpu, "
+                "control domain, PIFs and PBDs, lists its VMs, and keeps it across restarts. Nothing of a host "
+                "refused stays.",
+                params=[_POOL, param(T.String, "uri", "The host's libvirt URI (qemu+tcp://host/system, test:///path...)")],
+                result=T.Ref("host"), impl=add_host, roles=POOL_ADMIN, is_async=True,
+                errors=(E.POOL_JOINING_HOST_CONNECTION_FAILED, E.POOL_HOSTS_NOT_HOMOGENEOUS, E.OPERATION_NOT_ALLOWED)),
+        message("remove_host", "Remove a host added with pool.add_host (this server's counterpart of xapi's "
+                "pool.eject): refused while a VM is resident or defined there, or a VM uses a disk only it "
+                "reaches (HOST_IN_USE), and for a host of the server's configuration; else its connection "
+                "closes and its records go (host, host_metrics, host_cpu, control domain, PIFs, PBDs, and the "
+                "SRs and networks only it had). The VMs and disks on it stay on the host's libvirt.",
+                params=[_POOL, param(T.Ref("host"), "host", "The host to remove")],
+                impl=remove_host, roles=POOL_ADMIN, is_async=True,
+                errors=(E.HOST_IN_USE, E.OPERATION_NOT_ALLOWED)),
     ],
     writer_roles=POOL_OP, persisted=True,
 )

@@ -70,6 +70,12 @@ VM_REQUIRES_NETWORK = _declare("VM_REQUIRES_NETWORK", "vm network", "You attempt
 VM_NOT_RESIDENT_HERE = _declare("VM_NOT_RESIDENT_HERE", "vm host", "The specified VM is not currently resident on the specified host.")
 HOST_NETWORK_BANDWIDTH_INSUFFICIENT = _declare("HOST_NETWORK_BANDWIDTH_INSUFFICIENT", "host network needed available", "The VM's VIFs on this network ask for more bandwidth (Mbit/s) than the host's link to it offers.")
 VM_MIGRATE_FAILED = _declare("VM_MIGRATE_FAILED", "vm source destination msg", "An error occurred during the migration process; the VM is still where it was.")
+# Pools: hosts added, removed and evacuated
+POOL_JOINING_HOST_CONNECTION_FAILED = _declare("POOL_JOINING_HOST_CONNECTION_FAILED", "uri reason", "The host being added to the pool could not be reached: its libvirt URI did not answer, or its facts could not be read.")
+POOL_HOSTS_NOT_HOMOGENEOUS = _declare("POOL_HOSTS_NOT_HOMOGENEOUS", "reason", "The host cannot join: a pool has one hypervisor type (libvirt getType(): QEMU, Xen, LXC or TEST), and the reason names both.")
+HOST_IN_USE = _declare("HOST_IN_USE", "host type ref", "This operation cannot be completed as the host is in use by (at least) the object of type and ref echoed below.")
+NO_HOSTS_AVAILABLE = _declare("NO_HOSTS_AVAILABLE", "vm", "There were no servers available to complete the specified operation (host.evacuate: no other enabled, live host to take the VM).")
+CANNOT_EVACUATE_HOST = _declare("CANNOT_EVACUATE_HOST", "errors", "This host cannot be evacuated: every VM that prevents it, as \"CODE,param,...\" descriptions joined with \"|\".")
 # Storage (shared/reference/xenapi-storage-network-pool.md 1.7: the parameters xapi really sends)
 SR_HAS_NO_PBDS = _declare("SR_HAS_NO_PBDS", "sr", "The SR has no attached PBDs (no host has it plugged).")
 SR_HAS_PBD = _declare("SR_HAS_PBD", "sr", "The SR is still connected to a host via a PBD. It cannot be destroyed or forgotten.")

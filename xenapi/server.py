@@ -24,6 +24,7 @@ from xenapi.dispatcher import Dispatcher
 from xenapi.state.events import Events
 from xenapi.services.hosts import Hosts
 from xenapi.metrics import Metrics
+from xenapi.services.evacuation import Evacuation
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
 from xenapi.observers.reconciler import Reconciler
@@ -83,6 +84,7 @@ class Server:
         self.storage = Storage(self)
         self.networks = Networks(self)
         self.placement = Placement(self)
+        self.evacuation = Evacuation(self)
         self.security_groups = SecurityGroups(self)
         self.migration = Migration(self)
         self.latency_sampler = LatencySampler(self.networks, config.network_latency_interval)

@@ -1,6 +1,21 @@
 """Hosts: one libvirt connection each, the host objects the API shows for them, and their control
 domains.  Host refs are derived from the URI, so they stay the same across restarts and are known
 even while a host's libvirtd is down.
+
+Hosts come from the configuration (``--libvirt URI``, repeated; the first is the pool's master)
+and from the API (``pool.add_host(pool, uri)``, ``pool.remove_host(pool, host)``): those added are
+kept in the server's database (table ``pool_hosts``) and come back at every start, after the
+configured ones.
+
+One pool, one hypervisor (the seeds: no mixed KVM/Xen, no LXC beside QEMU): the pool's type is
+libvirt's ``getType()`` (QEMU, Xen, LXC, TEST) of the hosts in it, shown in
+``pool.other_config:hypervisor``; the first host reached sets it (at start the master's, when it
+answers: the other hosts wait for its first connect).  ``pool.add_host`` refuses a host of
+another type (POOL_HOSTS_NOT_HOMOGENEOUS, naming both) and keeps nothing of it.  A configured (or
+previously added) host found of another type when it comes up is not brought into the pool: its
+connection is closed, its VMs and storage are not listed, it is not live (so nothing is placed
+there), and its record says why (``other_config:libvirt_sync`` = refused, ``other_config:refused``
+= the reason) until a restart with a corrected configuration.
 """
 from __future__ import annotations
 
@@ -21,8 +36,9 @@ from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
 from xenapi.services.embedded import EMBEDDED_URI, KeptDomains, KeptStorage
 from xenapi.errors import XenAPIError
+from xenapi.model.types import NULL_REF
 from xenapi.services.sampler import Sampler
-from xenapi.state.store import add, derived_ref, derived_uuid, mod
+from xenapi.state.store import add, delete, derived_ref, derived_uuid, mod
 from xenapi.wire.values import DateTime
 
 log = logging.getLogger(__name__)
@@ -34,6 +50,13 @@ _VIRT_TYPE = {"Xen": "xen", "LXC": "lxc", "TEST": "test"}
 SYNC_KEY = "libvirt_sync"
 BRING_UP_STOP_WAIT = 2.0 # stopping waits this long for a host still being brought up (then closes it anyway)
 BACKGROUND_NICE = 10     # the host-sync threads' niceness (see _yield_to_requests)
+REFUSED_KEY = "refused"  # host.other_config: why a host of another hypervisor type is kept out of the pool
+POOL_TYPE_KEY = "hypervisor"   # pool.other_config: the pool's hypervisor type (libvirt getType())
+_TABLE = "pool_hosts"    # the hosts added through the API: uri, added (seconds since the epoch)
+
+
+class UnknownHost(XenAPIError, KeyError):
+    """A URI no host of the pool has: a KeyError, and a Xen-API error the reconciler passes over."""
 
 
 class Hosts:
@@ -50,23 +73,47 @@ class Hosts:
         self._synced: set[str] = set()                   # hosts listed since they last came up, this run
         self._kept: dict[str, KeptDomains] = {}          # the embedded default's host -> its kept domains
         self._kept_storage: dict[str, KeptStorage] = {}  # ... and its kept pools and volumes
+        self._lock = threading.RLock()                   # membership and the pool's hypervisor type
+        self._membership = threading.Lock()              # one pool.add_host / pool.remove_host at a time
+        self._admitted: dict[str, str] = {}              # host -> its hypervisor type, in the pool
+        self._refused: dict[str, str] = {}               # host -> why it is kept out (another type)
+        self._master_decided = threading.Event()         # the master's type known (or its first connect failed)
+        self.configured: set[str] = set()                # hosts from the configuration (not removable)
+        with server.store.db_lock:
+            server.store.db[_TABLE].create({"uri": str, "added": float}, pk="uri", if_not_exists=True)
+            added = [uri for (uri,) in server.store.db.conn.execute(f"SELECT uri FROM {_TABLE} ORDER BY added")]
         for uri in dict.fromkeys(map(_resolved, uris)):
-            ref = derived_ref("host", uri)
-            self.refs.append(ref)
-            self._by_uri[uri] = ref
-            self._conns[ref] = HostConnection(
-                uri, self._domain_event, server.reconciler.on_liveness, open_timeout=server.config.libvirt_open_timeout,
-                keepalive=(server.config.libvirt_keepalive_interval, server.config.libvirt_keepalive_count))
-            if uri == EMBEDDED_URI:
-                self._kept[ref] = KeptDomains(self._conns[ref], server.store.db, server.store.db_lock)
-                self._kept_storage[ref] = KeptStorage(self._conns[ref], server.store.db, server.store.db_lock)
+            self.configured.add(self._register(uri))
+        for uri in added:
+            if uri not in self._by_uri:
+                self._register(uri)
+
+    def _register(self, uri: str, conn: HostConnection | None = None) -> str:
+        ref = derived_ref("host", uri)
+        server = self.server
+        self._conns[ref] = conn or self._new_connection(uri)
+        if uri == EMBEDDED_URI:
+            self._kept[ref] = KeptDomains(self._conns[ref], server.store.db, server.store.db_lock)
+            self._kept_storage[ref] = KeptStorage(self._conns[ref], server.store.db, server.store.db_lock)
+        self._by_uri[uri] = ref
+        self.refs = [*self.refs, ref]              # a new list: other threads iterate the old one
+        return ref
+
+    def _new_connection(self, uri: str) -> HostConnection:
+        config = self.server.config
+        return HostConnection(uri, self._domain_event, self.server.reconciler.on_liveness,
+                              open_timeout=config.libvirt_open_timeout,
+                              keepalive=(config.libvirt_keepalive_interval, config.libvirt_keepalive_count))
 
     @property
     def master(self) -> str:
         return self.refs[0]
 
     def ref_of(self, uri: str) -> str:
-        return self._by_uri[uri]
+        ref = self._by_uri.get(uri)
+        if ref is None:                  # e.g. an event still queued from a host removed since
+            raise UnknownHost(E.HANDLE_INVALID, "host", uri)
+        return ref
 
     def uri_of(self, host: str) -> str:
         return self._conns[host].uri
@@ -116,19 +163,26 @@ class Hosts:
         """Bring every host up side by side, each on a thread of its own, and return at once: a
         host shows as soon as it is known, its VMs as they are listed.  A host that does not answer
         keeps being tried in the background (the reconciler lists it when it does)."""
+        self.store.modify("pool", self._pool_ref(), lambda rec: {"other_config": {
+            k: v for k, v in rec["other_config"].items() if k != POOL_TYPE_KEY}})   # set again by the hosts
         for ref in self._conns:                # before any listing: a state kept from the last run means nothing
             self._publish(ref)
             self._set_sync(ref, "connecting")
-        for n, ref in enumerate(self._conns):
-            self._settled[ref] = threading.Event()
-            thread = threading.Thread(target=self._bring_up, args=(ref,), name=f"host-up-{n}", daemon=True)
-            self._bringing_up.append(thread)
-            thread.start()
+        for ref in list(self._conns):
+            self._start_bring_up(ref)
         self.sampler.start()
+
+    def _start_bring_up(self, ref: str) -> threading.Thread:
+        self._settled[ref] = threading.Event()
+        thread = threading.Thread(target=self._bring_up, args=(ref,), name=f"host-up-{len(self._bringing_up)}",
+                                  daemon=True)
+        self._bringing_up.append(thread)
+        thread.start()
+        return thread
 
     def wait_settled(self, timeout: float) -> bool:
         """Wait until every host has been listed or has failed its first connect; False on timeout."""
-        for event in self._settled.values():
+        for event in list(self._settled.values()):
             if not event.wait(max(0.0, timeout)):
                 return False
         return True
@@ -143,6 +197,10 @@ class Hosts:
                 log.warning("event=host-unreachable uri=%s error=%s", conn.uri, e.code)
             if conn.live:
                 self._publish(host)
+                if host != self.master:        # the master's type is the pool's when it answers
+                    self._master_decided.wait(self.server.config.libvirt_open_timeout + 1.0)
+                if not self._admit(host):
+                    return
                 if host in self._kept:
                     self._kept_storage[host].restore()       # before the domains: their disks name volumes
                     self._kept[host].restore()
@@ -150,11 +208,56 @@ class Hosts:
         except Exception:
             log.exception("event=host-up-failed uri=%s", conn.uri)
         finally:
+            if host == self.master:
+                self._master_decided.set()
             self._settled[host].set()
+
+    # -- one hypervisor type per pool ------------------------------------------------------
+    def pool_type(self) -> str | None:
+        """libvirt's getType() of the pool's hosts (None until one has been reached)."""
+        with self._lock:
+            return next(iter(self._admitted.values()), None)
+
+    def _pool_ref(self) -> str:
+        return self.store.refs("pool")[0]
+
+    def _admit(self, host: str) -> bool:
+        """Whether ``host`` (connected, its facts read) belongs in the pool: of the pool's type,
+        or the first one reached.  A host of another type is kept out and disconnected."""
+        facts = self._facts.get(host)
+        if facts is None:                      # its facts could not be read: judged when they are
+            return True
+        with self._lock:
+            if host in self._refused:
+                return False
+            others = {t for h, t in self._admitted.items() if h != host}
+            if others and facts.hypervisor not in others:
+                reason = _mixed_reason(next(iter(others)), facts.hypervisor, self._conns[host].uri)
+                self._refused[host] = reason
+            else:
+                first = not self._admitted
+                self._admitted[host] = facts.hypervisor
+                reason = None
+        if reason is None:
+            if first:
+                self.store.modify("pool", self._pool_ref(), lambda rec: {"other_config": {
+                    **rec["other_config"], POOL_TYPE_KEY: facts.hypervisor}})
+            return True
+        log.error("event=host-refused uri=%s reason=%r", self._conns[host].uri, reason)
+        self._conns[host].close()
+        self.store.modify("host", host, lambda rec: {"other_config": {
+            **rec["other_config"], SYNC_KEY: "refused", REFUSED_KEY: reason}})
+        self.store.update("host_metrics", self.store.get("host", host)["metrics"], {"live": False})
+        return False
+
+    def refused(self, host: str) -> str | None:
+        return self._refused.get(host)
 
     def sync(self, host: str) -> None:
         """List the host's domains into the store; once every host is listed, VMs that none of
         them defines any more (undefined while the server was away) go."""
+        if not self._admit(host):
+            return
         self._set_sync(host, "syncing")
         self.server.reconciler.relist(host)
         try:
@@ -167,20 +270,23 @@ class Hosts:
             self.server.reconciler.drop_unclaimed()
 
     def all_synced(self) -> bool:
-        return self._synced >= set(self.refs)
+        return self._synced >= set(self.refs) - set(self._refused)
 
     def _set_sync(self, host: str, state: str) -> None:
-        self.store.modify("host", host, lambda rec: {"other_config": {**rec["other_config"], SYNC_KEY: state}})
+        self.store.modify("host", host, lambda rec: {"other_config": {
+            **{k: v for k, v in rec["other_config"].items() if k != REFUSED_KEY}, SYNC_KEY: state}})
 
     def stop(self) -> None:
         self.sampler.stop()
         deadline = time.monotonic() + BRING_UP_STOP_WAIT
         for thread in self._bringing_up:       # a relist in progress ends before its connection closes
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
-        for conn in self._conns.values():
+        for conn in list(self._conns.values()):
             conn.close()
 
     def set_live(self, host: str, live: bool) -> None:
+        if host in self._refused:
+            return
         if live:
             self._publish(host)
         elif self.store.exists("host", host):
@@ -213,6 +319,141 @@ class Hosts:
         if self.simulated(host):
             return self.server.placement.available_memory(host)
         return self.connection(host).read("free_memory", hostinfo.free_memory)
+
+    # -- hosts added and removed through the API (pool.add_host, pool.remove_host) -----------
+    def add(self, uri: str, wait: float) -> str:
+        """Connect ``uri`` now, check it is of the pool's hypervisor type, then make it a host of
+        the pool, kept across restarts; wait at most ``wait`` seconds for its first listing.
+        Nothing of a host refused stays."""
+        uri = _resolved(uri)
+        with self._membership:
+            if uri in self._by_uri:
+                raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"{uri} is already in the pool: host {self._by_uri[uri]}")
+            conn = self._new_connection(uri)
+            try:
+                conn.open()
+                facts = conn.host_facts()
+            except XenAPIError as e:
+                conn.close()
+                raise XenAPIError(E.POOL_JOINING_HOST_CONNECTION_FAILED, uri,
+                                  e.params[-1] if e.params else e.code) from e
+            except Exception:
+                conn.close()
+                raise
+            with self._lock:
+                pool_type = self.pool_type()
+                if pool_type is not None and facts.hypervisor != pool_type:
+                    conn.close()
+                    raise XenAPIError(E.POOL_HOSTS_NOT_HOMOGENEOUS, _mixed_reason(pool_type, facts.hypervisor, uri))
+                ref = self._register(uri, conn)
+                self._facts[ref] = facts
+                self._admitted[ref] = facts.hypervisor
+            if pool_type is None:
+                self.store.modify("pool", self._pool_ref(), lambda rec: {"other_config": {
+                    **rec["other_config"], POOL_TYPE_KEY: facts.hypervisor}})
+            with self.store.db_lock, self.store.db.conn:
+                self.store.db.conn.execute(f"INSERT OR REPLACE INTO {_TABLE}(uri, added) VALUES (?, ?)",
+                                           (uri, time.time()))
+            self._publish(ref)
+            self._set_sync(ref, "connecting")
+            self._start_bring_up(ref)
+            log.info("event=host-added uri=%s host=%s hypervisor=%s", uri, ref, facts.hypervisor)
+        if not self._settled[ref].wait(max(0.0, wait)):
+            log.info("event=host-added-before-sync host=%s wait=%gs", ref, wait)
+        return ref
+
+    def in_use(self, host: str) -> tuple[str, str] | None:
+        """(class, ref) of something that keeps ``host`` in the pool: a VM resident or defined
+        there, or a disk on storage only it reaches that a VM uses."""
+        store = self.store
+        homes = self.server.reconciler.homes
+        for vm, rec in store.records("VM").items():
+            if not rec["is_control_domain"] and (homes.get(vm) == host or rec["resident_on"] == host):
+                return "VM", vm
+        for sr, rec in store.records("SR").items():
+            hosts = {p["host"] for pbd in rec["PBDs"] if (p := store.find("PBD", pbd)) is not None}
+            if hosts == {host}:
+                for vdi in rec["VDIs"]:
+                    if (v := store.find("VDI", vdi)) is not None and v["VBDs"]:
+                        return "VDI", vdi
+        return None
+
+    def remove(self, host: str) -> None:
+        """Take ``host`` out of the pool: refused for a configured host and one in use (see
+        in_use); else its connection closes and its records go (host, host_metrics, host_cpu,
+        the control domain, its PIFs and PBDs, and the SRs and networks only it had)."""
+        with self._membership:
+            if host not in self._conns:
+                raise XenAPIError(E.HANDLE_INVALID, "host", host)
+            uri = self._conns[host].uri
+            if host in self.configured:
+                raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"host {host} ({uri}) comes from the server's "
+                                  "configuration (--libvirt): remove it there")
+            if (used := self.in_use(host)) is not None:
+                raise XenAPIError(E.HOST_IN_USE, host, *used)
+            if (settled := self._settled.get(host)) is not None:
+                settled.wait(BRING_UP_STOP_WAIT)     # a listing in progress ends before its connection closes
+            with self._lock:
+                self.refs = [r for r in self.refs if r != host]
+                self._by_uri.pop(uri, None)
+                conn = self._conns.pop(host)
+                self._admitted.pop(host, None)
+                self._refused.pop(host, None)
+                self._kept.pop(host, None)
+                self._kept_storage.pop(host, None)
+                self._synced.discard(host)
+                self._settled.pop(host, None)
+            conn.close()
+            self._forget_records(host)
+            self._facts.pop(host, None)
+            self.server.placement._tpm.pop(host, None)
+            with self.store.db_lock, self.store.db.conn:
+                self.store.db.conn.execute(f"DELETE FROM {_TABLE} WHERE uri = ?", (uri,))
+            log.info("event=host-removed uri=%s host=%s", uri, host)
+
+    def _forget_records(self, host: str) -> None:
+        store, reconciler = self.store, self.server.reconciler
+        shared_with: set[str] = set()
+        for ref in reconciler.volumes.homes_on(host):     # disks on storage another host reaches stay
+            vdi = store.find("VDI", ref)
+            sr = store.find("SR", vdi["SR"]) if vdi is not None else None
+            others = {p["host"] for pbd in sr["PBDs"] if (p := store.find("PBD", pbd)) is not None} - {host} \
+                if sr is not None else set()
+            if others:
+                shared_with |= others
+            elif (key := reconciler.volumes.key_in_store(ref)) is not None:
+                reconciler.forget(key, "volume")
+        for kind in ("domain", "pool", "nic", "network"):
+            observer = reconciler.observers[kind]
+            for ref in observer.homes_on(host):
+                if (key := observer.key_in_store(ref)) is not None:
+                    reconciler.forget(key, kind)
+                else:
+                    observer.homes.pop(ref, None)
+        ops = []
+        for pbd, rec in store.records("PBD").items():
+            if rec["host"] == host:
+                ops.append(delete("PBD", pbd))
+        for pif, rec in store.records("PIF").items():
+            if rec["host"] == host:
+                ops += [delete("PIF", pif), delete("PIF_metrics", rec["metrics"])]
+        for vm, rec in store.records("VM").items():
+            if rec["affinity"] == host:
+                ops.append(mod("VM", vm, {"affinity": NULL_REF}))
+        rec = store.find("host", host)
+        if rec is not None:
+            ops += [delete("host_cpu", cpu) for cpu in rec["host_CPUs"]]
+            control = store.find("VM", rec["control_domain"])
+            if control is not None:
+                ops += [delete("VM_metrics", control["metrics"]), delete("VM", rec["control_domain"])]
+            ops += [delete("host_metrics", rec["metrics"]), delete("host", host)]
+        store.apply(ops)
+        for other in shared_with:
+            if self.synced(other):
+                try:
+                    reconciler.relist_volumes(other)     # they are that host's now
+                except XenAPIError as e:
+                    log.info("event=relist-skipped host=%s error=%s", other, e.code)
 
     # -- the API's view of a host ----------------------------------------------------------
     def _publish(self, host: str) -> None:
@@ -314,6 +555,11 @@ def _resolved(uri: str) -> str:
     if resolved != uri:
         log.info("event=libvirt-uri-detected configured=%s uri=%s", uri, resolved)
     return resolved
+
+
+def _mixed_reason(pool_type: str, host_type: str, uri: str) -> str:
+    return (f"the pool's hosts are {pool_type} (libvirt getType()) and {uri} is {host_type}: "
+            "a pool has one hypervisor type")
 
 
 def libvirt_name(label: str, uuid: str) -> str:
