@@ -199,7 +199,10 @@ class Hosts:
                 self._publish(host)
                 if host != self.master:        # the master's type is the pool's when it answers
                     self._master_decided.wait(self.server.config.libvirt_open_timeout + 1.0)
-                if not self._admit(host):
+                admitted = self._admit(host)
+                if host == self.master:        # the pool's type is known: the others go on listing
+                    self._master_decided.set()
+                if not admitted:
                     return
                 if host in self._kept:
                     self._kept_storage[host].restore()       # before the domains: their disks name volumes
@@ -406,7 +409,7 @@ class Hosts:
             conn.close()
             self._forget_records(host)
             self._facts.pop(host, None)
-            self.server.placement._tpm.pop(host, None)
+            self.server.placement.forget_host(host)
             with self.store.db_lock, self.store.db.conn:
                 self.store.db.conn.execute(f"DELETE FROM {_TABLE} WHERE uri = ?", (uri,))
             log.info("event=host-removed uri=%s host=%s", uri, host)

@@ -241,6 +241,12 @@ class Placement:
                 found.append(XenAPIError(E.HOST_NETWORK_BANDWIDTH_INSUFFICIENT, host, network, kbps // 1000, speed))
         return found
 
+    def forget_host(self, host: str) -> None:
+        """A host leaves the pool: nothing of it is kept here."""
+        with self._lock:
+            self._arriving.pop(host, None)
+        self._tpm.pop(host, None)
+
     # -- what the messages ask ----------------------------------------------------------------------
     def qualify(self, vm: str, host: str) -> bool:
         return not self.reasons(vm, host)
