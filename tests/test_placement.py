@@ -107,3 +107,21 @@ def test_start_places_a_vm_where_it_fits(two):
     xapi.xenapi.host.disable(big)
     assert fails(xapi.xenapi.VM.start_on, vm, big, False, False) == ["HOST_DISABLED", big]
     assert xapi.xenapi.VM.get_power_state(vm) == "Halted"
+
+
+def test_start_moves_a_vm_whose_host_cannot_take_it_to_one_that_can(two):
+    """VM.start without a host: its own host is full, the other has room; it is moved there (cold,
+    its definition and disks) and started, and resident_on says where."""
+    running, xapi = two
+    big, small = hosts_of(xapi)
+    vm = halted_vm(xapi, big)
+    xapi.xenapi.VM.set_memory_limits(vm, str(256 << 20), str(256 << 20), str(256 << 20), str(256 << 20))
+    xapi.xenapi.host.disable(big)
+    assert xapi.xenapi.VM.get_possible_hosts(vm) == [small]
+    xapi.xenapi.VM.start(vm, False, False)
+    assert xapi.xenapi.VM.get_resident_on(vm) == small and xapi.xenapi.VM.get_power_state(vm) == "Running"
+    assert running.server.reconciler.homes[vm] == small
+    assert xapi.xenapi.VM.get_name_label(vm)                           # the same VM, not a new one
+    xapi.xenapi.VM.hard_shutdown(vm)
+    xapi.xenapi.host.disable(small)
+    assert fails(xapi.xenapi.VM.start, vm, False, False) == ["HOST_DISABLED", small]   # its home's reason
