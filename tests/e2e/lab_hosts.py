@@ -21,6 +21,8 @@ starts.  Each host (``lab1``, ``lab2``):
 From the root namespace a host is ``host.uri`` = ``qemu+unix:///system?socket=<dir>/run/libvirt-sock``.
 ``host.exec_prefix`` (``nsenter --target <reaper> --net --mount --uts --``) runs a command on the
 host (its ``virsh`` means that host); ``host.shell`` is a ``HostShell`` over it.
+``host.kill_libvirtd()`` / ``host.start_libvirtd()`` (``restart_libvirtd()``) kill its libvirtd
+(SIGKILL: its guests keep running) and start it again under a subreaper of its own.
 
 Network rules: the link prefix ``10.231.N.0/24`` and the "guest" prefix ``10.232.N.0/24`` (for
 tests putting guests behind the hosts) are leased by adding ``ip route add unreachable`` for
@@ -164,6 +166,7 @@ class LabHost:
     link_device: str = LINK_DEVICE
     reaper: subprocess.Popen | None = None
     _netns_inode: int | None = None
+    _restarts: list = field(default_factory=list)     # the subreapers of libvirtds started again
 
     @property
     def socket(self) -> Path:
@@ -290,6 +293,49 @@ echo ok >"{d}/boot.status"
                     raise LabError(f"{self.name}: libvirtd does not answer:\n{self.logs()}")
                 time.sleep(0.01)
 
+    # ---- its libvirtd killed and started again (a host's daemon dying under the server)
+    def kill_libvirtd(self, sig: int = signal.SIGKILL, timeout: float = 10) -> int:
+        """Kill this host's libvirtd (SIGKILL: as a crash would); virtlogd and the guests' QEMUs
+        keep running.  Returns once it is gone; its pid."""
+        pid = self.pid_of("libvirtd")
+        if not self._ours(pid, "libvirtd"):
+            raise LabError(f"{self.name}: libvirtd is not running")
+        os.kill(pid, sig)
+        if _wait_gone([pid], timeout):
+            raise LabError(f"{self.name}: libvirtd {pid} still runs {timeout} s after signal {sig}")
+        return pid
+
+    def start_libvirtd(self, timeout: float = 60) -> None:
+        """Start this host's libvirtd again (after ``kill_libvirtd``), in the host's namespaces and
+        under a subreaper of its own, as at boot; returns once it answers (it has reconnected to
+        its running guests by then)."""
+        import libvirt
+        if self._ours(self.pid_of("libvirtd"), "libvirtd"):
+            raise LabError(f"{self.name}: libvirtd already runs")
+        log = open(self.dir / "startup.log", "ab")
+        try:
+            self._restarts.append(subprocess.Popen(
+                [*self.exec_prefix, "perl", "-MPOSIX", "-e", REAPER_PL, "libvirtd", "-d", "-l",
+                 "-p", str(self.dir / "libvirtd.pid"), "-f", "/etc/libvirt/libvirtd.conf"],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._ours(self.pid_of("libvirtd"), "libvirtd"):
+                try:
+                    libvirt.open(self.uri).close()
+                    return
+                except libvirt.libvirtError:
+                    pass
+            if time.monotonic() > deadline:
+                raise LabError(f"{self.name}: libvirtd started again does not answer:\n{self.logs()}")
+            time.sleep(0.01)
+
+    def restart_libvirtd(self, sig: int = signal.SIGKILL) -> None:
+        self.kill_libvirtd(sig)
+        self.start_libvirtd()
+
     def logs(self) -> str:
         out = []
         for f in ("startup.log", "log/libvirtd.log", "log/virtlogd.log"):
@@ -335,6 +381,12 @@ echo ok >"{d}/boot.status"
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+        for reaper in self._restarts:
+            try:
+                reaper.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                reaper.kill()
+                reaper.wait(timeout=10)
         if self.reaper is not None:
             try:
                 self.reaper.wait(timeout=10)

@@ -231,6 +231,9 @@ class Migration:
         ok, why = self.live_supported(source)
         if not ok:
             raise XenAPIError(E.VM_MIGRATE_FAILED, vm, source, destination, why)
+        now = src.domain_state(uuid).power_state        # stopped behind our back since the check
+        if now not in _RUNS:
+            raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "running", now.lower())
         made: dict[int, str] = {}
         try:
             params: dict = {}
@@ -304,6 +307,12 @@ class Migration:
             return                                    # done, even if a cancel came too late to stop it
         if cancelled is not None:
             raise cancelled from error
+        try:                                          # stopped behind our back while it moved
+            now = src.domain_state(uuid).power_state
+        except XenAPIError:
+            now = None                                # the source's libvirtd is gone: the error says so
+        if now is not None and now not in _RUNS:
+            raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "running", now.lower()) from error
         if isinstance(error, XenAPIError):
             raise XenAPIError(E.VM_MIGRATE_FAILED, vm, source, destination, _message(error)) from error
         raise error
