@@ -11,6 +11,9 @@ starts.  Each host (``lab1``, ``lab2``):
   ``/var/cache/libvirt`` and ``/etc/hosts``; the root mount namespace (and so the main test
   libvirtd's ``/run/libvirt``) is not touched;
 - its own UTS namespace (hostname ``lab1``/``lab2``) and its own ``host_uuid``;
+- optionally files it lacks (``LabHosts(masked={"lab2": ("/usr/bin/swtpm", ...)})``): an empty,
+  non-executable file bound over each in its mount namespace, so that host really differs (e.g.
+  its libvirtd finds no swtpm and offers no TPM emulator); without the option, nothing is masked;
 - its own virtlogd and libvirtd (every installed driver: QEMU, network, storage, ...), with
   TCP listening on its link address inside its netns (``qemu+tcp://<address>/system``, auth
   none, for peer-to-peer migration) and QEMU's migration address on the link;
@@ -166,6 +169,7 @@ class LabHost:
     link_device: str = LINK_DEVICE
     reaper: subprocess.Popen | None = None
     _netns_inode: int | None = None
+    masked: tuple[str, ...] = ()   # files this host lacks: an empty, non-executable file over each, in its mount namespace
     _restarts: list = field(default_factory=list)     # the subreapers of libvirtds started again
 
     @property
@@ -247,6 +251,10 @@ migration_host = "{self.address}"
                 shutil.copy2(f, d / "cache/qemu/capabilities" / f.name)
         (d / "hosts").write_text("127.0.0.1 localhost\n" +
                                  "".join(f"{h.address} {h.name}\n" for h in peers))
+        if self.masked:
+            (d / "masked").write_text("")
+            (d / "masked").chmod(0o644)
+        masks = "".join(f'mount --bind "{d}/masked" "{path}"\n' for path in self.masked)
         (d / "boot.sh").write_text(f"""#!/bin/sh
 # lab host {self.name}: runs inside netns {self.netns}, in a private mount + UTS namespace
 set -e
@@ -256,7 +264,7 @@ mount --bind "{d}/lib"   /var/lib/libvirt
 mount --bind "{d}/log"   /var/log/libvirt
 mount --bind "{d}/cache" /var/cache/libvirt
 mount --bind "{d}/hosts" /etc/hosts
-hostname {self.name}
+{masks}hostname {self.name}
 # privileged daemons default to /run/virtlogd.pid and /run/libvirtd.pid (the machine's own)
 virtlogd -d -p "{d}/virtlogd.pid" -f /etc/libvirt/virtlogd.conf
 libvirtd -d -l -p "{d}/libvirtd.pid" -f /etc/libvirt/libvirtd.conf
@@ -452,8 +460,12 @@ class NetnsGuest:
 class LabHosts:
     """Two lab hosts, ``lab1`` and ``lab2`` (see the module doc). A context manager."""
 
-    def __init__(self, probe_qemu: bool = False):
+    def __init__(self, probe_qemu: bool = False, masked: dict[str, tuple[str, ...]] | None = None):
+        """``masked``: per host name (``lab2``), files that host lacks (e.g. ``/usr/bin/swtpm``: its
+        libvirtd then offers no TPM emulator), each covered by an empty, non-executable file in
+        that host's mount namespace before its daemons start; the machine itself is untouched."""
         self.probe_qemu = probe_qemu
+        self.masked = dict(masked or {})
         self.tag = ""
         self.dir: Path | None = None
         self.hosts: list[LabHost] = []
@@ -507,7 +519,8 @@ class LabHosts:
             self._lease = RouteLease((LINK_BASE, GUEST_BASE))
             net = ipaddress.ip_network(self.link_prefix)
             self.hosts = [LabHost(name=f"lab{i}", netns=f"{self.tag}-{i}", address=str(net.network_address + i),
-                                  dir=self.dir / f"lab{i}", host_uuid=str(uuid.uuid4())) for i in (1, 2)]
+                                  dir=self.dir / f"lab{i}", host_uuid=str(uuid.uuid4()),
+                                  masked=tuple(self.masked.get(f"lab{i}", ()))) for i in (1, 2)]
             for host in self.hosts:
                 _sh("ip", "netns", "add", host.netns)
                 host._netns_inode = _netns_inode(host.netns)
