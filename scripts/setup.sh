@@ -60,7 +60,7 @@ PKGS=(libvirt-dev pkg-config libvirt-daemon libvirt-daemon-driver-qemu libvirt-d
       gcc libc6-dev ca-certificates openssl
       tgt libvirt-daemon-driver-storage-iscsi-direct qemu-block-extra
       dnsmasq-base ebtables iptables libvirt-daemon-config-nwfilter iputils-ping
-      pxelinux syslinux-common ipxe-qemu syslinux mtools)
+      pxelinux syslinux-common ipxe-qemu syslinux mtools swtpm swtpm-tools)
 (( DEB_PY )) && PKGS+=(python3-venv python3-dev)
 PKGS+=(python3)            # tests run helpers as another uid with /usr/bin/python3
 # node 20 + npm come with the machine image (outside Debian's archive); Debian's are the fallback
