@@ -40,6 +40,11 @@ class Observer:
     def key_of(self, state) -> str:
         raise NotImplementedError
 
+    def superseded(self, host: str, state) -> bool:
+        """Whether ``state`` read on ``host`` is stale next to what another host has (a domain's
+        shut-off definition left on the host it migrated from, while it runs elsewhere)."""
+        return False
+
     def event_key(self, host: str, key: str) -> str:
         """The key of the object an event on ``host`` names by ``key`` (libvirt's own id)."""
         return key

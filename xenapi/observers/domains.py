@@ -13,6 +13,7 @@ from xenapi.state import operations
 from xenapi.backend import domxml
 from xenapi.backend.connection import ERR_NO_DOMAIN
 from xenapi.state.lifecycle import allowed_operations
+from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers import Observer, read_or_none
 from xenapi.observers.vbds import vbd_ops
@@ -68,6 +69,24 @@ class DomainObserver(Observer):
 
     def loaded(self):
         return [ref for ref, rec in self.store.records("VM").items() if not rec["is_control_domain"]]
+
+    def superseded(self, host, state) -> bool:
+        """A domain read shut off here while the store has it running on another host: during a
+        migration (``virsh migrate`` too) the source still defines it for a moment after the
+        destination runs it, and events from both hosts come in any order.  Running wins, once the
+        host it runs on confirms it."""
+        if state.power_state in _RUNS:
+            return False
+        ref = vm_ref(state.uuid)
+        home = self.homes.get(ref)
+        rec = self.store.find("VM", ref)
+        if home in (None, host) or rec is None or rec["power_state"] not in _RUNS:
+            return False
+        try:
+            there = self.read(home, self.server.hosts.connection(home), state.uuid)
+        except XenAPIError:
+            return False
+        return there is not None and there.power_state in _RUNS
 
     def guard(self):
         return operations.guard()    # allowed_operations must see the current_operations of this instant

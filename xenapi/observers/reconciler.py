@@ -235,7 +235,7 @@ class Reconciler:
         with observer.guard() or nullcontext():
             for state in states:
                 key = observer.key_of(state)
-                if self._read_at.get((observer.kind, key), 0) > read:
+                if self._read_at.get((observer.kind, key), 0) > read or observer.superseded(host, state):
                     continue
                 self._read_at[(observer.kind, key)] = read
                 observed = observer.observe(host, state)
