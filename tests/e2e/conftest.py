@@ -27,6 +27,7 @@ through the restart.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import subprocess
@@ -43,7 +44,7 @@ if str(HERE) not in sys.path:  # guest.py sits beside this file (any pytest impo
 import guest  # noqa: E402
 from lab_hosts import lab_hosts  # noqa: F401,E402  (session fixture: two lab libvirt hosts, lab1/lab2)
 from guest_image import tiny_image, tiny_image_template  # noqa: F401,E402  (the tiny guest's SYSLINUX disk, its image:tiny template)
-from qemu_e2e import SYSTEM_URI, E2EServer, libvirt_uri_in_use  # noqa: E402
+from qemu_e2e import SYSTEM_URI, E2EServer, libvirt_uri_in_use, serving  # noqa: E402
 
 NAME_PREFIX = "xe2e-"  # domains made by make_domain: xe2e-<pid>-<n>-<hint>
 
@@ -202,44 +203,28 @@ def make_domain(libvirt_conn):
 
 @pytest.fixture
 def start_xenapi(libvirt_uri, tmp_path):
+    """``start_xenapi(**config)``: a server over the test libvirtd (``libvirt_uris`` overrides), its
+    VMs in ``.created`` shut down and destroyed after the test, whatever happened."""
     import XenAPI
-    from tests.conftest import ADMIN_PASSWORD
-    from xenapi.transport.api import Api
-    from xenapi.config import Config
-    from xenapi.server import Server
-    from xenapi.transport.http import HTTPServer
 
+    servers = contextlib.ExitStack()
     started: list[E2EServer] = []
 
     def start(**settings) -> E2EServer:
-        settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30, "libvirt_sync_wait": 60,
-                    "state": str(tmp_path / f"state-{len(started)}"), **settings}
-        server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[libvirt_uri], **settings))
-        server.users.ensure_admin(ADMIN_PASSWORD)
-        server.start()
-        http = HTTPServer(("127.0.0.1", 0), Api(server))
-        http.start()
-        url = f"http://127.0.0.1:{http.address[1]}"
-        session = XenAPI.Session(url)
-        session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
-        started.append(E2EServer(server, http, url, session))
+        settings = {"libvirt_uris": [libvirt_uri], "state": str(tmp_path / f"state-{len(started)}"), **settings}
+        started.append(servers.enter_context(serving(**settings)))
         return started[-1]
 
-    yield start
-    for s in started:
-        for ref in s.created:              # whatever the test left, even on failure
-            try:
-                if s.x.VM.get_power_state(ref) != "Halted":
-                    s.x.VM.hard_shutdown(ref)
-                s.x.VM.destroy(ref)
-            except XenAPI.Failure:
-                pass
-        try:
-            s.x.session.logout()
-        except Exception:
-            pass
-        s.http.shutdown()
-        s.server.stop()
+    with servers:
+        yield start
+        for s in started:
+            for ref in s.created:              # whatever the test left, even on failure
+                try:
+                    if s.x.VM.get_power_state(ref) != "Halted":
+                        s.x.VM.hard_shutdown(ref)
+                    s.x.VM.destroy(ref)
+                except XenAPI.Failure:
+                    pass
 
 
 LOCAL_SR_PATH = "/var/lib/xenapi-e2e/local-sr"     # the e2e servers' shared local SR, outside any tmp dir

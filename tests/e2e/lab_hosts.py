@@ -491,6 +491,13 @@ class LabHosts:
         """A /24 reserved (unreachable from the root namespace) for guests behind the hosts."""
         return self._lease.prefixes[1]
 
+    def xenapi_settings(self) -> dict:
+        """The Config fields of a xenapi server over both hosts, lab1 the master: their URIs, how
+        the server runs commands on them, and how their libvirtds dial each other (over TCP inside
+        the lab: the server reaches them through their unix sockets)."""
+        return {"libvirt_uris": [h.uri for h in self.hosts], "host_exec": {h.uri: h.exec_prefix for h in self.hosts},
+                "migrate_uris": {h.uri: h.tcp_uri for h in self.hosts}}
+
     def guest_address(self, n: int) -> str:
         """``<guest prefix>.n/24``"""
         net = ipaddress.ip_network(self.guest_prefix)

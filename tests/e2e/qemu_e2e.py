@@ -8,6 +8,7 @@ copied to a file), ``qemu_img_info`` and ``write_iso`` (a real ISO 9660 image).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -75,6 +76,37 @@ class E2EServer:
         session = XenAPI.Session(self.url)
         session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
         return session
+
+
+@contextlib.contextmanager
+def serving(**settings):
+    """A xenapi server in this process (HTTP on loopback) with ``settings`` (Config fields), and
+    an official XenAPI session logged in as root; logged out and stopped after, whatever happened.
+    Defaults fit the tiny real guest: TCG domains, a 30 s clean shutdown, a 60 s wait for the
+    first listing."""
+    import XenAPI
+    from tests.conftest import ADMIN_PASSWORD
+    from xenapi.config import Config
+    from xenapi.server import Server
+    from xenapi.transport.api import Api
+    from xenapi.transport.http import HTTPServer
+
+    settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30, "libvirt_sync_wait": 60, **settings}
+    server = Server(Config(listen="127.0.0.1:0", **settings))
+    server.users.ensure_admin(ADMIN_PASSWORD)
+    server.start()
+    http = HTTPServer(("127.0.0.1", 0), Api(server))
+    http.start()
+    try:
+        url = f"http://127.0.0.1:{http.address[1]}"
+        session = XenAPI.Session(url)
+        session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
+        yield E2EServer(server, http, url, session)
+        with contextlib.suppress(Exception):
+            session.xenapi.session.logout()
+    finally:
+        http.shutdown()
+        server.stop()
 
 
 @dataclass

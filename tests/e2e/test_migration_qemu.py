@@ -27,7 +27,7 @@ import time
 import pytest
 
 import guest_net as gn
-from qemu_e2e import E2EServer, tiny_vm_record
+from qemu_e2e import serving, tiny_vm_record
 
 pytestmark = pytest.mark.e2e
 
@@ -37,47 +37,25 @@ PRIVATE_LOCAL_SR = "/var/lib/libvirt/images/xenapi-local"   # inside each lab ho
 
 @pytest.fixture
 def lab_server(lab_hosts, tmp_path):
-    """A xenapi server (in this process, HTTP on loopback) over both lab hosts, lab1 the master."""
-    import XenAPI
-    from tests.conftest import ADMIN_PASSWORD
-    from xenapi.config import Config
-    from xenapi.server import Server
-    from xenapi.transport.api import Api
-    from xenapi.transport.http import HTTPServer
-
-    hosts = lab_hosts.hosts
-    server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[h.uri for h in hosts],
-                           host_exec={h.uri: h.exec_prefix for h in hosts},
-                           migrate_uris={h.uri: h.tcp_uri for h in hosts}, storage_local_path=PRIVATE_LOCAL_SR,
-                           domain_type="qemu", clean_shutdown_timeout=30, libvirt_sync_wait=60,
-                           state=str(tmp_path / "state")))
-    server.users.ensure_admin(ADMIN_PASSWORD)
-    server.start()
-    http = HTTPServer(("127.0.0.1", 0), Api(server))
-    http.start()
-    url = f"http://127.0.0.1:{http.address[1]}"
-    session = XenAPI.Session(url)
-    session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
-    e2e = E2EServer(server, http, url, session)
-    try:
-        yield e2e
-    finally:
-        x = session.xenapi
-        for vm in e2e.created:
-            with contextlib.suppress(Exception):
-                if x.VM.get_power_state(vm) != "Halted":
-                    x.VM.hard_shutdown(vm)
-            with contextlib.suppress(Exception):
-                for vbd in x.VM.get_VBDs(vm):
-                    vdi = x.VBD.get_VDI(vbd)
-                    x.VBD.destroy(vbd)
-                    x.VDI.destroy(vdi)
-            with contextlib.suppress(Exception):
-                x.VM.destroy(vm)
-        with contextlib.suppress(Exception):
-            session.xenapi.session.logout()
-        http.shutdown()
-        server.stop()
+    """A xenapi server (in this process, HTTP on loopback) over both lab hosts, lab1 the master;
+    the VMs of ``.created`` go after the test with their disks."""
+    with serving(**lab_hosts.xenapi_settings(), storage_local_path=PRIVATE_LOCAL_SR,
+                 state=str(tmp_path / "state")) as e2e:
+        try:
+            yield e2e
+        finally:
+            x = e2e.x
+            for vm in e2e.created:
+                with contextlib.suppress(Exception):
+                    if x.VM.get_power_state(vm) != "Halted":
+                        x.VM.hard_shutdown(vm)
+                with contextlib.suppress(Exception):
+                    for vbd in x.VM.get_VBDs(vm):
+                        vdi = x.VBD.get_VDI(vbd)
+                        x.VBD.destroy(vbd)
+                        x.VDI.destroy(vdi)
+                with contextlib.suppress(Exception):
+                    x.VM.destroy(vm)
 
 
 def _libvirt_state(lab_host, uuid: str):

@@ -46,7 +46,7 @@ import pytest
 
 import lxc_libvirtd
 from lab_hosts import LabError, LabHosts
-from qemu_e2e import E2EServer, tiny_vm_record
+from qemu_e2e import E2EServer, serving, tiny_vm_record
 
 pytestmark = pytest.mark.e2e
 
@@ -80,34 +80,12 @@ def differing_hosts():
 
 @pytest.fixture(scope="module")
 def pool(differing_hosts, tmp_path_factory):
-    import XenAPI
-    from tests.conftest import ADMIN_PASSWORD
-    from xenapi.config import Config
-    from xenapi.server import Server
-    from xenapi.transport.api import Api
-    from xenapi.transport.http import HTTPServer
-
     lab, lxc = differing_hosts
-    hosts = lab.hosts
-    server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[h.uri for h in hosts] + [lxc.uri],
-                           host_exec={h.uri: h.exec_prefix for h in hosts},
-                           migrate_uris={h.uri: h.tcp_uri for h in hosts}, storage_local_path=PRIVATE_LOCAL_SR,
-                           domain_type="qemu", clean_shutdown_timeout=30, libvirt_sync_wait=60,
-                           state=str(tmp_path_factory.mktemp("qualify") / "state")))
-    server.users.ensure_admin(ADMIN_PASSWORD)
-    server.start()
-    http = HTTPServer(("127.0.0.1", 0), Api(server))
-    http.start()
-    url = f"http://127.0.0.1:{http.address[1]}"
-    session = XenAPI.Session(url)
-    session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
-    try:
-        yield Pool(lab, lxc, E2EServer(server, http, url, session))
-    finally:
-        with contextlib.suppress(Exception):
-            session.xenapi.session.logout()
-        http.shutdown()
-        server.stop()
+    settings = lab.xenapi_settings()
+    settings["libvirt_uris"] = [*settings["libvirt_uris"], lxc.uri]
+    with serving(**settings, storage_local_path=PRIVATE_LOCAL_SR,
+                 state=str(tmp_path_factory.mktemp("qualify") / "state")) as server:
+        yield Pool(lab, lxc, server)
 
 
 class Pool:

@@ -21,7 +21,7 @@ import time
 import pytest
 
 import guest_net as gn
-from qemu_e2e import E2EServer, tiny_vm_record
+from qemu_e2e import serving, tiny_vm_record
 from xenapi.backend import vxlan
 
 pytestmark = pytest.mark.e2e
@@ -30,31 +30,8 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def lab_server(lab_hosts, tmp_path):
     """A xenapi server (in this process, HTTP on loopback) over both lab hosts, lab1 the master."""
-    import XenAPI
-    from tests.conftest import ADMIN_PASSWORD
-    from xenapi.config import Config
-    from xenapi.server import Server
-    from xenapi.transport.api import Api
-    from xenapi.transport.http import HTTPServer
-
-    hosts = lab_hosts.hosts
-    server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[h.uri for h in hosts],
-                           host_exec={h.uri: h.exec_prefix for h in hosts}, domain_type="qemu",
-                           clean_shutdown_timeout=30, libvirt_sync_wait=60, state=str(tmp_path / "state")))
-    server.users.ensure_admin(ADMIN_PASSWORD)
-    server.start()
-    http = HTTPServer(("127.0.0.1", 0), Api(server))
-    http.start()
-    url = f"http://127.0.0.1:{http.address[1]}"
-    session = XenAPI.Session(url)
-    session.xenapi.login_with_password("root", ADMIN_PASSWORD, "2.21", "e2e")
-    try:
-        yield E2EServer(server, http, url, session)
-    finally:
-        with contextlib.suppress(Exception):
-            session.xenapi.session.logout()
-        http.shutdown()
-        server.stop()
+    with serving(**lab_hosts.xenapi_settings(), state=str(tmp_path / "state")) as server:
+        yield server
 
 
 def _until(what: str, probe, why=lambda: "", timeout: float = 30.0):
