@@ -42,11 +42,18 @@ def migration_reasons(ctx, vm: str, current: str, destination: str) -> list[XenA
     if rec["power_state"] == "Suspended":
         found.append(XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted, running, paused", "suspended"))
     if rec["power_state"] in _LIVE:
+        live_ok = True
         for host in dict.fromkeys((current, destination)):
             if ctx.store.exists("host", host) and ctx.server.hosts.live(host):
                 ok, why = ctx.server.migration.live_supported(host)
                 if not ok:
+                    live_ok = False
                     found.append(XenAPIError(E.OPERATION_NOT_ALLOWED, f"cannot live-migrate: {why}"))
+        if live_ok and current != destination and all(ctx.store.exists("host", h) and ctx.server.hosts.live(h)
+                                                       for h in (current, destination)):
+            ok, why = ctx.server.migration.reachable(current, destination)
+            if not ok:
+                found.append(XenAPIError(E.OPERATION_NOT_ALLOWED, f"cannot live-migrate: {why}"))
     return found + placement.reasons(vm, destination)
 
 

@@ -106,10 +106,12 @@ def test_a_refused_definition_leaves_the_source_as_it_was_and_nothing_on_the_des
     server = running.server
     vm, vdi = halted_vm_with_disk(x, server, a)
     uuid = x.VM.get_uuid(vm)
-    # a domain of the same libvirt name, another uuid, on B: B refuses the VM's definition
+    # domains of the VM's libvirt name, and of the name a move would rename it to, other uuids,
+    # on B: B refuses the VM's definition
     name = server.hosts.connection(a).domain_state(uuid).name
-    clash = server.hosts.connection(b).define(
-        f"<domain type='test'><name>{name}</name><memory>65536</memory><os><type>hvm</type></os></domain>")
+    clash, _ = (server.hosts.connection(b).define(
+        f"<domain type='test'><name>{taken}</name><memory>65536</memory><os><type>hvm</type></os></domain>")
+        for taken in (name, f"{name}-{uuid[:8]}"))
     vdis_b = set(x.SR.get_VDIs(local_sr(x, b)))
 
     with pytest.raises(XenAPIError) as failure:
@@ -183,3 +185,26 @@ def test_a_domain_undefined_on_one_host_and_defined_on_another_stays_the_same_vm
     assert x.VM.get_name_description(vm) == "kept"
     server.reconciler.refresh(a, uuid)          # again, now that B is its home: still nothing to forget
     assert x.VM.get_uuid(vm) == uuid
+
+
+def test_a_move_onto_a_host_with_a_domain_of_the_same_libvirt_name_renames_it(tmp_path):
+    """Xen-API names need not be unique, libvirt's must: a VM moved where its libvirt name is taken
+    goes there under ``<name>-<uuid prefix>``, still the same VM."""
+    uris = []
+    for n in (1, 2):
+        node = tmp_path / f"same{n}.xml"
+        node.write_text(node_xml(domains=1, running=0))                  # both define a "vm0"
+        uris.append(f"test://{node}")
+    running = start_server(tmp_path, uris=uris)
+    try:
+        x = running.session().xenapi
+        a, b = (running.server.hosts.ref_of(u) for u in uris)
+        vm = next(ref for ref, rec in x.VM.get_all_records().items()
+                  if not rec["is_control_domain"] and running.server.reconciler.homes.get(ref) == a)
+        uuid = x.VM.get_uuid(vm)
+        x.VM.pool_migrate(vm, b, {})
+        names = {d.name() for d in running.server.hosts.connection(b).read("list", lambda c: c.listAllDomains())}
+        assert names == {"vm0", f"vm0-{uuid[:8]}"}
+        assert running.server.reconciler.homes[vm] == b and x.VM.get_uuid(vm) == uuid
+    finally:
+        stop_server(running)

@@ -198,22 +198,26 @@ def test_a_running_guest_moves_live_there_and_back_and_a_cancelled_move_leaves_i
         print(f"cancelled live migration: progress {progress_seen:.4f} when cancelled")
         _on_domain(lab1, uuid, lambda dom: dom.migrateSetMaxSpeed(8796093022207, 0))   # QEMU's maximum, the default
 
-        # failed: lab1's libvirtd cannot reach lab2's (a port nobody listens on): a clear error, the
-        # guest running on lab1 as before
+        # unreachable: lab1's libvirtd cannot dial lab2's (a port nobody listens on): the dry run
+        # says so, and the move is refused up front; the guest runs on lab1 as before (a failure
+        # mid-flight, a libvirtd killed, is in test_migration_faults_qemu.py)
         config = lab_server.server.config
         config.migrate_uris[lab2.uri] = f"qemu+tcp://{lab2.address}:9/system"
+        lab_server.server.migration.forget_reachability()
         try:
+            assert x.VM.migrate(vm, pool.host[lab1.name], pool.host[lab2.name], True) is False
             with pytest.raises(XenAPI.Failure) as failure:
                 x.VM.pool_migrate(vm, pool.host[lab2.name], {})
         finally:
             config.migrate_uris[lab2.uri] = lab2.tcp_uri
+            lab_server.server.migration.forget_reachability()
         code, *params = failure.value.details
-        assert code == "VM_MIGRATE_FAILED" and params[:3] == [vm, pool.host[lab1.name], pool.host[lab2.name]], params
-        assert "9" in params[3], params
+        assert code == "OPERATION_NOT_ALLOWED" and "cannot reach" in params[0] and ":9/" in params[0], params
         assert (x.VM.get_power_state(vm), x.VM.get_resident_on(vm)) == ("Running", pool.host[lab1.name])
         assert _libvirt_state(lab1, uuid)[0] == libvirt.VIR_DOMAIN_RUNNING and _libvirt_state(lab2, uuid) is None
         assert shell.check("cat /tmp/marker") == marker
-        print(f"failed live migration: {params[3]}")
+        assert x.VM.migrate(vm, pool.host[lab1.name], pool.host[lab2.name], True) is True
+        print(f"unreachable destination: {params[0]}")
     finally:
         shell.close()
 

@@ -202,6 +202,13 @@ def set_disk_mode(xml: str, slot: int, read_only: bool) -> str:
     return ET.tostring(root, encoding="unicode")
 
 
+def set_name(xml: str, name: str) -> str:
+    """The domain under another libvirt name (a host where its name is taken by another domain)."""
+    root = _load(xml)
+    _set_text(root, "name", name)
+    return ET.tostring(root, encoding="unicode")
+
+
 def set_container_root(xml: str, path: str) -> str:
     """An LXC container's root (the directory mounted at "/") moved to ``path``."""
     root = _load(xml)

@@ -30,11 +30,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import xml.etree.ElementTree as ET
 
 import libvirt
 
 from xenapi import errors as E
 from xenapi.backend import devices, rewrite
+from xenapi.backend.host_shell import HostShellError
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 from xenapi.observers.volumes import volume_key
@@ -47,6 +49,8 @@ log = logging.getLogger(__name__)
 
 LIVE_FLAGS = (libvirt.VIR_MIGRATE_PEER2PEER | libvirt.VIR_MIGRATE_LIVE | libvirt.VIR_MIGRATE_PERSIST_DEST
               | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE)
+REACH_CACHE = 30.0        # seconds a "can the source dial the destination" answer is kept
+REACH_TIMEOUT = 10.0
 POLL_SECONDS = 0.1        # how often a live migration's job stats are read (progress, cancel)
 # drivers libvirt cannot live-migrate (getType() -> why)
 _NO_LIVE = {"TEST": "libvirt's test driver cannot live-migrate",
@@ -74,6 +78,7 @@ class Migration:
     def __init__(self, server):
         self.server = server
         self.last: dict[str, dict] = {}      # VM ref -> the last move's figures (seconds, downtime, ...)
+        self._reach: dict[tuple[str, str], tuple[float, tuple[bool, str]]] = {}
 
     # -- what the dry run asks ---------------------------------------------------------------------
     def live_supported(self, host: str) -> tuple[bool, str]:
@@ -83,6 +88,46 @@ class Migration:
             return False, "the host has not been reached yet"
         reason = _NO_LIVE.get(facts.hypervisor)
         return (reason is None), (reason or "")
+
+    def reachable(self, source: str, destination: str) -> tuple[bool, str]:
+        """Whether ``source``'s libvirtd can dial ``destination``'s (what a live migration needs):
+        ``virsh -c <its migrate URI> uri`` run on the source, through its shell; unknown (True)
+        where the source has no shell.  Remembered for REACH_CACHE seconds."""
+        key = (source, destination)
+        cached = self._reach.get(key)
+        if cached is not None and time.monotonic() - cached[0] < REACH_CACHE:
+            return cached[1]
+        shell = self.server.networks.shell(source)
+        answer = (True, "")
+        if shell.available:
+            uri = self.destination_uri(destination)
+            try:
+                done = shell.run(["virsh", "-c", uri, "uri"], timeout=REACH_TIMEOUT)
+                if done.returncode != 0:
+                    answer = (False, f"the source's libvirtd cannot reach {uri}: "
+                                     f"{(done.stderr or done.stdout).strip().splitlines()[-1:] or ['no answer']}"[:300])
+            except HostShellError as e:
+                answer = (False, f"the source cannot reach {uri}: {e}")
+        self._reach[key] = (time.monotonic(), answer)
+        return answer
+
+    def forget_reachability(self) -> None:
+        """Ask again at the next check (the hosts' network or [migrate_uri] changed)."""
+        self._reach.clear()
+
+    def free_name(self, xml: str, uuid: str, destination: str) -> str | None:
+        """A libvirt name for the domain on ``destination`` when its own is taken there by another
+        domain (Xen-API names need not be unique; libvirt's must), else None."""
+        name = ET.fromstring(xml).findtext("name") or ""
+
+        def taken(conn):
+            try:
+                return conn.lookupByName(name).UUIDString() != uuid
+            except libvirt.libvirtError:
+                return False
+        if name and self.server.hosts.connection(destination).read("lookup_name", taken):
+            return f"{name}-{uuid[:8]}"
+        return None
 
     def destination_uri(self, host: str) -> str:
         """The URI the other hosts' libvirtd dial to reach ``host`` ([migrate_uri], else its own)."""
@@ -207,6 +252,8 @@ class Migration:
                     ctx.allow_cancel(False)
             if src.domain_state(uuid).power_state != "Halted":     # started behind our back meanwhile
                 raise XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted", src.domain_state(uuid).power_state.lower())
+            if name := self.free_name(xml, uuid, destination):
+                xml = rewrite.set_name(xml, name)
             dst.define(self._renamed(xml, destination, made))
             defined = True
             src.undefine(uuid)
@@ -237,6 +284,8 @@ class Migration:
         made: dict[int, str] = {}
         try:
             params: dict = {}
+            if name := self.free_name(src.xml(uuid, inactive=True), uuid, destination):
+                params[libvirt.VIR_MIGRATE_PARAM_DEST_NAME] = name
             flags = LIVE_FLAGS
             if moved:
                 sr = self._target_sr(vm, source, destination)
