@@ -45,7 +45,7 @@ import guest
 from qemu_e2e import (MiB, SerialConsole, EventWatch, qemu_img_info, start_with_console, tiny_vm_record, virsh,
                       wait_task, write_iso)
 from xenapi.model.types import NULL_REF
-from xenapi.services.disks import DETACH_WAIT     # how long VBD.unplug waits for the guest
+from xenapi.services.hotplug import DETACH_WAIT     # how long VBD.unplug waits for the guest
 from xenapi.services.storage import LOCAL_POOL      # the libvirt pool of each host's "Local storage" SR
 
 pytestmark = pytest.mark.e2e
