@@ -10,7 +10,7 @@ from classes.network_messages import networking
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
-from xenapi.model.roles import POOL_ADMIN, POOL_OP, READ_ONLY, VM_ADMIN
+from xenapi.model.roles import POOL_ADMIN, POOL_OP, VM_ADMIN
 
 _SELF = param(T.Ref("network"), "self", "The network")
 _NETWORK = param(T.Ref("network"), "network", "The network")

@@ -14,7 +14,7 @@ from classes.network_messages import networking
 from xenapi import errors as E
 from xenapi.model import types as T
 from xenapi.model.declare import declare_class, fields, message, param
-from xenapi.model.roles import POOL_OP, READ_ONLY
+from xenapi.model.roles import POOL_OP
 
 _SELF = param(T.Ref("PIF"), "self", "The PIF")
 _READ_ONLY = (E.OPERATION_NOT_ALLOWED, E.PIF_IS_PHYSICAL, E.PIF_IS_MANAGEMENT_INTERFACE, E.HOST_OFFLINE,
