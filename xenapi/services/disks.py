@@ -84,7 +84,7 @@ class Disks:
             conn.define(edit(xml, domxml.parse(xml)))
             self.reconciler.refresh(host, rec["uuid"])
 
-    def _source(self, host: str, vdi: str) -> dict:
+    def disk_source(self, host: str, vdi: str) -> dict:
         """How a domain on ``host`` names VDI ``vdi``: its pool's name there and its volume."""
         rec = self.store.get("VDI", vdi)
         sr = self.store.get("SR", rec["SR"])
@@ -126,7 +126,7 @@ class Disks:
         self._check_vm_class(vm, parsed, vbd_type, None if empty else vdi)
         if not empty:
             self._assert_present(host, vdi)
-        source = None if empty else self._source(host, vdi)
+        source = None if empty else self.disk_source(host, vdi)
         with self.store.object_lock("VM", vm):
             xml = conn.xml(rec["uuid"], inactive=True)
             slots = rewrite.disk_slots(xml)
@@ -208,7 +208,7 @@ class Disks:
             vm, host, conn = self._domain(rec["VM"])
             if vdi:
                 self._assert_present(host, vdi)
-            source = self._source(host, vdi) if vdi else None
+            source = self.disk_source(host, vdi) if vdi else None
             if source:
                 source.pop("format")
             slot = int(rec["userdevice"])

@@ -43,7 +43,6 @@ from xenapi.observers.volumes import volume_key
 from xenapi.services import volume_copy
 from xenapi.services.storage import EMBEDDED_POOL, LOCAL_POOL
 from xenapi.services.storage_rules import plugged_pbds
-from xenapi.state.store import new_uuid
 
 log = logging.getLogger(__name__)
 
@@ -203,14 +202,13 @@ class Migration:
         if copy and self.server.hosts.facts(destination).hypervisor != "TEST" \
                 and self.server.hosts.facts(storage.volume_of(vdi)[0]).hypervisor != "TEST":
             return volume_copy.copy(storage, ctx, vdi, rec, sr, NULL_REF)
-        plugin = storage.plugin(sr)
-        storage._check_space(sr, plugin, rec["virtual_size"])
-        return storage._make_volume(destination, sr, plugin, new_uuid(), rec["virtual_size"], storage._copied_fields(rec))
+        storage.check_space(sr, rec["virtual_size"])
+        return storage.volume_like(destination, sr, rec)
 
     def _renamed(self, xml: str, destination: str, targets: dict[int, str]) -> str:
         """``xml`` with the disk in each slot of ``targets`` on that VDI's volume on the destination."""
         for slot, vdi in targets.items():
-            xml = rewrite.set_source(xml, slot, self.server.storage._source(destination, vdi))
+            xml = rewrite.set_source(xml, slot, self.server.storage.disk_source(destination, vdi))
         return xml
 
     def _discard(self, vdis) -> None:

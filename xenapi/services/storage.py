@@ -358,6 +358,16 @@ class Storage(disks.Disks):
         store_fields = {k: values[k] for k in _VDI_STORE_FIELDS if k in values}
         return self._make_volume(host, sr, plugin, uuid, size, store_fields)
 
+    def volume_like(self, host: str, sr: str, rec: dict, *, copy_of: tuple[str, str] | None = None) -> str:
+        """A new VDI on ``sr`` (its volume made on ``host``) of VDI record ``rec``'s size, carrying its
+        store fields: the target of a copy or a move."""
+        return self._make_volume(host, sr, self.plugin(sr), new_uuid(), rec["virtual_size"], self._copied_fields(rec),
+                                 copy_of=copy_of)
+
+    def check_space(self, sr: str, size: int) -> None:
+        """SR_BACKEND_FAILURE_44 (xapi's "insufficient space") if ``size`` bytes do not fit in ``sr``."""
+        self._check_space(sr, self.plugin(sr), size)
+
     def _check_space(self, sr: str, plugin: Plugin, size: int) -> None:
         if isinstance(size, int) and size > 0:
             rec = self.store.get("SR", sr)

@@ -59,7 +59,7 @@ def new_disks(storage, ctx, rec: dict, host: str, sr: str | None, made: Made) ->
             source = store.get("VDI", b["VDI"])
             vdi = storage.vdi_copy(ctx, b["VDI"], sr if sr != NULL_REF else source["SR"], NULL_REF, NULL_REF)
         made.vdis.append(vdi)
-        out[int(b["userdevice"])] = (storage._source(host, vdi), {k: b[k] for k in _VBD_KEPT})
+        out[int(b["userdevice"])] = (storage.disk_source(host, vdi), {k: b[k] for k in _VBD_KEPT})
     return out
 
 

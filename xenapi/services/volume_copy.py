@@ -46,15 +46,14 @@ def copy(storage, ctx, vdi: str, rec: dict, sr: str, into_vdi: str) -> str:
         if sr == NULL_REF or not sr:
             sr = rec["SR"]
         storage._need(sr, "VDI_CREATE")
-        plugin = storage.plugin(sr)
-        storage._check_space(sr, plugin, rec["virtual_size"])
+        storage.check_space(sr, rec["virtual_size"])
         host = storage.attached_host(sr)
         ctx.progress(0.0)
         if host != src_host:
-            return _stream_copy(storage, ctx, rec, (src_host, src_pool, src_name), host, sr, plugin)
+            return _stream_copy(storage, ctx, rec, (src_host, src_pool, src_name), host, sr)
         if not _local_files(storage, host, rec, sr):
             return _libvirt_copy(storage, ctx, vdi, rec, sr, host, src_name)
-        target = storage._make_volume(host, sr, plugin, new_uuid(), rec["virtual_size"], storage._copied_fields(rec))
+        target = storage.volume_like(host, sr, rec)
         made = True
     try:
         _qemu_img_copy(storage, ctx, rec, target)
@@ -76,7 +75,6 @@ def _local_files(storage, host: str, rec: dict, sr: str) -> bool:
 
 def _libvirt_copy(storage, ctx, vdi: str, rec: dict, sr: str, host: str, src_name: str) -> str:
     """libvirt's own copy within one host (createXMLFrom), on a thread so a cancel can be noted."""
-    plugin = storage.plugin(sr)
     result: dict = {}
     copy_of = (storage.store.get("SR", rec["SR"])["uuid"], src_name)
     if sr != rec["SR"] and storage.hosts.facts(host).hypervisor == "TEST":
@@ -86,8 +84,7 @@ def _libvirt_copy(storage, ctx, vdi: str, rec: dict, sr: str, host: str, src_nam
 
     def run():
         try:
-            result["ref"] = storage._make_volume(host, sr, plugin, new_uuid(), rec["virtual_size"],
-                                                 storage._copied_fields(rec), copy_of=copy_of)
+            result["ref"] = storage.volume_like(host, sr, rec, copy_of=copy_of)
         except BaseException as e:           # handed to the caller's thread
             result["error"] = e
     worker = threading.Thread(target=run, name="vdi-copy", daemon=True)
@@ -112,14 +109,14 @@ def _libvirt_copy(storage, ctx, vdi: str, rec: dict, sr: str, host: str, src_nam
     return result["ref"]
 
 
-def _stream_copy(storage, ctx, rec: dict, source: tuple[str, str, str], host: str, sr: str, plugin) -> str:
+def _stream_copy(storage, ctx, rec: dict, source: tuple[str, str, str], host: str, sr: str) -> str:
     """A copy onto another host: the source volume's bytes through libvirt streams, downloaded
     from its host and uploaded into the new volume (both hosts may be remote).  A source with a
     backing file, or in another format than the destination's, is first flattened into a
     temporary volume on its own host by libvirt, which is deleted afterwards whatever happens."""
     src_host, src_pool, src_name = source
     src = storage.hosts.connection(src_host)
-    fmt = plugin.disk_format
+    fmt = storage.plugin(sr).disk_format
     temporary = None
     if rec["sm_config"].get("backing") or _fmt(rec) != fmt:
         temporary = f"xenapi-copy-{new_uuid()}.{fmt}"
@@ -128,7 +125,7 @@ def _stream_copy(storage, ctx, rec: dict, source: tuple[str, str, str], host: st
                         f"<target><format type='{fmt}'/></target></volume>")
     try:
         total = max(1, src.volume_state(src_pool, temporary or src_name).allocation)
-        target = storage._make_volume(host, sr, plugin, new_uuid(), rec["virtual_size"], storage._copied_fields(rec))
+        target = storage.volume_like(host, sr, rec)
         try:
             _, dst_pool, dst_name = storage.volume_of(target)
             ctx.allow_cancel(True)
