@@ -240,3 +240,19 @@ def test_a_nat_network_and_the_draft_figures_selectable_with_where(running, xapi
     assert set(xapi.xenapi.network.get_all_records_where('field "bandwidth" > 100')) == {net}
     unknown = xapi.xenapi.network.get_all_records_where('field "bandwidth" < 0')
     assert net not in unknown and all(r["bandwidth"] == -1.0 for r in unknown.values())
+
+
+def test_a_vifs_device_mtu_is_its_other_config_mtu_else_its_networks(running, xapi):
+    vm = guest_vm(xapi, "Halted")
+    jumbo = xapi.xenapi.network.create({"name_label": "jumbo", "MTU": "9000", "other_config": {}})
+    vif = xapi.xenapi.VIF.create(vif_record(vm, jumbo, "3"))
+    mac = xapi.xenapi.VIF.get_MAC(vif)
+
+    def mtu():
+        [iface] = [i for i in domain_interfaces(running, xapi, vm) if i.find("mac").get("address") == mac]
+        return iface.find("mtu").get("size") if iface.find("mtu") is not None else None
+    assert mtu() == "9000"
+    xapi.xenapi.VIF.add_to_other_config(vif, "mtu", "1400")
+    assert mtu() == "1400" and xapi.xenapi.VIF.get_other_config(vif) == {"mtu": "1400"}
+    xapi.xenapi.VIF.remove_from_other_config(vif, "mtu")
+    assert mtu() == "9000"
