@@ -55,7 +55,10 @@ class Guest:
                 self.arch = (root.find("os/type").get("arch", "") if root.find("os/type") is not None else "")
                 self.machine = root.find("os/type").get("machine", "") if root.find("os/type") is not None else ""
                 cpu = root.find("cpu")
-                if cpu is not None and (cpu.find("model") is not None or cpu.get("mode") in ("host-model", "host-passthrough")):
+                # check='none': libvirt itself does not hold the guest to its model (its own default
+                # CPU, e.g. qemu64, is written so): nothing to compare
+                if cpu is not None and cpu.get("check") != "none" and \
+                        (cpu.find("model") is not None or cpu.get("mode") in ("host-model", "host-passthrough")):
                     self.cpu = ET.tostring(cpu, encoding="unicode")
                     self.cpu_mode = cpu.get("mode", "custom")
                 self.tpm = root.find("devices/tpm") is not None
@@ -153,6 +156,9 @@ class Placement:
     def _cpu(self, guest: Guest, host: str) -> list[XenAPIError]:
         if guest.cpu is None or guest.rec["resident_on"] == host:
             return []
+        running = guest.rec["power_state"] in ("Running", "Paused")
+        if guest.cpu_mode == "host-model" or (guest.cpu_mode == "host-passthrough" and not running):
+            return []            # it takes the CPU of the host it starts on
         if guest.cpu_mode == "host-passthrough":
             mine = self.store.get("host", host)["cpu_info"].get("modelname", "")
             theirs = self.store.get("host", guest.home)["cpu_info"].get("modelname", "") if guest.home else ""
