@@ -226,11 +226,14 @@ def _platform(root: ET.Element, os_type: str) -> dict[str, str]:
     platform = {}
     if os_type == "hvm":
         platform.update({flag: "false" for flag in _ON_UNLESS_FALSE})
+    features = root.find("features")
+    present = {child.tag: child for child in features} if features is not None else {}
     for flag in _FEATURE_FLAGS:
-        element = root.find(f"features/{flag}")
+        element = present.get(flag)
         if element is not None:
             platform[flag] = "false" if element.get("state") == "off" else "true"
-    machine = root.find("os/type").get("machine") if root.find("os/type") is not None else None
+    os_type_element = root.find("os/type")
+    machine = os_type_element.get("machine") if os_type_element is not None else None
     if machine and os_type == "hvm":
         platform["machine"] = machine
     if os_type == "exe":
