@@ -15,6 +15,7 @@ from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.model.declare import message, param
 from xenapi.model.roles import POOL_OP, READ_ONLY, VM_OP, VM_POWER_ADMIN
+from xenapi.services.host_rules import HOST_TABLE
 from xenapi.services.placement import Guest
 from xenapi.state import lifecycle
 
@@ -142,6 +143,11 @@ def assert_can_migrate(ctx, vm, dest, live, vdi_map, vif_map, options):
     _first(migration_reasons(ctx, vm, current, host))
 
 
+def _set_enabled(ctx, host: str, enabled: bool) -> None:
+    ctx.store.update("host", host, {"enabled": enabled})
+    HOST_TABLE.refresh(ctx.store, [host])        # what it allows follows
+
+
 def _msg(name, doc, params, impl, *, roles=VM_OP, errors=_QUALIFY_ERRORS, result=T.Void, is_async=True,
          changes_nothing=False):
     return message(name, doc, params=params, impl=impl, roles=roles, errors=errors, result=result, is_async=is_async,
@@ -193,7 +199,7 @@ HOST_MESSAGES = [
          changes_nothing=True),
     _msg("disable", "Puts the host into a state in which no new VMs can be started (or migrated to it). "
          "Currently active VMs on the host continue to execute.",
-         [_HOST], lambda ctx, host: ctx.store.update("host", host, {"enabled": False}), roles=POOL_OP, errors=()),
+         [_HOST], lambda ctx, host: _set_enabled(ctx, host, False), roles=POOL_OP, errors=()),
     _msg("enable", "Puts the host into a state in which new VMs can be started.",
-         [_HOST], lambda ctx, host: ctx.store.update("host", host, {"enabled": True}), roles=POOL_OP, errors=()),
+         [_HOST], lambda ctx, host: _set_enabled(ctx, host, True), roles=POOL_OP, errors=()),
 ]

@@ -125,3 +125,13 @@ def test_start_moves_a_vm_whose_host_cannot_take_it_to_one_that_can(two):
     xapi.xenapi.VM.hard_shutdown(vm)
     xapi.xenapi.host.disable(small)
     assert fails(xapi.xenapi.VM.start, vm, False, False) == ["HOST_DISABLED", small]   # its home's reason
+
+
+def test_a_hosts_allowed_operations_follow_its_state(two):
+    running, xapi = two
+    big, small = hosts_of(xapi)
+    assert set(xapi.xenapi.host.get_allowed_operations(small)) == {"evacuate", "vm_start", "vm_resume", "vm_migrate"}
+    xapi.xenapi.host.disable(small)
+    assert set(xapi.xenapi.host.get_allowed_operations(small)) == {"evacuate", "enable"}
+    xapi.xenapi.host.enable(small)
+    assert "enable" not in xapi.xenapi.host.get_allowed_operations(small)

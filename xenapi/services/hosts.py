@@ -31,6 +31,7 @@ import libvirt
 from xenapi import errors as E
 from xenapi.services import host_facts
 from xenapi.backend import hostinfo, machine
+from xenapi.services.host_rules import HOST_TABLE
 from xenapi.services.placement import SIMULATED_OS_MEMORY
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
@@ -297,6 +298,7 @@ class Hosts:
             self._set_sync(host, "connecting")
             self.store.update("host_metrics", self.store.get("host", host)["metrics"],
                               {"live": False, "last_updated": DateTime.now()})
+            HOST_TABLE.refresh(self.store, [host])
         log.info("event=host-%s host=%s", "up" if live else "down", host)
 
     def simulated(self, host: str) -> bool:
@@ -489,6 +491,7 @@ class Hosts:
         ops.append(self._upsert("VM", control, {**self._control_domain(host, facts), "metrics": control_metrics},
                                 derived_uuid("VM", f"control/{uri}")))
         self.store.apply(ops)
+        HOST_TABLE.refresh(self.store, [host])
 
     def _upsert(self, cls: str, ref: str, fields: dict, uuid: str):
         if self.store.exists(cls, ref):
