@@ -18,6 +18,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.netns_support import claim_prefix, sh
 from xenapi.backend import machine
 from xenapi.backend.host_nics import (READ_ONLY_REASON, Nic, interfaces_writable, management_device,
                                       read_nics)
@@ -28,23 +29,6 @@ TEST_URI = "test:///default"
 SYS = Path("/sys/class/net")
 
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)   # errors still raise libvirtError
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-    return done
-
-
-def claim_prefix() -> int:
-    """N of a 10.235.N.0/24 no one else routes now, routed ``unreachable`` in the root namespace
-    (concurrent runs of this test, or a run killed before its clean-up, hold other N)."""
-    for _attempt in range(20):
-        octet = int.from_bytes(os.urandom(1), "big") % 250 + 1
-        if sh("ip", "route", "add", "unreachable", f"10.235.{octet}.0/24", check=False).returncode == 0:
-            return octet
-    raise RuntimeError("no free 10.235.N.0/24 prefix")
 
 
 def sys_text(name: str, attribute: str) -> str:
@@ -92,7 +76,7 @@ def devices():
     if os.geteuid() != 0:
         pytest.skip("making veth pairs and bridges needs root")
     tag = f"{os.getpid() % 1000:03d}{_uuid.uuid4().hex[:3]}"
-    octet = claim_prefix()
+    octet = claim_prefix(235)
     prefix = f"10.235.{octet}.0/24"
     made = MadeDevices(up=f"xnta{tag}", port=f"xntb{tag}", bridge=f"xntbr{tag}", lonely=f"xntc{tag}",
                        down=f"vnetx{tag}", address=f"10.235.{octet}.1")

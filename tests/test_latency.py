@@ -17,6 +17,8 @@ import pytest
 
 from xenapi.backend.latency import default_target, measure, parse
 
+from tests.netns_support import claim_prefix, sh
+
 libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
 
 # Captured on this machine (iputils 20221126), `ping -n -q -c N -i 0.2 -W W TARGET`.
@@ -35,23 +37,6 @@ NO_REPLY = """PING 10.233.0.77 (10.233.0.77) 56(84) bytes of data.
 NO_ROUTE = "ping: connect: Network is unreachable\n"
 UNKNOWN_NAME = "ping: nosuch.invalid: Name or service not known\n"
 NO_BINARY = 'exec of "nosuchping" failed: No such file or directory\n'
-
-
-def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-    if check and done.returncode != 0:
-        raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr.strip()}")
-    return done
-
-
-def claim_prefix() -> int:
-    """N of a 10.233.N.0/24 no one else routes now, routed ``unreachable`` in the root namespace
-    (concurrent runs of this test, or a run killed before its clean-up, hold other N)."""
-    for _attempt in range(20):
-        octet = int.from_bytes(os.urandom(1), "big") % 250 + 1
-        if sh("ip", "route", "add", "unreachable", f"10.233.{octet}.0/24", check=False).returncode == 0:
-            return octet
-    raise RuntimeError("no free 10.233.N.0/24 prefix")
 
 
 def local_run(argv: list[str], timeout: float) -> subprocess.CompletedProcess:
@@ -83,7 +68,7 @@ def pair():
     if os.geteuid() != 0:
         pytest.skip("network namespaces need root")
     tag = _uuid.uuid4().hex[:6]
-    octet = claim_prefix()                       # concurrent runs use different /24s
+    octet = claim_prefix(233)                       # concurrent runs use different /24s
     subnet = f"10.233.{octet}.0/24"
     p = Pair(ns1=f"xntlat-{tag}-1", ns2=f"xntlat-{tag}-2", dev1=f"xntl{tag}a", dev2=f"xntl{tag}b",
              addr1=f"10.233.{octet}.1", addr2=f"10.233.{octet}.2", subnet=subnet)
