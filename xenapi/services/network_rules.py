@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
-from xenapi.services.storage_rules import HOTPLUG_DRIVERS, hypervisor_of
+from xenapi.services.storage_rules import hotplug_blocked
 from xenapi.state.operations import OperationTable
 
 
@@ -24,13 +24,7 @@ def _vif_check(store, ref: str, rec: dict, op: str) -> XenAPIError | None:
             return XenAPIError(E.DEVICE_ALREADY_ATTACHED, ref)
         if op == "unplug" and not rec["currently_attached"]:
             return XenAPIError(E.DEVICE_ALREADY_DETACHED, ref)
-        if vm["current_operations"]:
-            return XenAPIError(E.OPERATION_NOT_ALLOWED,
-                               f"Current operation on VM:{rec['VM']} is {next(iter(vm['current_operations'].values()))}")
-        driver = hypervisor_of(store, vm)
-        if driver not in HOTPLUG_DRIVERS:
-            return XenAPIError(E.OPERATION_NOT_ALLOWED,
-                               f"VM states it does not support VIF hotplug (libvirt's {driver or 'unknown'} driver cannot).")
+        return hotplug_blocked(store, rec["VM"], vm, "VIF")
     return None
 
 

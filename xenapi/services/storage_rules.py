@@ -122,18 +122,26 @@ def _vbd_check(store, ref: str, rec: dict, op: str) -> XenAPIError | None:
             return XenAPIError(E.DEVICE_ALREADY_DETACHED, ref)
         if rec["type"] == "CD":
             return XenAPIError(E.OPERATION_NOT_ALLOWED, "CD drives cannot be hotplugged/unplugged, only inserted or ejected")
-        if vm["current_operations"]:
-            return XenAPIError(E.OPERATION_NOT_ALLOWED,
-                               f"Current operation on VM:{rec['VM']} is {next(iter(vm['current_operations'].values()))}")
-        driver = hypervisor_of(store, vm)
-        if driver not in HOTPLUG_DRIVERS:
-            return XenAPIError(E.OPERATION_NOT_ALLOWED,
-                               f"VM states it does not support VBD hotplug (libvirt's {driver or 'unknown'} driver cannot).")
+        if blocked := hotplug_blocked(store, rec["VM"], vm, "VBD"):
+            return blocked
     if op in ("pause", "unpause"):
         vdi = store.find("VDI", rec["VDI"])
         return XenAPIError(E.SR_OPERATION_NOT_SUPPORTED, vdi["SR"] if vdi else "")
     if op in ("attach", "plug") and not rec["empty"] and rec["VDI"] != NULL_REF:
         return vdi_attachable(store, rec["VDI"], rec["mode"], exclude=ref)
+    return None
+
+
+def hotplug_blocked(store, vm_ref: str, vm: dict, device: str) -> XenAPIError | None:
+    """Why a running VM cannot take or release a ``device`` (VBD, VIF) now: another operation on
+    it, or a libvirt driver that cannot hot-plug (xapi's errors for both); None if it can."""
+    if vm["current_operations"]:
+        return XenAPIError(E.OPERATION_NOT_ALLOWED,
+                           f"Current operation on VM:{vm_ref} is {next(iter(vm['current_operations'].values()))}")
+    driver = hypervisor_of(store, vm)
+    if driver not in HOTPLUG_DRIVERS:
+        return XenAPIError(E.OPERATION_NOT_ALLOWED,
+                           f"VM states it does not support {device} hotplug (libvirt's {driver or 'unknown'} driver cannot).")
     return None
 
 
