@@ -56,7 +56,7 @@ def system_conn():
         try:
             conn = libvirt.open(SYSTEM_URI)
         except libvirt.libvirtError as e:
-            pytest.skip(f"libvirtd cannot be reached: {e}; libvirtd.sh said {said.stderr[-2000:]}")
+            pytest.fail(f"libvirtd cannot be reached: {e}; libvirtd.sh said {said.stderr[-2000:]}")
     yield conn
     conn.close()
 
