@@ -46,7 +46,7 @@ PRIVATE_LOCAL_SR = "/var/lib/libvirt/images/xenapi-local"
 def start_server(lab: LabHosts, state: Path):
     from xenapi.config import Config
     from xenapi.server import Server
-    from xenapi.transport.api import Api
+    from xenapi.cli import http_api
     from xenapi.transport.http import HTTPServer
     hosts = lab.hosts
     server = Server(Config(listen="127.0.0.1:0", libvirt_uris=[h.uri for h in hosts],
@@ -55,7 +55,7 @@ def start_server(lab: LabHosts, state: Path):
                            domain_type="qemu", clean_shutdown_timeout=30, libvirt_sync_wait=60, state=str(state)))
     server.users.ensure_admin(PASSWORD)
     server.start()
-    http = HTTPServer(("127.0.0.1", 0), Api(server))
+    http = HTTPServer(("127.0.0.1", 0), http_api(server))
     http.start()
     session = XenAPI.Session(f"http://127.0.0.1:{http.address[1]}")
     session.xenapi.login_with_password("root", PASSWORD, "2.21", "bench")

@@ -16,7 +16,7 @@ import pytest
 import XenAPI
 
 from tests.private_libvirtd import PrivateLibvirtd
-from xenapi.transport.api import Api
+from xenapi.cli import http_api
 from xenapi.config import Config
 from xenapi.server import Server
 from xenapi.transport.http import HTTPServer
@@ -83,7 +83,7 @@ def start_server(tmp_path: Path, *, domains: int = 2, running: int = 1, uris: li
     server = Server(config)
     server.users.ensure_admin(ADMIN_PASSWORD)
     server.start()
-    http = HTTPServer(("127.0.0.1", 0), Api(server))
+    http = HTTPServer(("127.0.0.1", 0), http_api(server))
     http.start()
     host, port = http.address[:2]
     return Running(server, http, f"http://{host}:{port}", uri)

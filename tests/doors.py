@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.conftest import Running
 from xenapi import tls
-from xenapi.transport.api import Api
+from xenapi.cli import http_api, ssh_server
 from xenapi.config import Config
 from xenapi.transport.http import HTTPServer
 from xenapi.transport.ssh import SSHServer, host_key
@@ -47,7 +47,7 @@ class Door:
 def https_door(running: Running, state: Path) -> Door:
     """An HTTPS listener with the pair ``tls_self_signed`` makes (or reuses) under ``state``."""
     context = tls.context_for(Config(state=str(state), tls_self_signed=True))
-    listener = HTTPServer(("127.0.0.1", 0), Api(running.server), ssl_context=context)
+    listener = HTTPServer(("127.0.0.1", 0), http_api(running.server), ssl_context=context)
     listener.start()
     host, port = listener.address
     return Door(f"https://{host}:{port}", listener, state / "tls" / tls.CERT_NAME, {"ignore_ssl": True})
@@ -58,7 +58,7 @@ def unix_door(running: Running) -> Door:
     108-byte limit of a socket path)."""
     directory = Path(tempfile.mkdtemp(prefix="xenapi-"))
     path = directory / "xenapi.sock"
-    listener = HTTPServer(str(path), Api(running.server))
+    listener = HTTPServer(str(path), http_api(running.server))
     listener.start()
     return Door(f"unix://{path}", listener, directory=directory)
 
@@ -78,7 +78,7 @@ def ssh_door(running: Running, directory: Path, user: str = "root", listen: tupl
     trusts the server's host key (made once in ``directory``)."""
     directory.mkdir(exist_ok=True)
     host = host_key(str(directory / "ssh_host_key"))
-    listener = SSHServer(running.server, listen, host)
+    listener = ssh_server(running.server, listen, host)
     listener.start()
     address, port = listener.address
     key = directory / f"id_{user}"

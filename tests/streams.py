@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import Running, start_server, stop_server
-from xenapi.transport.api import Api
+from xenapi.cli import http_api
 from xenapi.transport.http import HTTPServer
 
 XENAPI = str(Path(sys.executable).parent / "xenapi")     # the installed console script, as sshd runs it
@@ -124,7 +124,7 @@ def serve_with_socket(tmp_path: Path, **settings) -> Served:
     # a short directory: unix socket paths are limited to 107 bytes, pytest's tmp_path can be longer
     directory = tempfile.mkdtemp(prefix="xenapi-")
     path = f"{directory}/xenapi.sock"
-    unix = HTTPServer(path, Api(running.server))
+    unix = HTTPServer(path, http_api(running.server))
     unix.start()
     running.add_user("alice", "read-only", "alice-pw")
     running.add_user("bob", "vm-operator", "bob-pw")

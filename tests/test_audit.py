@@ -18,7 +18,7 @@ import sqlite_utils
 from auth.audit import AuditLog
 from tests.conftest import ADMIN_PASSWORD, fails, guest_vm, start_server, stop_server
 from tests.streams import XENAPI, xenapi_ok, call, guest, responses, value
-from xenapi.transport.api import Api
+from xenapi.cli import http_api
 from xenapi.state.store import derived_ref, derived_uuid
 from xenapi.transport.http import HTTPServer
 
@@ -162,7 +162,7 @@ class _UnixConnection(http.client.HTTPConnection):
 
 def test_the_transport_is_recorded(running, xapi, tmp_path):
     path = str(tmp_path / "xapi.sock")
-    unix = HTTPServer(path, Api(running.server))
+    unix = HTTPServer(path, http_api(running.server))
     unix.start()
     try:
         conn = _UnixConnection(path)

@@ -17,7 +17,7 @@ import XenAPI
 from tests.conftest import ADMIN_PASSWORD, guest_vm, start_server, stop_server
 from tests.doors import new_key, open_door, ssh_door
 from tests.streams import guest
-from xenapi.transport.api import Api
+from xenapi.cli import http_api
 from xenapi.client import Failure, Session
 from xenapi.transport.http import HTTPServer
 
@@ -401,7 +401,7 @@ def test_listener_and_calls_carry_on_after_the_server_restarts_its_listener(runn
     uuid = session.xenapi.VM.get_uuid(vm)
     running.http.shutdown()                                 # every connection is cut
     running.server.hosts.connection(running.server.master_ref).destroy(uuid)      # while no one listens
-    running.http = HTTPServer(running.http.address, Api(running.server))
+    running.http = HTTPServer(running.http.address, http_api(running.server))
     running.http.start()
 
     try:

@@ -24,7 +24,7 @@ from tests.wire_client import read_until_closed
 from tests.conftest import ADMIN_PASSWORD, node_xml
 from tests.ports import free_port, wait_for_port
 from tests.streams import XENAPI, Stream, call, value
-from xenapi.transport.api import Api
+from xenapi.cli import http_api
 from xenapi.config import Config
 from xenapi.transport.http import HTTPServer
 
@@ -67,7 +67,7 @@ def listener(running):
     made = []
 
     def make(listen=("127.0.0.1", 0), **settings) -> HTTPServer:
-        server = HTTPServer(listen, Api(running.server), **Config(**settings).http_limits())
+        server = HTTPServer(listen, http_api(running.server), **Config(**settings).http_limits())
         server.start()
         made.append(server)
         return server

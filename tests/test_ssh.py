@@ -16,6 +16,7 @@ import pytest
 from tests.ports import free_port, wait_for_port
 from tests.ssh_support import forced, ssh
 from tests.streams import XENAPI, xenapi_cli, call, error, guest, responses, serve_with_socket, stop_served, value
+from xenapi.cli import ssh_server
 from xenapi.transport.ssh import SSHServer, host_key
 
 # ------------------------------------------------------------------------------------- OpenSSH
@@ -81,7 +82,7 @@ def test_openssh_refuses_the_subsystem_form_before_the_forced_command(sshd, keys
 
 @pytest.fixture
 def builtin(served, tmp_path):
-    server = SSHServer(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "ssh_host_key")))
+    server = ssh_server(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "ssh_host_key")))
     server.start()
     yield server
     server.shutdown()
@@ -183,7 +184,7 @@ def password_login(server: SSHServer, user: str, password: str) -> bool:
 def test_builtin_passwords_are_refused_unless_allowed(served, tmp_path):
     key = host_key(str(tmp_path / "hk"))
     for allowed in (False, True):
-        server = SSHServer(served.server, ("127.0.0.1", 0), key, allow_passwords=allowed)
+        server = ssh_server(served.server, ("127.0.0.1", 0), key, allow_passwords=allowed)
         server.start()
         try:
             assert password_login(server, "alice", "alice-pw") is allowed
@@ -193,7 +194,7 @@ def test_builtin_passwords_are_refused_unless_allowed(served, tmp_path):
 
 def test_builtin_passwords_are_throttled_and_audited_like_logins(tmp_path):
     served = serve_with_socket(tmp_path, login_failures_per_user=3)
-    server = SSHServer(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "hk")), allow_passwords=True)
+    server = ssh_server(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "hk")), allow_passwords=True)
     server.start()
     try:
         assert password_login(server, "alice", "alice-pw")

@@ -16,7 +16,8 @@ from auth.throttle import LoginThrottle, Refusal
 from tests.conftest import ADMIN_PASSWORD, start_server, stop_server
 from tests.ssh_support import keypair, ssh
 from tests.streams import call, responses, serve_with_socket, stop_served, value
-from xenapi.transport.ssh import SSHServer, host_key
+from xenapi import cli
+from xenapi.transport.ssh import host_key
 
 
 class Attempt:
@@ -365,7 +366,7 @@ def test_change_password_refuses_an_empty_new_password_and_keeps_the_old(server)
 
 def test_anyone_can_lock_roots_password_logins_but_keys_still_get_in(tmp_path):
     served = serve_with_socket(tmp_path)
-    ssh_server = SSHServer(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "hk")))
+    ssh_server = cli.ssh_server(served.server, ("127.0.0.1", 0), host_key(str(tmp_path / "hk")))
     ssh_server.start()
     try:
         peer = Peer(served.running.url, "127.0.0.1")

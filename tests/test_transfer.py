@@ -29,7 +29,7 @@ import XenAPI
 
 from tests.wire_client import read_until_closed
 from tests.conftest import ADMIN_PASSWORD, new_vbd, new_vdi, start_server, stop_server
-from xenapi.transport.api import Api
+from xenapi.cli import http_api
 from xenapi.services import transfer as transfer_module
 from xenapi.transport.http import HTTPServer, Response
 
@@ -228,7 +228,7 @@ def test_a_client_that_leaves_mid_answer_closes_the_stream():
 @pytest.fixture
 def served(tmp_path):
     running = start_server(tmp_path)
-    api = Api(running.server)
+    api = http_api(running.server)
     slow = HTTPServer(("127.0.0.1", 0), api, body_timeout=0.5)   # the same server, a short stall timer
     slow.start()
     running.slow_address = slow.address

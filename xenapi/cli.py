@@ -15,8 +15,16 @@ import signal
 import sys
 import threading
 import time
+from typing import TYPE_CHECKING
 
 from xenapi import config as configuration
+
+if TYPE_CHECKING:
+    import paramiko
+
+    from xenapi.server import Server
+    from xenapi.transport.api import Api
+    from xenapi.transport.ssh import SSHServer
 
 log = logging.getLogger("xenapi")
 
@@ -49,7 +57,6 @@ def cmd_serve(args) -> int:
     """
     _logging(args.verbose)
     from xenapi import tls
-    from xenapi.transport.api import Api
     from xenapi.server import Server
     from xenapi.transport.http import HTTPServer
 
@@ -60,7 +67,7 @@ def cmd_serve(args) -> int:
     if generated:
         print(f"created user root (pool-admin) with password: {generated}", file=sys.stderr, flush=True)
     server.start()
-    api = Api(server)
+    api = http_api(server)
     listeners = [HTTPServer(cfg.listen_address(), api, ssl_context=ssl_context, **cfg.http_limits())]
     if cfg.unix_socket_path():
         try:
@@ -71,9 +78,9 @@ def cmd_serve(args) -> int:
             log.warning("event=unix-socket-skipped path=%s reason=%s (`xenapi stdio` needs it: set "
                         "[server] unix_socket)", cfg.unix_socket_path(), e)
     if cfg.ssh_listen:
-        from xenapi.transport.ssh import SSHServer, host_key
-        listeners.append(SSHServer(server, cfg.ssh_address(), host_key(cfg.ssh_host_key_path()),
-                                   allow_passwords=cfg.ssh_allow_passwords, max_connections=cfg.max_connections))
+        from xenapi.transport.ssh import host_key
+        listeners.append(ssh_server(server, cfg.ssh_address(), host_key(cfg.ssh_host_key_path()),
+                                    allow_passwords=cfg.ssh_allow_passwords, max_connections=cfg.max_connections))
     for listener in listeners:
         listener.start()
         log.info("event=listening scheme=%s address=%s", listener.scheme, listener.address)
@@ -90,6 +97,38 @@ def cmd_serve(args) -> int:
         listener.shutdown()
     server.stop()
     return 0
+
+
+def http_api(server: Server) -> Api:
+    """The HTTP front of ``server``: the API, the stream upgrade, /metrics and the VDI transfers,
+    each handed the parts of the server it uses."""
+    from functools import partial
+
+    from xenapi.context import Context
+    from xenapi.exporter import Exporter
+    from xenapi.services.transfer import TransferParts
+    from xenapi.transport.api import Api
+    from xenapi.wire import Limits
+
+    transfers = TransferParts(sessions=server.sessions, make_context=partial(Context, server),
+                              registry=server.registry, access=server.access, store=server.store,
+                              storage=server.storage, hosts=server.hosts, reconciler=server.reconciler,
+                              tasks=server.tasks, audit=server.audit)
+    return Api(server.dispatcher, Limits(max_body_bytes=server.config.max_body_bytes),
+               sessions=server.sessions, users=server.users,
+               exporter=Exporter(server.store, server.metrics, server.sessions, public=server.config.metrics_public),
+               transfers=transfers)
+
+
+def ssh_server(server: Server, listen: tuple[str, int], key: paramiko.PKey, *, allow_passwords: bool = False,
+               max_connections: int = 800) -> SSHServer:
+    """The built-in SSH server in front of ``server``, handed the parts of the server it uses."""
+    from xenapi.transport.ssh import SSHServer
+    from xenapi.wire import Limits
+
+    return SSHServer(listen, key, dispatcher=server.dispatcher, sessions=server.sessions, keys=server.keys,
+                     audit=server.audit, limits=Limits(max_body_bytes=server.config.max_body_bytes),
+                     allow_passwords=allow_passwords, max_connections=max_connections)
 
 
 def _auth(args):

@@ -15,6 +15,8 @@ from __future__ import annotations
 import base64
 import binascii
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -22,9 +24,13 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from xenapi.context import Identity
 from xenapi.errors import XenAPIError
-from xenapi.metrics import BUCKETS_MS
+from xenapi.metrics import BUCKETS_MS, Metrics
 from xenapi.services.sampler import LIVE_KEYS
 from xenapi.transport.http import Request, Response
+
+if TYPE_CHECKING:
+    from xenapi.state.sessions import Sessions
+    from xenapi.state.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -42,25 +48,34 @@ _VM_COUNTERS = {
 assert set(_VM_COUNTERS) | {"memory_free"} == set(LIVE_KEYS)
 
 
-def serve(server, request: Request, identity: Identity) -> Response:
-    if request.method not in ("GET", "HEAD"):
-        return Response(405, "text/plain", b"GET only\n", [("Allow", "GET, HEAD")])
-    if not server.config.metrics_public and not _authorised(server, request, identity):
-        log.info("event=metrics-denied via=%s addr=%s", identity.via, identity.address or "-")
-        return Response(401, "text/plain", b"authentication required\n", _CHALLENGE)
-    return Response(200, CONTENT_TYPE, generate_latest(Collector(server)))
+@dataclass(frozen=True)
+class Exporter:
+    """GET /metrics: ``store`` and ``metrics`` are what a scrape reads, ``sessions`` what lets a
+    scraper in unless ``public`` ([metrics] public)."""
+    store: Store
+    metrics: Metrics
+    sessions: Sessions
+    public: bool = False
+
+    def serve(self, request: Request, identity: Identity) -> Response:
+        if request.method not in ("GET", "HEAD"):
+            return Response(405, "text/plain", b"GET only\n", [("Allow", "GET, HEAD")])
+        if not self.public and not _authorised(self.sessions, request, identity):
+            log.info("event=metrics-denied via=%s addr=%s", identity.via, identity.address or "-")
+            return Response(401, "text/plain", b"authentication required\n", _CHALLENGE)
+        return Response(200, CONTENT_TYPE, generate_latest(Collector(self.store, self.metrics)))
 
 
-def _authorised(server, request: Request, identity: Identity) -> bool:
+def _authorised(sessions: Sessions, request: Request, identity: Identity) -> bool:
     """A live session, or a user's credentials, checked through the login throttle and log as
     any password is (no session is made: the scrape needs none)."""
-    sessions = parse_qs(request.query).get("session_id")
+    session_ids = parse_qs(request.query).get("session_id")
     credentials = _basic_credentials(request.headers.get("authorization", ""))
     try:
-        if sessions:
-            server.sessions.check(sessions[0])
+        if session_ids:
+            sessions.check(session_ids[0])
         elif credentials:
-            server.sessions.authenticate(*credentials, identity)
+            sessions.authenticate(*credentials, identity)
         else:
             return False
     except XenAPIError:
@@ -82,9 +97,9 @@ def _basic_credentials(header: str) -> tuple[str, str] | None:
 class Collector:
     """prometheus_client's collector protocol over the store: one consistent read per scrape."""
 
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
+    def __init__(self, store: Store, metrics: Metrics):
+        self.store = store
+        self.metrics = metrics
 
     def collect(self):
         yield from self._server_families()
@@ -92,7 +107,7 @@ class Collector:
         yield from self._vm_families()
 
     def _server_families(self):
-        snap = self.server.metrics.snapshot()
+        snap = self.metrics.snapshot()
         calls = CounterMetricFamily("xenapi_calls", "Xen-API calls served.")
         calls.add_metric([], snap.calls)
         errors = CounterMetricFamily("xenapi_call_errors", "Calls that failed, by Xen-API error code.", labels=["code"])

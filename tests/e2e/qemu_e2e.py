@@ -88,14 +88,14 @@ def serving(**settings):
     from tests.conftest import ADMIN_PASSWORD
     from xenapi.config import Config
     from xenapi.server import Server
-    from xenapi.transport.api import Api
+    from xenapi.cli import http_api
     from xenapi.transport.http import HTTPServer
 
     settings = {"domain_type": "qemu", "clean_shutdown_timeout": 30, "libvirt_sync_wait": 60, **settings}
     server = Server(Config(listen="127.0.0.1:0", **settings))
     server.users.ensure_admin(ADMIN_PASSWORD)
     server.start()
-    http = HTTPServer(("127.0.0.1", 0), Api(server))
+    http = HTTPServer(("127.0.0.1", 0), http_api(server))
     http.start()
     try:
         url = f"http://127.0.0.1:{http.address[1]}"

@@ -62,7 +62,7 @@ import threading
 import time
 import uuid as _uuid
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 from urllib.parse import parse_qs, urlparse
 
 from auth.rbac import EXTRA_PERMISSIONS, TASK_ANY, denied, role_permissions
@@ -75,6 +75,17 @@ from xenapi.observers.volumes import vdi_ref, volume_key
 from xenapi.state.operations import guard
 from xenapi.transport.http import Body, BodyError, Request, Response
 from xenapi.wire.values import DateTime
+
+if TYPE_CHECKING:
+    from auth.audit import AuditLog
+    from auth.grants import Access
+    from xenapi.model.registry import Registry
+    from xenapi.observers.reconciler import Reconciler
+    from xenapi.services.hosts import Hosts
+    from xenapi.services.storage import Storage
+    from xenapi.state.sessions import Sessions
+    from xenapi.state.store import Store
+    from xenapi.state.tasks import Tasks
 
 log = logging.getLogger(__name__)
 
@@ -114,10 +125,28 @@ class Refusal(Exception):
         return Response(self.status, "text/plain", f"{self.text}\n".encode(), headers)
 
 
+@dataclass(frozen=True)
+class TransferParts:
+    """What the transfers use: ``sessions`` and ``make_context`` (a Context for a user logged in by
+    HTTP basic auth: ``make_context(session_ref, user, permissions, identity)``) to know who asks,
+    ``registry`` and ``access`` whether they may, ``store``, ``storage``, ``hosts`` and
+    ``reconciler`` for the VDI and its volumes, ``tasks`` for the task, ``audit`` for an import."""
+    sessions: Sessions
+    make_context: Callable[[str | None, str, frozenset[str], Identity], Context]
+    registry: Registry
+    access: Access
+    store: Store
+    storage: Storage
+    hosts: Hosts
+    reconciler: Reconciler
+    tasks: Tasks
+    audit: AuditLog
+
+
 @dataclass
 class Transfer:
     """One import or export: who asks, which VDI, its volume, and what has happened so far."""
-    server: object
+    parts: TransferParts
     ctx: Context
     action: str                    # "import" or "export"
     vdi: str
@@ -139,11 +168,11 @@ class Transfer:
 
     @property
     def conn(self):
-        return self.server.hosts.connection(self.host)
+        return self.parts.hosts.connection(self.host)
 
     @property
     def store(self):
-        return self.server.store
+        return self.parts.store
 
     # -- progress and cancel ------------------------------------------------------------------------
     def progress(self, value: float | None = None, *, force: bool = False) -> None:
@@ -157,7 +186,7 @@ class Transfer:
         value = min(value, 0.99)
         if force or value >= self._noted + _PROGRESS_STEP:
             self._noted = value
-            self.server.tasks.progress(self.task, value)
+            self.parts.tasks.progress(self.task, value)
         if self.action == "import":
             self.ctx.check_cancelled()
 
@@ -165,22 +194,22 @@ class Transfer:
         if self.task is None or not self.store.exists("task", self.task):
             return
         if error is None:
-            self.server.tasks.succeed(self.task, result)
+            self.parts.tasks.succeed(self.task, result)
         else:
-            self.server.tasks.fail(self.task, error)
+            self.parts.tasks.fail(self.task, error)
 
     # -- volumes --------------------------------------------------------------------------------------
     def temporary(self, fmt: str, *, copy_of: str | None = None) -> str:
         """A new volume in the VDI's pool (empty, of the VDI's size, or a converted copy of volume
         ``copy_of``), shown as an unmanaged read-only VDI while it exists."""
-        plugin = self.server.storage.plugin(self.store.get("VDI", self.vdi)["SR"])
+        plugin = self.parts.storage.plugin(self.store.get("VDI", self.vdi)["SR"])
         uuid = str(_uuid.uuid4())
         name = uuid + ((".qcow2" if fmt == "qcow2" else ".raw") if plugin.extension else "")
         xml = (f"<volume><name>{name}</name><capacity unit='bytes'>{self.volume.capacity}</capacity>"
                f"<allocation unit='bytes'>0</allocation><target><format type='{fmt}'/></target></volume>")
         label = self.store.get("VDI", self.vdi)["name_label"]
         ref = vdi_ref(uuid)
-        self.server.reconciler.volumes.expect(ref, {
+        self.parts.reconciler.volumes.expect(ref, {
             "name_label": f"{label} ({self.action} in progress)", "managed": False, "read_only": True,
             "name_description": f"temporary volume of an {self.action} of VDI {self.uuid}; deleted when it ends",
             "other_config": {"xenapi_temporary": self.action}})
@@ -192,7 +221,7 @@ class Transfer:
                 self.conn.copy_volume(self.pool, copy_of, self.pool, xml)
         except BaseException:
             self.temporaries.remove(name)
-            self.server.reconciler.volumes.unexpect(ref)
+            self.parts.reconciler.volumes.unexpect(ref)
             raise
         self._observe(name)
         return name
@@ -207,7 +236,7 @@ class Transfer:
         except XenAPIError as e:
             log.warning("event=transfer-cleanup-failed vdi=%s volume=%s error=%s", self.uuid, name,
                         " ".join(map(str, e.description)))
-        self.server.reconciler.volumes.unexpect(vdi_ref(name.split(".", 1)[0]))
+        self.parts.reconciler.volumes.unexpect(vdi_ref(name.split(".", 1)[0]))
         self._observe(name)
 
     def cleanup(self) -> None:
@@ -227,13 +256,13 @@ class Transfer:
 
     def _observe(self, name: str) -> None:
         try:
-            self.server.reconciler.refresh(self.host, volume_key(self.pool, name), "volume")
+            self.parts.reconciler.refresh(self.host, volume_key(self.pool, name), "volume")
         except XenAPIError as e:
             log.info("event=volume-refresh-failed vdi=%s volume=%s error=%s", self.uuid, name, e.code)
 
     def local_files(self, *names: str) -> bool:
         """The volumes are files this process may read and write (a local libvirtd), and qemu-img is here."""
-        if self.test or urlparse(self.server.hosts.uri_of(self.host)).hostname or not shutil.which("qemu-img"):
+        if self.test or urlparse(self.parts.hosts.uri_of(self.host)).hostname or not shutil.which("qemu-img"):
             return False
         paths = [self.state(name).path for name in names]
         return all(os.path.isfile(p) and os.access(p, os.R_OK | os.W_OK) for p in paths)
@@ -286,12 +315,12 @@ def _cookies(header: str) -> dict[str, str]:
     return out
 
 
-def _begin(server, request: Request, identity: Identity, action: str) -> Transfer:
+def _begin(parts: TransferParts, request: Request, identity: Identity, action: str) -> Transfer:
     """Check the request (session, parameters, rights, the task) and return its Transfer; raises
     Refusal."""
     query = parse_qs(request.query, keep_blank_values=True)
     cookies = _cookies(request.headers.get("cookie", ""))
-    ctx = _authenticate(server, query, cookies, request, identity)
+    ctx = _authenticate(parts, query, cookies, request, identity)
     if "chunked" in query:
         raise Refusal(400, "xapi's chunked sparse encoding is not supported: send the disk's bytes (format=raw) "
                            "or a qcow2 image (format=qcow2)")
@@ -301,9 +330,9 @@ def _begin(server, request: Request, identity: Identity, action: str) -> Transfe
     given = _param(query, cookies, "vdi")
     if not given:
         raise Refusal(400, "the vdi parameter (a VDI's ref or uuid) is required")
-    store = server.store
+    store = parts.store
     vdi = given if store.exists("VDI", given) else (store.find_uuid("VDI", given) or given)
-    registry = server.registry
+    registry = parts.registry
     if action == "import":
         msg = registry.lookup("VDI.create")[0]
         if msg.permission not in ctx.permissions:
@@ -312,7 +341,7 @@ def _begin(server, request: Request, identity: Identity, action: str) -> Transfe
         msg = registry.lookup("VDI.get_record")[0]
         if msg.permission not in ctx.permissions:
             try:
-                server.access.authorize(ctx, msg, [vdi], msg.permission, msg.roles)
+                parts.access.authorize(ctx, msg, [vdi], msg.permission, msg.roles)
             except XenAPIError:
                 raise Refusal.of(denied(EXPORT_PERMISSION, msg.roles)) from None
     rec = store.find("VDI", vdi)
@@ -328,21 +357,21 @@ def _begin(server, request: Request, identity: Identity, action: str) -> Transfe
         if trec["status"] != "pending":
             raise Refusal(400, f"task {task} has already finished ({trec['status']})")
         ctx.task_ref = task
-    return Transfer(server, ctx, action, vdi, rec["uuid"], fmt, task)
+    return Transfer(parts, ctx, action, vdi, rec["uuid"], fmt, task)
 
 
 def _locate(transfer: Transfer) -> None:
     """The VDI's host, pool and volume, and whether libvirt can stream it; raises Refusal."""
-    server, vdi = transfer.server, transfer.vdi
-    rec = server.store.get("VDI", vdi)
-    storage = server.storage
+    parts, vdi = transfer.parts, transfer.vdi
+    rec = parts.store.get("VDI", vdi)
+    storage = parts.storage
     try:
         plugin = storage.plugin(rec["SR"])
         if not plugin.transfer:
             raise Refusal(501, f"SR_OPERATION_NOT_SUPPORTED {rec['SR']}: libvirt cannot stream the data of "
                                f"{plugin.type} volumes", XenAPIError(E.SR_OPERATION_NOT_SUPPORTED, rec["SR"]))
         transfer.host, transfer.pool, name = storage.volume_of(vdi)
-        transfer.test = server.hosts.facts(transfer.host).hypervisor == "TEST"
+        transfer.test = parts.hosts.facts(transfer.host).hypervisor == "TEST"
         transfer.volume = transfer.state(name)
     except XenAPIError as e:
         raise Refusal.of(e) from None
@@ -351,15 +380,15 @@ def _locate(transfer: Transfer) -> None:
         raise Refusal(501, f"the VDI's volume is {transfer.volume.format}: only raw and qcow2 volumes are transferred")
 
 
-def _authenticate(server, query, cookies, request: Request, identity: Identity) -> Context:
+def _authenticate(parts: TransferParts, query, cookies, request: Request, identity: Identity) -> Context:
     session = _param(query, cookies, "session_id")
     credentials = _basic_credentials(request.headers.get("authorization", ""))
     try:
         if session:
-            return server.sessions.context(session, identity)
+            return parts.sessions.context(session, identity)
         if credentials:
-            user = server.sessions.authenticate(*credentials, identity)
-            return Context(server, None, user.name, role_permissions(server.registry, user.role), identity)
+            user = parts.sessions.authenticate(*credentials, identity)
+            return parts.make_context(None, user.name, role_permissions(parts.registry, user.role), identity)
     except XenAPIError as e:
         raise Refusal.of(e) from None
     raise Refusal(401, "SESSION_INVALID: a session_id parameter (or HTTP basic auth) is required",
@@ -373,7 +402,7 @@ def _mark(transfer: Transfer) -> None:
     step (the operation tables' lock).  An import needs the VDI to itself: no VBD attached and no
     other operation, not even a copy reading it; an export only no RW attachment and nothing that
     writes it."""
-    store, table, vdi = transfer.store, transfer.server.storage.tables["VDI"], transfer.vdi
+    store, table, vdi = transfer.store, transfer.parts.storage.tables["VDI"], transfer.vdi
     transfer.marker = transfer.task or f"OpaqueRef:{_uuid.uuid4()}"
     with guard():
         rec = store.get("VDI", vdi)
@@ -396,7 +425,7 @@ def _mark(transfer: Transfer) -> None:
 
 
 def _unmark(transfer: Transfer) -> None:
-    store, table, vdi = transfer.store, transfer.server.storage.tables["VDI"], transfer.vdi
+    store, table, vdi = transfer.store, transfer.parts.storage.tables["VDI"], transfer.vdi
     with guard():
         rec = store.find("VDI", vdi)
         if rec is not None and transfer.marker in rec["current_operations"]:
@@ -407,11 +436,11 @@ def _unmark(transfer: Transfer) -> None:
 
 # ------------------------------------------------------------------ import ---
 
-def import_raw_vdi(server, request: Request, body: Body, identity: Identity) -> Response:
+def import_raw_vdi(parts: TransferParts, request: Request, body: Body, identity: Identity) -> Response:
     started = time.monotonic()
     transfer = None
     try:
-        transfer = _begin(server, request, identity, "import")
+        transfer = _begin(parts, request, identity, "import")
         _locate(transfer)
         if transfer.fmt == "raw" and body.length is not None and body.length > transfer.volume.capacity:
             raise Refusal.of(XenAPIError(E.VDI_TOO_SMALL, transfer.vdi, str(body.length)))
@@ -607,9 +636,9 @@ def _qemu_img_convert(transfer: Transfer, src: str, src_fmt: str, dst: str, dst_
 
 
 def _audit(transfer: Transfer, identity: Identity, error: XenAPIError | None) -> None:
-    transfer.server.audit.record(user=transfer.ctx.user, via=identity.via, address=identity.address,
-                                 method=IMPORT_PERMISSION, objects=[f"VDI/{transfer.vdi}"], uuids=[transfer.uuid],
-                                 outcome=error.code if error else "ok", task=transfer.task or "")
+    transfer.parts.audit.record(user=transfer.ctx.user, via=identity.via, address=identity.address,
+                                method=IMPORT_PERMISSION, objects=[f"VDI/{transfer.vdi}"], uuids=[transfer.uuid],
+                                outcome=error.code if error else "ok", task=transfer.task or "")
 
 
 def _log_refusal(action: str, request: Request, identity: Identity, refusal: Refusal) -> None:
@@ -619,10 +648,10 @@ def _log_refusal(action: str, request: Request, identity: Identity, refusal: Ref
 
 # ------------------------------------------------------------------ export ---
 
-def export_raw_vdi(server, request: Request, identity: Identity) -> Response:
+def export_raw_vdi(parts: TransferParts, request: Request, identity: Identity) -> Response:
     transfer = None
     try:
-        transfer = _begin(server, request, identity, "export")
+        transfer = _begin(parts, request, identity, "export")
         _locate(transfer)
         if request.method == "HEAD":                # what a GET would answer, without doing it
             length = transfer.volume.capacity if transfer.fmt == "raw" else None

@@ -7,13 +7,20 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import TYPE_CHECKING
 
-from xenapi import exporter
 from xenapi.context import Identity, peer_address
+from xenapi.exporter import Exporter
 from xenapi.services import transfer
+from xenapi.services.transfer import TransferParts
 from xenapi.transport import stdio
 from xenapi.transport.http import Request, Response, StreamHandler
 from xenapi.wire import Limits, WireError, jsonrpc, xmlrpc
+
+if TYPE_CHECKING:
+    from auth.users import Users
+    from xenapi.dispatcher import Dispatcher
+    from xenapi.state.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -29,17 +36,26 @@ def codec_for(path: str) -> str:
 
 
 class Api:
-    def __init__(self, server, limits: Limits | None = None):
-        self.server = server
-        self.limits = limits or Limits(max_body_bytes=server.config.max_body_bytes)
+    """``dispatcher`` answers the calls (and, with ``sessions`` and ``users``, the stream of
+    ``xenapi stdio``), decoded within ``limits``; ``exporter`` serves /metrics, ``transfers``
+    the VDI routes."""
+
+    def __init__(self, dispatcher: Dispatcher, limits: Limits, *, sessions: Sessions, users: Users,
+                 exporter: Exporter, transfers: TransferParts):
+        self.dispatcher = dispatcher
+        self.limits = limits
+        self.sessions = sessions
+        self.users = users
+        self.exporter = exporter
+        self.transfers = transfers
 
     def __call__(self, request: Request) -> Response:
         if request.method == "POST":
             if stdio.is_upgrade(request):    # `xenapi stdio` switching to the stream protocol
-                return stdio.accept(self.server, request, self.limits)
+                return stdio.accept(request, self.users, self.dispatcher, self.sessions, self.limits)
             return self.rpc(request)
         if request.path == "/metrics":
-            return exporter.serve(self.server, request, identity_of(request))
+            return self.exporter.serve(request, identity_of(request))
         if request.method == "OPTIONS":
             return Response(200, "text/plain", b"", _PREFLIGHT)
         if request.method in ("GET", "HEAD") and request.path in ("/", "/index.html"):
@@ -52,11 +68,12 @@ class Api:
         route = path.rstrip("/")
         if route == "/import_raw_vdi" and method != "POST":      # POST stays XML-RPC, on any path
             if method == "PUT":
-                return lambda request, body: transfer.import_raw_vdi(self.server, request, body, identity_of(request))
+                return lambda request, body: transfer.import_raw_vdi(self.transfers, request, body,
+                                                                        identity_of(request))
             return _not_allowed("PUT")
         if route == "/export_raw_vdi" and method != "POST":
             if method in ("GET", "HEAD"):
-                return lambda request, body: transfer.export_raw_vdi(self.server, request, identity_of(request))
+                return lambda request, body: transfer.export_raw_vdi(self.transfers, request, identity_of(request))
             return _not_allowed("GET, HEAD")
         return None
 
@@ -69,7 +86,7 @@ class Api:
                      _address(request.peer), e.status_hint, e)
             return Response(e.status_hint, "text/plain", f"{e}\n".encode(), _CORS)
         call = dataclasses.replace(call, identity=identity_of(request))
-        outcome = self.server.dispatcher.dispatch(call)
+        outcome = self.dispatcher.dispatch(call)
         return Response(200, content_type, codec.encode(outcome, call), _CORS)
 
 

@@ -21,6 +21,7 @@ import os
 import socket
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import paramiko
 from cryptography.hazmat.primitives import serialization
@@ -29,6 +30,13 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from xenapi.context import Identity, peer_address
 from xenapi.errors import XenAPIError
 from xenapi.transport import stream
+from xenapi.wire import Limits
+
+if TYPE_CHECKING:
+    from auth.audit import AuditLog
+    from auth.keys import Keys
+    from xenapi.dispatcher import Dispatcher
+    from xenapi.state.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -59,13 +67,21 @@ def host_key(path: str) -> paramiko.PKey:
 
 
 class SSHServer:
-    """Accept SSH connections on ``listen``; ``start()`` runs the accept loop on thread ``ssh-accept``."""
+    """Accept SSH connections on ``listen``; ``start()`` runs the accept loop on thread ``ssh-accept``.
+
+    ``keys`` decides a public key login; ``sessions`` checks a password (and, with ``dispatcher``
+    and ``limits``, serves the stream); ``audit`` records a refused password."""
 
     scheme = "ssh"
 
-    def __init__(self, server, listen: tuple[str, int], key: paramiko.PKey, *, allow_passwords: bool = False,
+    def __init__(self, listen: tuple[str, int], key: paramiko.PKey, *, dispatcher: Dispatcher, sessions: Sessions,
+                 keys: Keys, audit: AuditLog, limits: Limits, allow_passwords: bool = False,
                  max_connections: int = 800):
-        self.server = server
+        self.dispatcher = dispatcher
+        self.sessions = sessions
+        self.keys = keys
+        self.audit = audit
+        self.limits = limits
         self.key = key
         self.allow_passwords = allow_passwords
         self.max_connections = max_connections
@@ -156,7 +172,8 @@ class SSHServer:
                                        f"(`xenapi` or the subsystem `xenapi`), not {command[:80]!r}\n".encode())
                 return
             identity = stream.StreamIdentity(via="ssh", address=peer, user=user, login_method=login_method)
-            stream.serve(self.server, lambda: channel.recv(_CHUNK), channel.sendall, identity)
+            stream.serve(self.dispatcher, self.sessions, lambda: channel.recv(_CHUNK), channel.sendall, identity,
+                         self.limits)
             status = 0
         except XenAPIError as e:          # the user was deleted after logging in
             channel.sendall_stderr(f"xenapi: {stream.refusal(e)}\n".encode())
@@ -186,7 +203,7 @@ class _Hooks(paramiko.ServerInterface):
         return "publickey,password" if self.ssh.allow_passwords else "publickey"
 
     def check_auth_publickey(self, username: str, key: paramiko.PKey) -> int:
-        if self.ssh.server.keys.allows(username, key.asbytes()):
+        if self.ssh.keys.allows(username, key.asbytes()):
             self.login_method = stream.KEY_LOGIN
             return paramiko.AUTH_SUCCESSFUL   # paramiko then verifies the client's signature
         log.info("event=ssh-key-refused user=%s addr=%s key=%s", username, self.peer, key.fingerprint)
@@ -196,12 +213,11 @@ class _Hooks(paramiko.ServerInterface):
         if not self.ssh.allow_passwords:
             log.info("event=ssh-password-refused user=%s addr=%s reason=passwords-off", username, self.peer)
             return paramiko.AUTH_FAILED
-        server = self.ssh.server
         try:
-            server.sessions.authenticate(username, password, Identity(via="ssh", address=self.peer))
+            self.ssh.sessions.authenticate(username, password, Identity(via="ssh", address=self.peer))
         except XenAPIError as e:          # wrong, or throttled: the same rules as over the API
-            server.audit.record(user=username, via="ssh", address=self.peer, method=stream.PASSWORD_LOGIN,
-                                outcome=e.code)
+            self.ssh.audit.record(user=username, via="ssh", address=self.peer, method=stream.PASSWORD_LOGIN,
+                                  outcome=e.code)
             return paramiko.AUTH_FAILED
         self.login_method = stream.PASSWORD_LOGIN
         return paramiko.AUTH_SUCCESSFUL

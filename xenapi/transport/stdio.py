@@ -20,11 +20,18 @@ import re
 import socket
 import sys
 import threading
+from typing import TYPE_CHECKING
 
 from xenapi.context import peer_address
 from xenapi.errors import XenAPIError
 from xenapi.transport import stream
 from xenapi.transport.http import Request, Response
+from xenapi.wire import Limits
+
+if TYPE_CHECKING:
+    from auth.users import Users
+    from xenapi.dispatcher import Dispatcher
+    from xenapi.state.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +52,9 @@ def is_upgrade(request: Request) -> bool:
     return request.method == "POST" and request.headers.get("upgrade", "").lower() == UPGRADE
 
 
-def accept(server, request: Request, limits) -> Response:
-    """Switch a unix-socket connection to the stream protocol, or say why not."""
+def accept(request: Request, users: Users, dispatcher: Dispatcher, sessions: Sessions, limits: Limits) -> Response:
+    """Switch a unix-socket connection to the stream protocol, or say why not: ``users`` to know
+    the asserted user, the rest for :func:`xenapi.transport.stream.serve`."""
     if request.peer != "unix":
         return _refuse(400, "the stream protocol is offered on the unix socket only")
     headers = request.headers
@@ -58,7 +66,7 @@ def accept(server, request: Request, limits) -> Response:
     user = headers.get(USER_HEADER.lower()) or None
     if via not in _VIAS or (address and not _ADDRESS.fullmatch(address)):
         return _refuse(400, f"bad {VIA_HEADER} or {ADDRESS_HEADER}")
-    if user is not None and server.users.get(user) is None:
+    if user is not None and users.get(user) is None:
         log.warning("event=stream-refused reason=unknown-user user=%s via=%s addr=%s", user, via, address or "-")
         return _refuse(403, f"no such user {user!r}")
     # over OpenSSH the forced command of an authorized_keys line vouches (a key); locally, the peer's uid
@@ -69,7 +77,7 @@ def accept(server, request: Request, limits) -> Response:
         pending = [already] if already else []
         read = lambda: pending.pop() if pending else sock.recv(_CHUNK)  # noqa: E731
         try:
-            stream.serve(server, read, sock.sendall, identity, limits)
+            stream.serve(dispatcher, sessions, read, sock.sendall, identity, limits)
         except XenAPIError as e:          # the user went away since the check above
             log.warning("event=stream-refused user=%s reason=%s", user, stream.refusal(e))
         except OSError as e:

@@ -22,11 +22,16 @@ import logging
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from xenapi import errors as E
 from xenapi.context import Identity
 from xenapi.errors import XenAPIError
 from xenapi.wire import Call, Failure, Limits, WireError, jsonrpc, xmlrpc
+
+if TYPE_CHECKING:
+    from xenapi.dispatcher import Dispatcher
+    from xenapi.state.sessions import Sessions
 
 log = logging.getLogger(__name__)
 
@@ -280,28 +285,27 @@ class StreamIdentity(Identity):
     login_method: str = KEY_LOGIN
 
 
-def serve(server, read: Callable[[], bytes], write: Callable[[bytes], None], identity: StreamIdentity,
-          limits: Limits | None = None) -> None:
+def serve(dispatcher: Dispatcher, sessions: Sessions, read: Callable[[], bytes], write: Callable[[bytes], None],
+          identity: StreamIdentity, limits: Limits) -> None:
     """Answer every document of a stream, in order, until its end.
 
     A transport user is checked first: XenAPIError (SESSION_AUTHORIZATION_FAILED for an unknown
     user) propagates so that the transport can refuse the stream.  After that nothing raises
     but the transport's own OSError.
     """
-    limits = limits or Limits(max_body_bytes=server.config.max_body_bytes)
     if identity.user is not None:
-        server.sessions.open_for_transport(identity)
+        sessions.open_for_transport(identity)
     last = XML
     try:
         for doc in documents(read, limits.max_body_bytes):
             kind = last if doc.kind == JUNK else doc.kind
-            write(answer(server, doc, kind, identity, limits) + b"\n")
+            write(answer(dispatcher, doc, kind, identity, limits) + b"\n")
             last = kind
     finally:
-        server.sessions.close_for_transport(identity)
+        sessions.close_for_transport(identity)
 
 
-def answer(server, doc: Document, kind: str, identity: Identity, limits: Limits) -> bytes:
+def answer(dispatcher: Dispatcher, doc: Document, kind: str, identity: Identity, limits: Limits) -> bytes:
     """The response to one document, in the dialect ``kind`` (XML or JSON)."""
     codec = jsonrpc if kind == JSON else xmlrpc
     try:
@@ -312,7 +316,7 @@ def answer(server, doc: Document, kind: str, identity: Identity, limits: Limits)
         log.info("event=bad-request via=%s addr=%s reason=%s", identity.via, identity.address or "-", e)
         return _broken(kind, doc, str(e))
     call = dataclasses.replace(call, identity=identity)
-    return codec.encode(server.dispatcher.dispatch(call), call)
+    return codec.encode(dispatcher.dispatch(call), call)
 
 
 def _broken(kind: str, doc: Document, reason: str) -> bytes:
