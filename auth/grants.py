@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from auth.rbac import NO_ROLE, Nature, denied, natures
-from auth.users import valid_name
+from auth.users import user_ref, valid_name
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
@@ -97,10 +97,9 @@ class Scope:
 
 
 class Access:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.registry = server.registry
+    def __init__(self, store, registry):
+        self.store = store
+        self.registry = registry
         self.natures = natures(self.registry)
         self._scopes: dict[str, Scope] = {}
         self._lock = threading.Lock()
@@ -157,7 +156,7 @@ class Access:
         if cls == "session":
             return ref == ctx.session_ref
         if cls == "user":
-            return ref == self.server.user_ref(ctx.user)
+            return ref == user_ref(ctx.user)
         if cls == "task":
             rec = self.store.find("task", ref)
             return rec is not None and rec["other_config"].get("owner") == ctx.user
@@ -167,7 +166,7 @@ class Access:
         if cls == "task":
             return {ref for ref, rec in self.store.records("task").items() if rec["other_config"].get("owner") == ctx.user}
         if cls == "user":
-            ref = self.server.user_ref(ctx.user)
+            ref = user_ref(ctx.user)
             return {ref} if self.store.exists("user", ref) else set()
         return set()
 
@@ -237,7 +236,7 @@ class Access:
         return {cls: frozenset(refs - {T.NULL_REF}) for cls, refs in out.items()}
 
     def groups_of(self, user: str) -> list[str]:
-        rec = self.store.find("user", self.server.user_ref(user))
+        rec = self.store.find("user", user_ref(user))
         return rec["groups"] if rec is not None else []
 
     # -- what grants may say -----------------------------------------------------------------

@@ -19,6 +19,7 @@ import sqlite_utils
 from auth.passwords import hash_password, verify_password
 from auth.rbac import NO_ROLE
 from xenapi.model.roles import LADDER
+from xenapi.state.store import add, derived_ref, derived_uuid
 
 ROLES = (*LADDER, NO_ROLE)
 _NAME_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-@")
@@ -139,3 +140,19 @@ class Users:
 def _dummy() -> str:
     """A hash to check unknown names against; made at the first need, not at import (start-up)."""
     return hash_password("not a real password")
+
+
+# -- the user objects the API shows (class user) -----------------------------------------------------
+def user_ref(name: str) -> str:
+    return derived_ref("user", name)
+
+
+def user_record(store, user) -> dict:
+    return store.new_record("user", {"uuid": derived_uuid("user", user.name), "short_name": user.name,
+                                     "fullname": user.fullname, "groups": list(user.groups)})
+
+
+def publish_user(store, user) -> None:
+    """The user object of a user added (by the CLI) after start, at its first login."""
+    if not store.exists("user", user_ref(user.name)):
+        store.apply([add("user", user_ref(user.name), user_record(store, user))])

@@ -12,11 +12,11 @@ _RECORDS = T.Set(T.Record("audit"))
 
 
 def get_records(ctx, after, limit):
-    return ctx.server.audit.after(after, limit)
+    return ctx.services.audit.after(after, limit)
 
 
 def get_since(ctx, since):
-    return ctx.server.audit.since(since.seconds)
+    return ctx.services.audit.since(since.seconds)
 
 
 audit = declare_class(

@@ -19,14 +19,14 @@ from xenapi.model.roles import POOL_ADMIN
 
 
 def _create(ctx, values):
-    ref = ctx.store.create("grant", ctx.server.access.validate(values))
-    ctx.server.sessions.refresh_permissions()
+    ref = ctx.store.create("grant", ctx.services.access.validate(values))
+    ctx.services.sessions.refresh_permissions()
     return ref
 
 
 def _destroy(ctx, ref):
     ctx.store.delete("grant", ref)
-    ctx.server.sessions.refresh_permissions()
+    ctx.services.sessions.refresh_permissions()
 
 
 grant = declare_class(

@@ -41,7 +41,7 @@ _DOCS = {
 
 
 def compute_free_memory(ctx, host):
-    return ctx.server.hosts.free_memory(host)
+    return ctx.services.hosts.free_memory(host)
 
 
 def compute_memory_overhead(ctx, host):
@@ -57,19 +57,19 @@ def get_server_localtime(ctx, host):
 
 
 def list_methods(ctx, host):
-    return ctx.server.registry.list_methods()
+    return ctx.services.registry.list_methods()
 
 
 def evacuate(ctx, host, network, evacuate_batch_size):
-    ctx.server.evacuation.evacuate(ctx, host, network, evacuate_batch_size)
+    ctx.services.evacuation.evacuate(ctx, host, network, evacuate_batch_size)
 
 
 def get_vms_which_prevent_evacuation(ctx, self):
-    return ctx.server.evacuation.preventing(ctx, self)
+    return ctx.services.evacuation.preventing(ctx, self)
 
 
 def assert_can_evacuate(ctx, host):
-    ctx.server.evacuation.assert_can(ctx, host)
+    ctx.services.evacuation.assert_can(ctx, host)
 
 
 _EVACUATION_REASONS = (E.NO_HOSTS_AVAILABLE, E.HOST_NOT_ENOUGH_FREE_MEMORY, E.VM_INCOMPATIBLE_WITH_THIS_HOST,

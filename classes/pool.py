@@ -15,11 +15,11 @@ def get_license_state(ctx, self):
 
 
 def add_host(ctx, pool, uri):
-    return ctx.server.hosts.add(uri, ctx.server.config.libvirt_sync_wait)
+    return ctx.services.hosts.add(uri)
 
 
 def remove_host(ctx, pool, host):
-    ctx.server.hosts.remove(host)
+    ctx.services.hosts.remove(host)
 
 
 _POOL = param(T.Ref("pool"), "pool", "The pool")

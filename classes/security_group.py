@@ -20,7 +20,7 @@ _ERRORS = (E.INVALID_VALUE, E.HANDLE_INVALID, E.HOST_NOT_LIVE, E.BACKEND_FAILURE
 
 def _service(method: str):
     """A message body that hands its arguments to the security-group service's ``method``."""
-    return lambda ctx, *args: getattr(ctx.server.security_groups, method)(ctx, *args)
+    return lambda ctx, *args: getattr(ctx.services.security_groups, method)(ctx, *args)
 
 
 security_group = declare_class(

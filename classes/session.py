@@ -8,19 +8,19 @@ from xenapi.model.roles import READ_ONLY
 
 
 def login_with_password(ctx, uname, pwd, version, originator):
-    return ctx.server.sessions.login(uname, pwd, originator, ctx.identity)
+    return ctx.services.sessions.login(uname, pwd, originator, ctx.identity)
 
 
 def logout(ctx):
-    ctx.server.sessions.logout(ctx.session_ref)
+    ctx.services.sessions.logout(ctx.session_ref)
 
 
 def change_password(ctx, old_pwd, new_pwd):
     # the old password is checked as a login checks it: throttled, so a stolen session cannot guess it
-    ctx.server.sessions.authenticate(ctx.user, old_pwd, ctx.identity)
+    ctx.services.sessions.authenticate(ctx.user, old_pwd, ctx.identity)
     if not new_pwd:
         raise XenAPIError(E.INVALID_VALUE, "new_pwd", "")
-    ctx.server.users.set_password(ctx.user, new_pwd)
+    ctx.services.users.set_password(ctx.user, new_pwd)
 
 
 def get_all_subject_identifiers(ctx):

@@ -75,7 +75,7 @@ SR = declare_class(
                 result=T.String, impl=storage("sr_probe"), roles=POOL_OP, is_async=True, errors=_BACKEND,
                 changes_nothing=True),
         message("get_supported_types", "Return a set of all the SR types supported by the system",
-                params=[], result=T.Set(T.String), impl=lambda ctx: sorted(ctx.server.storage.plugins),
+                params=[], result=T.Set(T.String), impl=lambda ctx: sorted(ctx.services.storage.plugins),
                 roles=READ_ONLY),
         message("set_shared", "Sets the shared flag on the SR", params=[_SR, param(T.Bool, "value", "True to set the SR as shared")],
                 impl=storage("sr_set_shared"), roles=POOL_OP),

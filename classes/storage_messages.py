@@ -8,7 +8,7 @@ from xenapi.model.roles import READ_ONLY
 
 def storage(method: str):
     """A message body that hands its arguments to the storage service's ``method``."""
-    return lambda ctx, *args: getattr(ctx.server.storage, method)(ctx, *args)
+    return lambda ctx, *args: getattr(ctx.services.storage, method)(ctx, *args)
 
 
 def assert_operation_valid(cls: str, operations: str, errors: tuple[str, ...]) -> Message:
@@ -17,5 +17,5 @@ def assert_operation_valid(cls: str, operations: str, errors: tuple[str, ...]) -
         "assert_operation_valid", "Check whether this operation is acceptable in the current state of the "
         "system, raising an error if the operation is invalid for some reason",
         params=[param(T.Ref(cls), "self", f"The {cls}"), param(ENUMS[operations], "op", "proposed operation")],
-        impl=lambda ctx, ref, op: ctx.server.storage.tables[cls].assert_valid(ctx.store, ref, op),
+        impl=lambda ctx, ref, op: ctx.services.storage.tables[cls].assert_valid(ctx.store, ref, op),
         roles=READ_ONLY, changes_nothing=True, errors=errors)

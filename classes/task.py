@@ -23,7 +23,7 @@ def _assert_may_change(ctx, task) -> dict:
 
 
 def create(ctx, label, description):
-    return ctx.server.tasks.create(label, description, ctx)
+    return ctx.services.tasks.create(label, description, ctx)
 
 
 def destroy(ctx, self):
@@ -33,7 +33,7 @@ def destroy(ctx, self):
 
 def cancel(ctx, task):
     _assert_may_change(ctx, task)
-    ctx.server.tasks.cancel(task)
+    ctx.services.tasks.cancel(task)
 
 
 def _setter(field, convert=lambda v: v):

@@ -17,18 +17,18 @@ def _name_of(ctx, ref) -> str:
 
 
 def set_fullname(ctx, ref, value):
-    ctx.server.users.set_fullname(_name_of(ctx, ref), value)
+    ctx.services.users.set_fullname(_name_of(ctx, ref), value)
     ctx.store.update("user", ref, {"fullname": value})
 
 
 def set_groups(ctx, ref, value):
     groups = sorted(set(value))
     try:
-        ctx.server.users.set_groups(_name_of(ctx, ref), groups)
+        ctx.services.users.set_groups(_name_of(ctx, ref), groups)
     except UserError as e:
         raise XenAPIError(E.INVALID_VALUE, "groups", str(e)) from None
     ctx.store.update("user", ref, {"groups": groups})
-    ctx.server.sessions.refresh_permissions()
+    ctx.services.sessions.refresh_permissions()
 
 
 user = declare_class(

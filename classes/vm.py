@@ -7,8 +7,6 @@ reflects the new state.
 """
 from __future__ import annotations
 
-import time
-
 from classes import vm_placement
 from classes.enums import ENUMS
 from xenapi import errors as E
@@ -75,19 +73,9 @@ _FORCE = param(T.Bool, "force", "Attempt to force the VM to start; ignored (ther
 
 
 def _power(op: str, action, *, until=None, timeout_code: str = ""):
-    """A message body: guard ``op``, ask libvirt, re-observe.  With ``until(ctx, vm)``, which reads
-    what "finished" means before libvirt is asked, wait for it (up to clean_shutdown_timeout, else
-    ``timeout_code``) unless the action returns False: it finished within the call."""
+    """A message body: the VM service's power operation ``op`` (xenapi/services/vms.py)."""
     def body(ctx, vm, *args):
-        with lifecycle.operation(ctx, vm, op) as rec:
-            hosts = ctx.server.hosts
-            host = hosts.home_of(vm)
-            conn = hosts.connection(host)
-            finished = until(ctx, vm) if until else None
-            pending = action(conn, rec["uuid"], *args)
-            ctx.server.reconciler.refresh(host, rec["uuid"])
-            if finished and pending is not False:
-                _wait_until(ctx, vm, host, rec["uuid"], finished, timeout_code)
+        ctx.services.vms.power(ctx, vm, op, action, args, until=until, timeout_code=timeout_code)
     body.__name__ = op
     return body
 
@@ -103,24 +91,6 @@ def _rebooted(ctx, vm):
     before = ctx.store.get("VM_metrics", metrics)["start_time"]
     return lambda: (ctx.store.get("VM", vm)["power_state"] == "Halted"
                     or ctx.store.get("VM_metrics", metrics)["start_time"] != before)
-
-
-def _wait_until(ctx, vm: str, host: str, uuid: str, finished, timeout_code: str) -> None:
-    """Wait for a guest to finish what it was asked (a clean shutdown or reboot), within the
-    configured time; after a timeout the VM is left as it is (still running), ready for the next
-    operation, e.g. a hard shutdown."""
-    timeout = ctx.server.config.clean_shutdown_timeout
-    deadline = time.monotonic() + timeout
-    ctx.allow_cancel(True)
-    try:
-        while not finished():
-            ctx.check_cancelled()
-            if time.monotonic() >= deadline:
-                raise XenAPIError(timeout_code, vm, f"{timeout:g}")
-            ctx.store.wait(ctx.store.generation, min(0.5, deadline - time.monotonic()))
-            ctx.server.reconciler.refresh(host, uuid)     # events can be missed; re-read cheaply
-    finally:
-        ctx.allow_cancel(False)
 
 
 def _hard_shutdown(conn, uuid):
@@ -167,43 +137,43 @@ def set_memory_limits(ctx, self, static_min, static_max, dynamic_min, dynamic_ma
     if not 0 < static_min <= dynamic_min <= dynamic_max <= static_max:
         raise XenAPIError(E.MEMORY_CONSTRAINT_VIOLATION,
                           "Memory limits must satisfy: 0 < static_min <= dynamic_min <= dynamic_max <= static_max")
-    with lifecycle.operation(ctx, self, "changing_memory_limits") as rec:
-        ctx.server.vms.set_memory(ctx, self, rec, static_min, static_max, dynamic_min, dynamic_max)
+    with ctx.services.vms.operation(ctx, self, "changing_memory_limits") as rec:
+        ctx.services.vms.set_memory(ctx, self, rec, static_min, static_max, dynamic_min, dynamic_max)
 
 
 def set_VCPUs_max(ctx, self, value):
-    with lifecycle.operation(ctx, self, "changing_VCPUs") as rec:
+    with ctx.services.vms.operation(ctx, self, "changing_VCPUs") as rec:
         if value < 1:
             raise XenAPIError(E.VALUE_NOT_SUPPORTED, "VCPUs_max", str(value), "must be at least 1")
-        ctx.server.vms.set_vcpus(ctx, self, rec, value, min(rec["VCPUs_at_startup"], value))
+        ctx.services.vms.set_vcpus(ctx, self, rec, value, min(rec["VCPUs_at_startup"], value))
 
 
 def set_VCPUs_at_startup(ctx, self, value):
-    with lifecycle.operation(ctx, self, "changing_VCPUs") as rec:
+    with ctx.services.vms.operation(ctx, self, "changing_VCPUs") as rec:
         if not 1 <= value <= rec["VCPUs_max"]:
             raise XenAPIError(E.VALUE_NOT_SUPPORTED, "VCPUs_at_startup", str(value),
                               f"must be between 1 and VCPUs_max ({rec['VCPUs_max']})")
-        ctx.server.vms.set_vcpus(ctx, self, rec, rec["VCPUs_max"], value)
+        ctx.services.vms.set_vcpus(ctx, self, rec, rec["VCPUs_max"], value)
 
 
 def clone(ctx, vm, new_name):
-    with lifecycle.operation(ctx, vm, "clone") as rec:
-        return ctx.server.vms.clone(ctx, vm, rec, new_name)
+    with ctx.services.vms.operation(ctx, vm, "clone") as rec:
+        return ctx.services.vms.clone(ctx, vm, rec, new_name)
 
 
 def copy(ctx, vm, new_name, sr):
-    with lifecycle.operation(ctx, vm, "copy") as rec:
-        return ctx.server.vms.clone(ctx, vm, rec, new_name, copy_to=sr)
+    with ctx.services.vms.operation(ctx, vm, "copy") as rec:
+        return ctx.services.vms.clone(ctx, vm, rec, new_name, copy_to=sr)
 
 
 def provision(ctx, vm):
-    with lifecycle.operation(ctx, vm, "provision") as rec:
-        ctx.server.vms.provision(ctx, vm, rec)
+    with ctx.services.vms.operation(ctx, vm, "provision") as rec:
+        ctx.services.vms.provision(ctx, vm, rec)
 
 
 def destroy(ctx, self):
-    with lifecycle.operation(ctx, self, "destroy") as rec:
-        ctx.server.vms.destroy(ctx, self, rec)
+    with ctx.services.vms.operation(ctx, self, "destroy") as rec:
+        ctx.services.vms.destroy(ctx, self, rec)
 
 
 # xapi's device slots: 16 VBDs (xvda..xvdp / hda..; HVM's 0-3 are its emulated IDE), 7 VIFs
@@ -296,12 +266,12 @@ VM = declare_class(
         actions_after_crash PV_bootloader PV_kernel PV_ramdisk PV_args PV_bootloader_args PV_legacy_args
         HVM_boot_policy HVM_boot_params platform PCI_bus other_config recommendations""".split()),
     hooks={
-        "create": lambda ctx, values: ctx.server.vms.create(ctx, values),
-        "set_name_label": lambda ctx, vm, v: ctx.server.vms.set_name_label(ctx, vm, v),
-        "set_name_description": lambda ctx, vm, v: ctx.server.vms.set_name_description(ctx, vm, v),
-        "set_is_a_template": lambda ctx, vm, v: ctx.server.vms.set_is_a_template(ctx, vm, v),
-        "set_blocked_operations": lambda ctx, vm, v: ctx.server.vms.set_blocked_operations(ctx, vm, v),
-        **{f"set_{f}": (lambda f: lambda ctx, vm, v: ctx.server.vms.set_in_xml(f)(ctx, vm, v))(f)
+        "create": lambda ctx, values: ctx.services.vms.create(ctx, values),
+        "set_name_label": lambda ctx, vm, v: ctx.services.vms.set_name_label(ctx, vm, v),
+        "set_name_description": lambda ctx, vm, v: ctx.services.vms.set_name_description(ctx, vm, v),
+        "set_is_a_template": lambda ctx, vm, v: ctx.services.vms.set_is_a_template(ctx, vm, v),
+        "set_blocked_operations": lambda ctx, vm, v: ctx.services.vms.set_blocked_operations(ctx, vm, v),
+        **{f"set_{f}": (lambda f: lambda ctx, vm, v: ctx.services.vms.set_in_xml(f)(ctx, vm, v))(f)
            for f in rewrite.EDITABLE},
     },
 )

@@ -1,6 +1,6 @@
 """Where a VM runs: the Xen-API draft's host.qualify and VM.migrate(test), and xapi's start_on,
 assert_can_boot_here, get_possible_hosts, pool_migrate and assert_can_migrate, all answered by one
-set of checks (xenapi/services/placement.py) so that they always agree.
+set of checks (xenapi/services/placement.py, xenapi/services/moves.py) so that they always agree.
 
 VM.migrate(vm, current_host, destination_host, test) is the draft's: with ``test`` true nothing
 moves and the answer is whether the destination qualifies (every check of host.qualify plus the
@@ -16,8 +16,7 @@ from xenapi.model import types as T
 from xenapi.model.declare import message, param
 from xenapi.model.roles import POOL_OP, READ_ONLY, VM_OP, VM_POWER_ADMIN
 from xenapi.services.host_rules import HOST_TABLE
-from xenapi.services.placement import Guest
-from xenapi.state import lifecycle
+from xenapi.services.moves import first
 
 _VM = param(T.Ref("VM"), "vm", "The VM")
 _SELF = param(T.Ref("VM"), "self", "The VM")
@@ -26,110 +25,45 @@ _QUALIFY_ERRORS = (E.HOST_NOT_LIVE, E.HOST_DISABLED, E.HOST_NOT_ENOUGH_FREE_MEMO
                    E.VM_REQUIRES_SR, E.VM_REQUIRES_NETWORK, E.HOST_NETWORK_BANDWIDTH_INSUFFICIENT)
 _MIGRATE_ERRORS = (*_QUALIFY_ERRORS, E.VM_NOT_RESIDENT_HERE, E.OPERATION_NOT_ALLOWED, E.VM_BAD_POWER_STATE,
                    E.OTHER_OPERATION_IN_PROGRESS, E.TASK_CANCELLED)
-_LIVE = frozenset({"Running", "Paused"})
-
-
-def migration_reasons(ctx, vm: str, current: str, destination: str) -> list[XenAPIError]:
-    """Every reason ``vm`` cannot move from ``current`` to ``destination`` now (empty: it can)."""
-    placement = ctx.server.placement
-    rec = ctx.store.get("VM", vm)
-    found = []
-    home = ctx.server.reconciler.homes.get(vm)
-    where = rec["resident_on"] if rec["power_state"] in _LIVE else home
-    if where != current:
-        found.append(XenAPIError(E.VM_NOT_RESIDENT_HERE, vm, current))
-    if destination == where:
-        found.append(XenAPIError(E.OPERATION_NOT_ALLOWED, "the destination is the host the VM is on"))
-    if rec["power_state"] == "Suspended":
-        found.append(XenAPIError(E.VM_BAD_POWER_STATE, vm, "halted, running, paused", "suspended"))
-    if rec["power_state"] in _LIVE:
-        live_ok = True
-        for host in dict.fromkeys((current, destination)):
-            if ctx.store.exists("host", host) and ctx.server.hosts.live(host):
-                ok, why = ctx.server.migration.live_supported(host)
-                if not ok:
-                    live_ok = False
-                    found.append(XenAPIError(E.OPERATION_NOT_ALLOWED, f"cannot live-migrate: {why}"))
-        if live_ok and current != destination and all(ctx.store.exists("host", h) and ctx.server.hosts.live(h)
-                                                       for h in (current, destination)):
-            ok, why = ctx.server.migration.reachable(current, destination)
-            if not ok:
-                found.append(XenAPIError(E.OPERATION_NOT_ALLOWED, f"cannot live-migrate: {why}"))
-    return found + placement.reasons(vm, destination)
-
-
-def _first(reasons: list[XenAPIError]) -> None:
-    if reasons:
-        raise reasons[0]
 
 
 # -- bodies --------------------------------------------------------------------------------------------
 def qualify(ctx, vm, host):
-    return ctx.server.placement.qualify(vm, host)
+    return ctx.services.placement.qualify(vm, host)
 
 
 def qualify_reasons(ctx, vm, host):
-    return [[e.code, *e.params] for e in ctx.server.placement.reasons(vm, host)]
+    return [[e.code, *e.params] for e in ctx.services.placement.reasons(vm, host)]
 
 
 def assert_can_boot_here(ctx, self, host):
-    _first(ctx.server.placement.reasons(self, host))
+    first(ctx.services.placement.reasons(self, host))
 
 
 def get_possible_hosts(ctx, vm):
-    return ctx.server.placement.possible_hosts(vm)
+    return ctx.services.placement.possible_hosts(vm)
 
 
 def start(ctx, vm, start_paused, force):
-    _start(ctx, vm, None, start_paused, "start")
+    ctx.services.moves.start(ctx, vm, None, start_paused, "start")
 
 
 def start_on(ctx, vm, host, start_paused, force):
-    _start(ctx, vm, host, start_paused, "start_on")
-
-
-def _start(ctx, vm: str, host: str | None, paused: bool, op: str) -> None:
-    """Start ``vm`` on ``host``, or where it fits best; a VM defined on another host is moved there
-    (cold) first.  Where it went shows in resident_on (and its event)."""
-    placement, hosts = ctx.server.placement, ctx.server.hosts
-    with lifecycle.operation(ctx, vm, op) as rec:
-        target = host or placement.choose(vm)
-        _first(placement.reasons(vm, target))
-        with placement.arriving(vm, target):
-            home = hosts.home_of(vm)
-            if target != home:
-                ctx.server.migration.migrate(ctx, vm, home, target, live=False, copy_storage=True)
-            hosts.connection(target).start(rec["uuid"], paused)
-            ctx.server.reconciler.refresh(target, rec["uuid"])
+    ctx.services.moves.start(ctx, vm, host, start_paused, "start_on")
 
 
 def migrate(ctx, vm, current_host, destination_host, test):
     """The draft's VM.migrate: with ``test`` true only qualify the destination."""
+    moves = ctx.services.moves
     if test:
-        return not migration_reasons(ctx, vm, current_host, destination_host)
-    move(ctx, vm, current_host, destination_host)
+        return not moves.reasons(vm, current_host, destination_host)
+    moves.move(ctx, vm, current_host, destination_host)
     return True
 
 
 def pool_migrate(ctx, vm, host, options):
-    rec = ctx.store.get("VM", vm)
-    current = rec["resident_on"] if rec["power_state"] in _LIVE else ctx.server.reconciler.homes.get(vm)
-    move(ctx, vm, current, host, force=options.get("force", "") == "true")
-
-
-def move(ctx, vm: str, current: str, destination: str, *, force: bool = False) -> None:
-    """Move ``vm`` from ``current`` to ``destination`` (live if it runs, cold if halted), after
-    the same checks as the dry run; what VM.migrate, VM.pool_migrate and host.evacuate do."""
-    with lifecycle.operation(ctx, vm, "pool_migrate") as rec:
-        reasons = migration_reasons(ctx, vm, current, destination)
-        if force:         # xapi's force skips the CPU check
-            reasons = [r for r in reasons if not (r.code == E.VM_INCOMPATIBLE_WITH_THIS_HOST and "CPU" in r.params[-1])]
-        _first(reasons)
-        guest = Guest(ctx.server, vm)
-        copy = any(not ctx.server.placement._sr_plugged(v["SR"], destination) for v in guest.vdis)
-        with ctx.server.placement.arriving(vm, destination):
-            ctx.server.migration.migrate(ctx, vm, current, destination, live=rec["power_state"] in _LIVE,
-                                         copy_storage=copy)
+    moves = ctx.services.moves
+    moves.move(ctx, vm, moves.current_host(vm), host, force=options.get("force", "") == "true")
 
 
 def assert_can_migrate(ctx, vm, dest, live, vdi_map, vif_map, options):
@@ -138,9 +72,8 @@ def assert_can_migrate(ctx, vm, dest, live, vdi_map, vif_map, options):
         host = next((ref for ref, r in ctx.store.records("host").items() if r["uuid"] == host), host)
     if not ctx.store.exists("host", host):
         raise XenAPIError(E.HANDLE_INVALID, "host", host)
-    rec = ctx.store.get("VM", vm)
-    current = rec["resident_on"] if rec["power_state"] in _LIVE else ctx.server.reconciler.homes.get(vm)
-    _first(migration_reasons(ctx, vm, current, host))
+    moves = ctx.services.moves
+    first(moves.reasons(vm, moves.current_host(vm), host))
 
 
 def _set_enabled(ctx, host: str, enabled: bool) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import new_vbd, new_vdi, node_xml, start_server, stop_server, wait_for_event
-from xenapi.context import Context
 from xenapi.errors import XenAPIError
 from xenapi.model.types import NULL_REF
 
@@ -74,7 +73,7 @@ def test_cold_migration_moves_the_definition_and_the_disk(pool):
     sr_b = local_sr(x, b)
     token = getattr(x.event, "from")(["vbd", "vdi"], "", 0.0)["token"]
 
-    server.migration.migrate(Context(server), vm, a, b, live=False, copy_storage=True)
+    server.migration.migrate(server.context(), vm, a, b, live=False, copy_storage=True)
 
     assert uuid in domains_on(server, b) and uuid not in domains_on(server, a)
     assert server.reconciler.homes[vm] == b
@@ -93,7 +92,7 @@ def test_cold_migration_moves_the_definition_and_the_disk(pool):
     wait_for_event(_Client(x), ["vdi"], token, lambda e: e["ref"] == old_vdi and e["operation"] == "del")
 
     # and back, then it starts on its new home
-    server.migration.migrate(Context(server), vm, b, a, live=False, copy_storage=True)
+    server.migration.migrate(server.context(), vm, b, a, live=False, copy_storage=True)
     assert uuid in domains_on(server, a) and uuid not in domains_on(server, b)
     assert x.VDI.get_SR(x.VBD.get_VDI(vbd)) == local_sr(x, a)
     x.VM.start(vm, False, False)
@@ -115,7 +114,7 @@ def test_a_refused_definition_leaves_the_source_as_it_was_and_nothing_on_the_des
     vdis_b = set(x.SR.get_VDIs(local_sr(x, b)))
 
     with pytest.raises(XenAPIError) as failure:
-        server.migration.migrate(Context(server), vm, a, b, live=False, copy_storage=True)
+        server.migration.migrate(server.context(), vm, a, b, live=False, copy_storage=True)
 
     assert failure.value.code == "VM_MIGRATE_FAILED" and failure.value.params[:3] == (vm, a, b)
     assert uuid in domains_on(server, a) and domains_on(server, b) >= {clash} and uuid not in domains_on(server, b)
@@ -131,7 +130,7 @@ def test_a_cancelled_cold_migration_changes_nothing(pool):
     vm, vdi = halted_vm_with_disk(x, server, a)
     uuid = x.VM.get_uuid(vm)
     vdis_b = set(x.SR.get_VDIs(local_sr(x, b)))
-    ctx = Context(server)
+    ctx = server.context()
     ctx.task_ref = server.tasks.create("VM.pool_migrate", cancellable=True)
     server.tasks.cancel(ctx.task_ref)
 
@@ -153,17 +152,17 @@ def test_the_test_driver_cannot_live_migrate_and_the_vm_keeps_running(pool):
     x.VM.start(vm, False, False)
 
     with pytest.raises(XenAPIError) as failure:
-        server.migration.migrate(Context(server), vm, a, b, live=True, copy_storage=True)
+        server.migration.migrate(server.context(), vm, a, b, live=True, copy_storage=True)
     assert failure.value.code == "VM_MIGRATE_FAILED"
     assert failure.value.params == (vm, a, b, "libvirt's test driver cannot live-migrate")
     assert (x.VM.get_power_state(vm), x.VM.get_resident_on(vm)) == ("Running", a)
 
     # a running VM is not moved cold, nor a VM onto its own host
     with pytest.raises(XenAPIError) as failure:
-        server.migration.migrate(Context(server), vm, a, b, live=False, copy_storage=True)
+        server.migration.migrate(server.context(), vm, a, b, live=False, copy_storage=True)
     assert failure.value.code == "VM_BAD_POWER_STATE"
     with pytest.raises(XenAPIError) as failure:
-        server.migration.migrate(Context(server), vm, a, a, live=True, copy_storage=False)
+        server.migration.migrate(server.context(), vm, a, a, live=True, copy_storage=False)
     assert failure.value.code == "VM_MIGRATE_FAILED"
     assert x.VM.get_resident_on(vm) == a
 

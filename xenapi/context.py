@@ -1,4 +1,4 @@
-"""What a message implementation is handed: who is calling, the server's parts, and its task."""
+"""What a message implementation is handed: who is calling, the services it may call, and its task."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -8,7 +8,22 @@ from xenapi import errors as E
 from xenapi.errors import XenAPIError
 
 if TYPE_CHECKING:
-    from xenapi.server import Server
+    from auth.audit import AuditLog
+    from auth.grants import Access
+    from auth.users import Users
+    from xenapi.model.registry import Registry
+    from xenapi.services.evacuation import Evacuation
+    from xenapi.services.hosts import Hosts
+    from xenapi.services.moves import Moves
+    from xenapi.services.networks import Networks
+    from xenapi.services.placement import Placement
+    from xenapi.services.security_groups import SecurityGroups
+    from xenapi.services.storage import Storage
+    from xenapi.services.vms import VMs
+    from xenapi.state.events import Events
+    from xenapi.state.sessions import Sessions
+    from xenapi.state.store import Store
+    from xenapi.state.tasks import Tasks
 
 
 def peer_address(host: str, port) -> str:
@@ -30,9 +45,31 @@ class Identity:
     user: str | None = None           # a transport-authenticated user (ssh key), if any
 
 
+@dataclass(frozen=True)
+class Services:
+    """What a message body (classes/) may call: the services and the state they keep, not what lies
+    under them (the reconciler, the observers, the configuration).  The server builds it once."""
+    store: "Store"
+    registry: "Registry"
+    tasks: "Tasks"
+    sessions: "Sessions"
+    events: "Events"
+    users: "Users"
+    audit: "AuditLog"
+    access: "Access"
+    hosts: "Hosts"
+    vms: "VMs"
+    storage: "Storage"
+    networks: "Networks"
+    security_groups: "SecurityGroups"
+    placement: "Placement"
+    moves: "Moves"
+    evacuation: "Evacuation"
+
+
 @dataclass
 class Context:
-    server: "Server"
+    services: Services
     session_ref: str | None = None
     user: str = ""
     permissions: frozenset[str] = frozenset()
@@ -41,21 +78,21 @@ class Context:
     method: str = ""
 
     @property
-    def store(self):
-        return self.server.store
+    def store(self) -> "Store":
+        return self.services.store
 
     def progress(self, value: float) -> None:
         if self.task_ref:
-            self.server.tasks.progress(self.task_ref, value)
+            self.services.tasks.progress(self.task_ref, value)
 
     def check_cancelled(self) -> None:
         """Long operations call this between steps; a cancelled task stops here."""
-        if self.task_ref and self.server.tasks.is_cancelling(self.task_ref):
+        if self.task_ref and self.services.tasks.is_cancelling(self.task_ref):
             raise XenAPIError(E.TASK_CANCELLED, self.task_ref)
 
     def allow_cancel(self, allowed: bool = True) -> None:
         if self.task_ref:
-            self.server.tasks.set_cancellable(self.task_ref, allowed)
+            self.services.tasks.set_cancellable(self.task_ref, allowed)
 
     def log_fields(self) -> dict[str, Any]:
         return {"user": self.user or "-", "via": self.identity.via}

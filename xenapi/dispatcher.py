@@ -39,12 +39,10 @@ class _Trail:
 
 
 class Dispatcher:
-    def __init__(self, server):
-        self.server = server
-        self.registry = server.registry
-        self.store = server.store
-        self.access = server.access
-        self.audit = server.audit
+    def __init__(self, registry, store, access, audit, sessions, tasks, metrics, new_context):
+        self.registry, self.store, self.access, self.audit = registry, store, access, audit
+        self.sessions, self.tasks, self.metrics = sessions, tasks, metrics
+        self.new_context = new_context           # (identity) -> the Context of a session-less call
         self.system = {"system.listMethods": lambda call: Bare(self.registry.list_methods())}
 
     def dispatch(self, call: Call) -> Outcome:
@@ -59,7 +57,7 @@ class Dispatcher:
             log.exception("event=internal-error incident=%s method=%s", incident, call.method)
             outcome = Failure([E.INTERNAL_ERROR, f"unexpected server error (incident {incident}; see the server log)"])
         ms = (time.perf_counter() - start) * 1000
-        self.server.metrics.observe(call.method, outcome, ms)
+        self.metrics.observe(call.method, outcome, ms)
         identity = call.identity or Identity()
         result = "ok" if isinstance(outcome, (Success, Bare)) else (
             outcome.description[0] if isinstance(outcome, Failure) else "fault")
@@ -81,7 +79,7 @@ class Dispatcher:
         params = call.params
         if found is None:
             if params and isinstance(params[0], str):
-                self.server.sessions.check(params[0])
+                self.sessions.check(params[0])
             raise XenAPIError(E.MESSAGE_METHOD_UNKNOWN, call.method)
         msg, is_async = found
         trail.msg = msg
@@ -99,12 +97,12 @@ class Dispatcher:
         identity = call.identity or Identity()
         filtered = False
         if msg.session:
-            ctx = trail.ctx = self.server.sessions.context(params[0], identity)
+            ctx = trail.ctx = self.sessions.context(params[0], identity)
             permission, roles = msg.keyed(args[1]) if msg.key_roles else (msg.permission, msg.roles)
             if permission not in ctx.permissions:
                 filtered = self.access.authorize(ctx, msg, args, permission, roles)
         else:
-            ctx = trail.ctx = Context(self.server, identity=identity)
+            ctx = trail.ctx = self.new_context(identity=identity)
             trail.claimed = args[0] if args and isinstance(args[0], str) else ""
         ctx.method = msg.wire_name
         self._check_refs(msg, args)
@@ -114,9 +112,9 @@ class Dispatcher:
             if not msg.reads:
                 trail.deferred = True
                 msg = dataclasses.replace(msg, impl=self._audited(msg, call.method, trail, identity))
-            return Success(self.server.tasks.run_async(msg, ctx, args, name=call.method))
+            return Success(self.tasks.run_async(msg, ctx, args, name=call.method))
         if msg.is_async and msg.session:
-            result = self.server.tasks.run_sync(msg, ctx, args)
+            result = self.tasks.run_sync(msg, ctx, args)
         else:
             result = msg.impl(ctx, *args)
         return Success(self.access.filter(ctx, msg, args, result) if filtered else result)

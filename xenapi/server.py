@@ -17,7 +17,7 @@ from auth.audit import AuditLog
 from auth.grants import Access
 from auth.keys import Keys
 from auth.rbac import all_permissions, role_permissions
-from auth.users import Users
+from auth.users import Users, user_record, user_ref
 from xenapi.backend.events import ensure_event_loop
 from xenapi.config import Config
 from xenapi.dispatcher import Dispatcher
@@ -27,15 +27,23 @@ from xenapi.metrics import Metrics
 from xenapi.services.evacuation import Evacuation
 from xenapi.model.roles import DESCRIPTIONS, LADDER, role_ref, role_uuid
 from xenapi.observers.polling import StoragePoller
+from xenapi.context import Context, Identity, Services
+from xenapi.observers.domains import DomainObserver
+from xenapi.observers.networks import NetworkObserver
+from xenapi.observers.nics import NicObserver
+from xenapi.observers.pools import PoolObserver
 from xenapi.observers.reconciler import Reconciler
+from xenapi.observers.volumes import VolumeObserver
 from xenapi.services.host_networking import LatencySampler
 from xenapi.services.migration import Migration
+from xenapi.services.moves import Moves
 from xenapi.services.networks import Networks
 from xenapi.services.placement import Placement
 from xenapi.services.security_groups import SecurityGroups
+from xenapi.services.templates import PXE
 from xenapi.services.storage import POOL_REF, Storage
 from xenapi.state.sessions import Sessions
-from xenapi.state.store import Store, add, derived_ref, derived_uuid, mod
+from xenapi.state.store import Store, add, derived_uuid, mod
 from xenapi.state.tasks import Tasks
 from xenapi.services.vms import VMs
 
@@ -63,46 +71,68 @@ HOUSEKEEPING_SECONDS = 60.0
 
 
 class Server:
+    """The composition root: every part is built here and handed the parts it uses, in the order
+    they depend on each other (read top to bottom, it is the server's dependency graph)."""
+
     def __init__(self, config: Config, registry=None):
         if registry is None:
             from classes import REGISTRY as registry
         self.config = config
         self.registry = registry
-        self.store = Store(registry.classes, config.database, config.event_log_size, registry.relations)
-        self.users = Users(self.store.db, self.store.db_lock)
-        self.keys = Keys(self.store.db, self.store.db_lock)
-        self.metrics = Metrics()
-        self.reconciler = Reconciler(self)
-        self.hosts = Hosts(self, config.libvirt_uris)
-        self.master_ref = self.hosts.master
-        self.access = Access(self)
-        self.audit = AuditLog(self.store.db, self.store.db_lock, config.audit_keep)
-        self.sessions = Sessions(self, config.idle_timeout, config.max_per_user)
-        self.tasks = Tasks(self, config.task_keep_seconds, config.task_keep_count)
-        self.events = Events(self)
-        self.vms = VMs(self)
-        self.storage = Storage(self)
-        self.networks = Networks(self)
-        self.placement = Placement(self)
-        self.evacuation = Evacuation(self)
-        self.security_groups = SecurityGroups(self)
-        self.migration = Migration(self)
-        self.latency_sampler = LatencySampler(self.networks, config.network_latency_interval)
-        self.storage_poller = StoragePoller(self, config.storage_poll_interval, config.storage_resync_interval)
-        self.dispatcher = Dispatcher(self)
         self._stop = threading.Event()
+        store = self.store = Store(registry.classes, config.database, config.event_log_size, registry.relations)
+        self.users = Users(store.db, store.db_lock)
+        self.keys = Keys(store.db, store.db_lock)
+        self.metrics = Metrics()
+        self.audit = AuditLog(store.db, store.db_lock, config.audit_keep)
 
-    def user_ref(self, name: str) -> str:
-        return derived_ref("user", name)
+        # libvirt's side: the hosts' connections, and the reconciler that shows what they report
+        hosts = self.hosts = Hosts(store, config, config.libvirt_uris)
+        self.master_ref = hosts.master
+        reconciler = self.reconciler = Reconciler(store, hosts, self._stop)
+        hosts.report_to(reconciler)
+        storage = self.storage = Storage(store, hosts, reconciler, local_path=config.storage_local_path,
+                                         state=config.state)
+        networks = self.networks = Networks(store, hosts, reconciler, config.host_exec)
+        network_observer = NetworkObserver(store, networks)
+        volume_observer = VolumeObserver(store, hosts, storage)
+        reconciler.drive(networks=network_observer, nics=NicObserver(store, networks, network_observer),
+                         pools=PoolObserver(store, hosts, storage), volumes=volume_observer,
+                         domains=DomainObserver(store, hosts, storage, networks, volume_observer))
+        hosts.when_listed(storage.host_listed)
 
-    def _user_record(self, user) -> dict:
-        return self.store.new_record("user", {"uuid": derived_uuid("user", user.name), "short_name": user.name,
-                                              "fullname": user.fullname, "groups": list(user.groups)})
+        # the services the messages call
+        pxe = PXE(store, hosts, networks, config.host_exec)
+        self.vms = VMs(store, hosts, reconciler, storage, pxe, state=config.state, xen_boot=config.xen_boot,
+                       clean_shutdown_timeout=config.clean_shutdown_timeout)
+        placement = self.placement = Placement(store, hosts, networks)
+        hosts.when_removed(placement.forget_host)
+        self.migration = Migration(store, hosts, reconciler, storage, networks, config.migrate_uris)
+        self.moves = Moves(store, hosts, reconciler, placement, self.migration)
+        self.evacuation = Evacuation(store, hosts, placement, self.moves)
+        self.security_groups = SecurityGroups(store, hosts, networks)
+        self.latency_sampler = LatencySampler(networks, config.network_latency_interval)
+        self.storage_poller = StoragePoller(store, hosts, reconciler, self._stop, config.storage_poll_interval,
+                                            config.storage_resync_interval)
 
-    def publish_user(self, user) -> None:
-        """The user object of a user added (by the CLI) after start, at its first login."""
-        if not self.store.exists("user", self.user_ref(user.name)):
-            self.store.apply([add("user", self.user_ref(user.name), self._user_record(user))])
+        # who may call what, and the calls themselves
+        self.access = Access(store, registry)
+        self.sessions = Sessions(store, self.users, self.access, self.audit, registry, config,
+                                 this_host=self.master_ref, new_context=self.context)
+        self.tasks = Tasks(store, self.master_ref, config.task_keep_seconds, config.task_keep_count)
+        self.events = Events(store, registry, self.access, self.sessions, self._stop)
+        self.sessions.when_closed(self.events.forget)
+        self.services = Services(
+            store=store, registry=registry, tasks=self.tasks, sessions=self.sessions, events=self.events,
+            users=self.users, audit=self.audit, access=self.access, hosts=hosts, vms=self.vms, storage=storage,
+            networks=networks, security_groups=self.security_groups, placement=placement, moves=self.moves,
+            evacuation=self.evacuation)
+        self.dispatcher = Dispatcher(registry, store, self.access, self.audit, self.sessions, self.tasks,
+                                     self.metrics, self.context)
+
+    def context(self, session_ref=None, user: str = "", permissions=frozenset(), identity=None) -> Context:
+        """The context of a call: who makes it, and the services it may use."""
+        return Context(self.services, session_ref, user, permissions, identity or Identity())
 
     def start(self) -> None:
         return_large_allocations()
@@ -160,7 +190,7 @@ class Server:
                 "uuid": role_uuid(name), "name_label": name, "name_description": DESCRIPTIONS[name],
                 "subroles": sorted(role_ref(p) for p in role_permissions(self.registry, name))})))
         for user in self.users.all():
-            ops.append(add("user", self.user_ref(user.name), self._user_record(user)))
+            ops.append(add("user", user_ref(user.name), user_record(self.store, user)))
         ops += self.storage.publish_plugins()
         self.store.apply(ops)
 

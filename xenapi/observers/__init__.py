@@ -23,9 +23,8 @@ class Observer:
     kind: str = ""           # "domain", "pool", "volume"
     cls: str = ""            # the store class whose records it keeps (VM, SR, VDI)
 
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
+    def __init__(self, store):
+        self.store = store
         self.homes: dict[str, str] = {}          # ref -> the host it was last seen on
 
     # -- reading libvirt (the connection's errors are already Xen-API errors) ------------------

@@ -39,8 +39,9 @@ def _split_maps(rec: dict, parsed: dict) -> dict:
 class DomainObserver(Observer):
     kind, cls = "domain", "VM"
 
-    def __init__(self, server):
-        super().__init__(server)
+    def __init__(self, store, hosts, storage, networks, volumes):
+        super().__init__(store)
+        self.hosts, self.storage, self.networks, self.volumes = hosts, storage, networks, volumes
         self._expected: dict[str, dict] = {}     # domain uuid -> fields a create/clone is about to define
 
     def expect(self, uuid: str, fields: dict) -> None:
@@ -83,7 +84,7 @@ class DomainObserver(Observer):
         if home in (None, host) or rec is None or rec["power_state"] not in _RUNS:
             return False
         try:
-            there = self.read(home, self.server.hosts.connection(home), state.uuid)
+            there = self.read(home, self.hosts.connection(home), state.uuid)
         except XenAPIError:
             return False
         return there is not None and there.power_state in _RUNS
@@ -106,12 +107,12 @@ class DomainObserver(Observer):
         current = self.store.find("VM", ref)
         running = state.power_state in _RUNS
         moved_from = self.homes.get(ref)
-        if moved_from not in (None, host) and (kept := self.server.hosts.kept(moved_from)):
+        if moved_from not in (None, host) and (kept := self.hosts.kept(moved_from)):
             kept.note_gone(state.uuid)           # migrated away: the embedded host no longer keeps it
         derived = {k: parsed[k] for k in OBSERVED if k in parsed}
         derived.update(
             power_state=state.power_state, domid=state.domid, resident_on=host if running else NULL_REF,
-            domarch=self.server.hosts.facts(host).arch if running else "",
+            domarch=self.hosts.facts(host).arch if running else "",
             metrics=derived_ref("VM_metrics", state.uuid),
             is_a_template=parsed["stamp"].get("template") == "true",
         )
@@ -130,8 +131,8 @@ class DomainObserver(Observer):
             ops.append(modify("VM", ref, lambda rec: _split_maps(rec, parsed)))
         ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current)
-        ops += vbd_ops(self.server, ref, state.uuid, host, parsed, configured, parsed["devices"] if running else None)
-        ops += vif_ops(self.server, ref, state.uuid, host, configured_vifs, parsed["vifs"] if running else None)
+        ops += vbd_ops(self.store, self.volumes, self.storage, ref, state.uuid, host, parsed, configured, parsed["devices"] if running else None)
+        ops += vif_ops(self.store, self.networks, ref, state.uuid, host, configured_vifs, parsed["vifs"] if running else None)
         return ops
 
     def gone(self, ref):
@@ -145,16 +146,16 @@ class DomainObserver(Observer):
     def after_apply(self, host, states) -> None:
         vbds = [v for s in states if (rec := self.store.find("VM", vm_ref(s.uuid))) for v in rec["VBDs"]]
         if vbds:
-            self.server.storage.tables["VBD"].refresh(self.store, vbds)
+            self.storage.tables["VBD"].refresh(self.store, vbds)
         vifs = [v for s in states if (rec := self.store.find("VM", vm_ref(s.uuid))) for v in rec["VIFs"]]
         if vifs:
-            self.server.networks.vif_table.refresh(self.store, vifs)
-            self.server.networks.enforce_qos(host)
-        if kept := self.server.hosts.kept(host):
+            self.networks.vif_table.refresh(self.store, vifs)
+            self.networks.enforce_qos(host)
+        if kept := self.hosts.kept(host):
             kept.note(states)
 
     def after_gone(self, host, key) -> None:
-        if kept := self.server.hosts.kept(host):
+        if kept := self.hosts.kept(host):
             kept.note_gone(key)
 
     def after_event(self, host, key, what) -> None:
@@ -183,7 +184,7 @@ class DomainObserver(Observer):
             "hvm": parsed["domain_type"] == "hvm",
             "current_domain_type": parsed["domain_type"] if running else "unspecified",
         }
-        sampler = self.server.hosts.sampler
+        sampler = self.hosts.sampler
         for field, defined in (("memory_actual", parsed["memory_dynamic_max"]),
                                ("VCPUs_number", parsed["VCPUs_at_startup"])):
             if not running:

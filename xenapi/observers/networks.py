@@ -80,8 +80,9 @@ def pif_gone(store, ref: str) -> list:
 class NetworkObserver(Observer):
     kind, cls = "network", "PIF"
 
-    def __init__(self, server):
-        super().__init__(server)
+    def __init__(self, store, networks):
+        super().__init__(store)
+        self.networks = networks
         self.names: dict[tuple[str, str], str] = {}      # (host, libvirt network name) -> network ref
 
     def list(self, host, conn):
@@ -131,7 +132,7 @@ class NetworkObserver(Observer):
         return pif_gone(self.store, ref)
 
     def after_apply(self, host, states) -> None:
-        self.server.networks.networks_seen(host, [s.net for s in states])
+        self.networks.networks_seen(host, [s.net for s in states])
 
     def after_gone(self, host, key) -> None:
         if key is not None:

@@ -46,8 +46,12 @@ def physical_network_ref(device: str) -> str:
 class NicObserver(Observer):
     kind, cls = "nic", "PIF"
 
+    def __init__(self, store, networks, network_observer):
+        super().__init__(store)
+        self.networks, self.network_observer = networks, network_observer
+
     def list(self, host, conn):
-        bridges = {rec["device"] for ref in self.server.reconciler.networks.homes_on(host)
+        bridges = {rec["device"] for ref in self.network_observer.homes_on(host)
                    if (rec := self.store.find("PIF", ref)) is not None}
         nics, writable = conn.read("host_nics", lambda c: (host_nics.read_nics(c, exclude=bridges),
                                                             host_nics.interfaces_writable(c)))
@@ -99,4 +103,4 @@ class NicObserver(Observer):
         return pif_gone(self.store, ref)
 
     def after_apply(self, host, states) -> None:
-        self.server.networks.refresh_bandwidth()
+        self.networks.refresh_bandwidth()

@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 
 
 class StoragePoller:
-    def __init__(self, server, interval: float, resync_interval: float):
-        self.server = server
+    def __init__(self, store, hosts, reconciler, stopping: threading.Event, interval: float, resync_interval: float):
+        self.store, self.hosts, self.reconciler = store, hosts, reconciler
+        self._server_stopping = stopping
         self.interval = interval
         self.resync_interval = resync_interval
         self._stop = threading.Event()
@@ -37,16 +38,16 @@ class StoragePoller:
             self._thread.join(timeout=2)
 
     def _run(self) -> None:
-        hosts = self.server.hosts
+        hosts = self.hosts
         last_resync = time.monotonic()
         while not self._stop.wait(self.interval):
             resync = time.monotonic() - last_resync >= self.resync_interval
             for host in hosts.refs:
-                if self._stop.is_set() or self.server.stopping or not hosts.synced(host):
+                if self._stop.is_set() or self._server_stopping.is_set() or not hosts.synced(host):
                     continue
                 try:
                     if resync:
-                        self.server.reconciler.relist_storage(host)
+                        self.reconciler.relist_storage(host)
                     else:
                         self.poll(host)
                 except XenAPIError as e:
@@ -58,8 +59,8 @@ class StoragePoller:
 
     def poll(self, host: str) -> None:
         """Re-read the pools and volumes of ``host`` whose presence or state changed."""
-        reconciler, store = self.server.reconciler, self.server.store
-        conn = self.server.hosts.connection(host)
+        reconciler, store = self.reconciler, self.store
+        conn = self.hosts.connection(host)
         if conn.busy():                         # the next period sees what this one would have
             return
         pools = conn.pool_flags()                                   # uuid -> active

@@ -41,8 +41,9 @@ def pbd_ref(host: str, uuid: str) -> str:
 class PoolObserver(Observer):
     kind, cls = "pool", "PBD"
 
-    def __init__(self, server):
-        super().__init__(server)
+    def __init__(self, store, hosts, storage):
+        super().__init__(store)
+        self.hosts, self.storage = hosts, storage
         self.keep: set[str] = set()       # SRs whose last PBD PBD.destroy removes: the SR stays (as xapi's)
 
     def list(self, host, conn):
@@ -69,7 +70,7 @@ class PoolObserver(Observer):
     def observe(self, host, state):
         pool = state.pool
         sr, pbd = sr_ref(pool.uuid), pbd_ref(host, pool.uuid)
-        storage = self.server.storage
+        storage = self.storage
         sizes = {"physical_size": pool.capacity, "physical_utilisation": pool.allocation}
         ops = []
         if self.store.exists("SR", sr):
@@ -97,15 +98,15 @@ class PoolObserver(Observer):
         return ops
 
     def after_apply(self, host, states) -> None:
-        if kept := self.server.hosts.kept_storage(host):
+        if kept := self.hosts.kept_storage(host):
             kept.note_pools([s.pool for s in states])
         srs = {sr_ref(s.pool.uuid) for s in states}
-        self.server.storage.tables["SR"].refresh(self.store, srs)
+        self.storage.tables["SR"].refresh(self.store, srs)
         vdis = {v for sr in srs if (rec := self.store.find("SR", sr)) is not None for v in rec["VDIs"]}
-        self.server.storage.tables["VDI"].refresh(self.store, vdis)     # resize needs a plugged PBD
+        self.storage.tables["VDI"].refresh(self.store, vdis)     # resize needs a plugged PBD
 
     def after_gone(self, host, key) -> None:
-        if key is not None and (kept := self.server.hosts.kept_storage(host)):
+        if key is not None and (kept := self.hosts.kept_storage(host)):
             kept.pool_gone(key.split("/", 1)[1])
         if key is not None:                                 # an SR kept without PBDs allows less
-            self.server.storage.tables["SR"].refresh(self.store, [sr_ref(key.split("/", 1)[1])])
+            self.storage.tables["SR"].refresh(self.store, [sr_ref(key.split("/", 1)[1])])

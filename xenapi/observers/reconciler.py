@@ -37,18 +37,16 @@ __all__ = ["Reconciler", "RELIST_BATCH", "vm_ref"]
 
 
 class Reconciler:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.domains = DomainObserver(server)
-        self.pools = PoolObserver(server)
-        self.volumes = VolumeObserver(server)
-        self.networks = NetworkObserver(server)
-        self.nics = NicObserver(server)
-        # relist order: a domain's disks name volumes, a volume names its pool; its interfaces name
-        # networks, and a host's interfaces exclude its networks' bridges
-        self.observers: dict[str, Observer] = {o.kind: o for o in (self.networks, self.nics, self.pools, self.volumes,
-                                                                   self.domains)}
+    """Drives the observers: what the hosts' connections report (liveness, events) is applied
+    here, one observation at a time.  The hosts service reports to it and it reads through the
+    hosts' connections, so the two are joined once, by the server (``Hosts.report_to``); the
+    observers, which ask the services built on the reconciler, are handed over by ``drive``."""
+
+    def __init__(self, store, hosts, stopping: threading.Event):
+        self.store = store
+        self.hosts = hosts
+        self._server_stopping = stopping
+        self.observers: dict[str, Observer] = {}
         self._queue: queue.Queue = queue.Queue()
         self._lock = threading.RLock()           # one observation applied at a time
         self._reads = itertools.count(1)         # numbers every read of libvirt's state
@@ -58,6 +56,14 @@ class Reconciler:
         self._stopping = False
         self._unclaimed: set[tuple[str, str]] = set()
         self._held: set[str] = set()             # domain uuids whose events wait (a migration moving them)
+
+    def drive(self, *, networks: NetworkObserver, nics: NicObserver, pools: PoolObserver, volumes: VolumeObserver,
+              domains: DomainObserver) -> None:
+        """The observers, before start.  Relist order: a domain's disks name volumes, a volume
+        names its pool; its interfaces name networks, and a host's interfaces exclude its
+        networks' bridges."""
+        self.networks, self.nics, self.pools, self.volumes, self.domains = networks, nics, pools, volumes, domains
+        self.observers = {o.kind: o for o in (networks, nics, pools, volumes, domains)}
 
     @property
     def homes(self) -> dict[str, str]:
@@ -89,12 +95,12 @@ class Reconciler:
                 continue
             uri, kind, key, what = item
             try:
-                host = self.server.hosts.ref_of(uri)
+                host = self.hosts.ref_of(uri)
                 if what == "live":
-                    self.server.hosts.set_live(host, True)
-                    self.server.hosts.sync(host)
+                    self.hosts.set_live(host, True)
+                    self.hosts.sync(host)
                 elif what == "dead":
-                    self.server.hosts.set_live(host, False)
+                    self.hosts.set_live(host, False)
                 else:
                     key = self.observers[kind].event_key(host, key)
                     if kind == "domain" and key in self._held:
@@ -123,7 +129,7 @@ class Reconciler:
     # -- observing -------------------------------------------------------------------------
     def relist(self, host: str) -> None:
         for observer in self.observers.values():
-            if self.server.stopping:                 # the connection is about to close
+            if self._server_stopping.is_set():                 # the connection is about to close
                 return
             self._relist(observer, host)
 
@@ -139,7 +145,7 @@ class Reconciler:
         self._relist(self.nics, host)
 
     def _relist(self, observer: Observer, host: str) -> None:
-        conn = self.server.hosts.connection(host)
+        conn = self.hosts.connection(host)
         with self._lock:
             self._relists += 1
             read = next(self._reads)
@@ -147,7 +153,7 @@ class Reconciler:
             states = list({observer.key_of(s): s for s in observer.list(host, conn)}.values())
             seen = {observer.key_of(s) for s in states}
             for start in range(0, len(states), RELIST_BATCH):
-                if self.server.stopping:
+                if self._server_stopping.is_set():
                     return
                 with self._lock:
                     self._observe_batch(observer, host, states[start:start + RELIST_BATCH], read)
@@ -173,7 +179,7 @@ class Reconciler:
         for on the other live hosts (it migrated, through the API or ``virsh migrate``): found
         there, it is observed there, keeping the VM and its store-owned fields."""
         observer = self.observers[kind]
-        conn = self.server.hosts.connection(host)
+        conn = self.hosts.connection(host)
         with self._lock:            # read and apply together: a slower, older read must not land last
             read = next(self._reads)
             state = observer.read(host, conn, key)
@@ -191,11 +197,11 @@ class Reconciler:
 
     def _elsewhere(self, observer: Observer, gone_from: str, key: str):
         """(host, state) of an object on another live host than ``gone_from``, else None."""
-        for host in self.server.hosts.refs:
-            if host == gone_from or not self.server.hosts.live(host):
+        for host in self.hosts.refs:
+            if host == gone_from or not self.hosts.live(host):
                 continue
             try:
-                state = observer.read(host, self.server.hosts.connection(host), key)
+                state = observer.read(host, self.hosts.connection(host), key)
             except XenAPIError:
                 continue
             if state is not None:

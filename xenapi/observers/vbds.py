@@ -20,14 +20,11 @@ def vbd_ref(vm_uuid: str, userdevice) -> str:
     return derived_ref("VBD", f"{vm_uuid}/{userdevice}")
 
 
-def vbd_ops(server, vm: str, vm_uuid: str, host: str, parsed: dict, configured: list[dict] | None,
+def vbd_ops(store, volumes, storage, vm: str, vm_uuid: str, host: str, parsed: dict, configured: list[dict] | None,
             live: list[dict] | None) -> list:
     """Operations that make VM ``vm``'s VBDs those of its disks; ``live``: the running guest's
     disks (None when it is not running); ``configured`` None: its persistent definition was not
     read (a bulk listing), so VBDs the running guest lacks are kept as they were, detached."""
-    store = server.store
-    volumes = server.reconciler.volumes
-    storage = server.storage
     flavour = domxml.device_flavour(parsed)
     disks = {d["userdevice"]: d for d in configured or () if d["kind"] == "disk" and "userdevice" in d}
     attached = {d["userdevice"] for d in live or () if d["kind"] == "disk" and "userdevice" in d}

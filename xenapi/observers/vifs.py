@@ -16,12 +16,11 @@ def vif_ref(vm_uuid: str, device) -> str:
     return derived_ref("VIF", f"{vm_uuid}/{device}")
 
 
-def vif_ops(server, vm: str, vm_uuid: str, host: str, configured: list[dict] | None,
+def vif_ops(store, networks, vm: str, vm_uuid: str, host: str, configured: list[dict] | None,
             live: list[dict] | None) -> list:
     """Operations that make VM ``vm``'s VIFs those of its interfaces; ``live``: the running guest's
     (None when it is not running); ``configured`` None: the persistent definition was not read (a
     bulk listing), so VIFs the running guest lacks are kept as they were, detached."""
-    store, networks = server.store, server.networks
     found = {v["device"]: v for v in configured or ()}
     attached = {v["device"]: v for v in live or ()}
     for device, vif in attached.items():

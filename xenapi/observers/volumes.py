@@ -48,8 +48,9 @@ class HeldVolume(VolumeState):
 class VolumeObserver(Observer):
     kind, cls = "volume", "VDI"
 
-    def __init__(self, server):
-        super().__init__(server)
+    def __init__(self, store, hosts, storage):
+        super().__init__(store)
+        self.hosts, self.storage = hosts, storage
         self._expected: dict[str, dict] = {}                      # VDI ref -> store fields of a VDI being made
         self._by_path: dict[tuple[str, str], str] = {}            # (host, path) -> VDI ref
         self._by_name: dict[tuple[str, str, str], str] = {}       # (host, pool name, volume name) -> VDI ref
@@ -162,23 +163,23 @@ class VolumeObserver(Observer):
             return []                                  # its pool is stopped: the VDI stays as it was
         if current is not None:
             return [mod("VDI", ref, fields)]
-        base = self._expected.pop(ref, None) or self.server.storage.discovered_vdi(sr, vol)
+        base = self._expected.pop(ref, None) or self.storage.discovered_vdi(sr, vol)
         return [add("VDI", ref, self.store.new_record("VDI", {**base, **fields, "uuid": uuid}))]
 
     def gone(self, ref):
         return [delete("VDI", ref)]
 
     def after_apply(self, host, states) -> None:
-        if kept := self.server.hosts.kept_storage(host):
+        if kept := self.hosts.kept_storage(host):
             kept.note_volumes(states)
         if states:
-            self.server.storage.volumes_changed(host, {vdi_ref(vdi_uuid(s.pool, s.name)) for s in states},
+            self.storage.volumes_changed(host, {vdi_ref(vdi_uuid(s.pool, s.name)) for s in states},
                                                 {derived_ref("SR", s.pool) for s in states})
 
     def after_gone(self, host, key) -> None:
         if key is None:
             return
-        if kept := self.server.hosts.kept_storage(host):
+        if kept := self.hosts.kept_storage(host):
             kept.volume_gone(key)
         for keys in self._keys_on.values():
             keys.discard(key)
@@ -187,4 +188,4 @@ class VolumeObserver(Observer):
         for index in (self._by_path, self._by_name):
             for k in [k for k, v in index.items() if v == ref]:
                 del index[k]
-        self.server.storage.volumes_changed(host, set(), {derived_ref("SR", key.split("/", 1)[0])})
+        self.storage.volumes_changed(host, set(), {derived_ref("SR", key.split("/", 1)[0])})

@@ -182,7 +182,7 @@ class Disks:
             vm, host, conn = self._domain(rec["VM"])
             with self.store.object_lock("VM", rec["VM"]):
                 conn.detach_live(vm["uuid"], rewrite.live_disk(conn.xml(vm["uuid"]), int(rec["userdevice"])))
-                wait_released(self.server, "VBD", vbd, host, vm["uuid"], "disk")
+                wait_released(self.store, self.reconciler, "VBD", vbd, host, vm["uuid"], "disk")
 
     def vbd_unplug_force(self, ctx, vbd):
         self.vbd_unplug(ctx, vbd, "unplug_force")

@@ -8,8 +8,8 @@ The plan, computed the same way by all three:
    libvirt, so it moves (cold) with the others or would be out of reach while the host is down.
 2. The targets: the other hosts of the pool, enabled and live.  None: every VM gets
    NO_HOSTS_AVAILABLE [vm].
-3. Each VM is checked against each target with the migration's own checks (vm_placement's
-   ``migration_reasons``: host.qualify's plus those of the move itself, e.g. a driver that cannot
+3. Each VM is checked against each target with the migration's own checks (xenapi/services/moves.py's
+   ``Moves.reasons``: host.qualify's plus those of the move itself, e.g. a driver that cannot
    live-migrate), memory aside; a VM no target passes keeps the first reason found.
 4. Memory is bin-packed across the targets: running VMs largest first, each onto the target that
    qualifies with the most memory left; one that fits nowhere gets HOST_NOT_ENOUGH_FREE_MEMORY
@@ -56,16 +56,15 @@ class _Step:
 
 
 class Evacuation:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
+    def __init__(self, store, hosts, placement, moves):
+        self.store, self.hosts, self.placement, self.moves = store, hosts, placement, moves
         self._lock = threading.Lock()
         self._evacuating: set[str] = set()
 
     # -- the plan ---------------------------------------------------------------------------------
     def vms_on(self, host: str) -> list[str]:
         """The VMs an evacuation moves: running or paused there, or halted and defined there."""
-        homes = self.server.reconciler.homes
+        homes = self.hosts.homes
         found = []
         for vm, rec in self.store.records("VM").items():
             if rec["is_control_domain"]:
@@ -75,13 +74,12 @@ class Evacuation:
         return found
 
     def targets(self, host: str) -> list[str]:
-        hosts = self.server.hosts
+        hosts = self.hosts
         return [h for h in hosts.refs if h != host and (rec := self.store.find("host", h)) is not None
                 and rec["enabled"] and hosts.live(h)]
 
     def plan(self, ctx, host: str) -> tuple[dict[str, str], dict[str, XenAPIError]]:
         """(VM -> its destination, VM -> why it cannot go); the VMs in the order they would move."""
-        from classes.vm_placement import migration_reasons      # the messages' module: imported late
         if not self.store.exists("host", host):
             raise XenAPIError(E.HANDLE_INVALID, "host", host)
         vms, targets = self.vms_on(host), self.targets(host)
@@ -92,7 +90,7 @@ class Evacuation:
         for vm in vms:
             ok, first = [], None
             for target in targets:
-                reasons = [r for r in migration_reasons(ctx, vm, host, target)
+                reasons = [r for r in self.moves.reasons(vm, host, target)
                            if r.code != E.HOST_NOT_ENOUGH_FREE_MEMORY]
                 if reasons:
                     first = first or reasons[0]
@@ -102,8 +100,7 @@ class Evacuation:
                 candidates[vm] = ok
             else:
                 errors[vm] = first
-        placement = self.server.placement
-        left = {t: placement.available_memory(t) for t in targets}
+        left = {t: self.placement.available_memory(t) for t in targets}
         need = {vm: self.store.get("VM", vm)["memory_dynamic_max"] for vm in candidates}
         live = [vm for vm in candidates if self.store.get("VM", vm)["power_state"] in _LIVE]
         halted = [vm for vm in candidates if vm not in live]
@@ -147,7 +144,6 @@ class Evacuation:
                 self._evacuating.discard(host)
 
     def _evacuate(self, ctx, host: str, batch_size: int) -> None:
-        from classes.vm_placement import move
         plan, errors = self.plan(ctx, host)
         if errors:
             raise next(iter(errors.values()))
@@ -164,7 +160,7 @@ class Evacuation:
                         failure = e
                         break
                     vm, target = item
-                    running.add(workers.submit(move, _Step(ctx), vm, host, target))
+                    running.add(workers.submit(self.moves.move, _Step(ctx), vm, host, target))
                 if not running:
                     break
                 finished, running = wait(running, return_when=FIRST_COMPLETED)

@@ -47,12 +47,12 @@ class HostNetworking:
     store: object
     hosts: object
     reconciler: object
-    server: object
+    host_exec: dict
 
     # -- a host's shell and what its kernel has ------------------------------------------------------
     def shell(self, host: str) -> host_shell.HostShell:
         uri = self.hosts.uri_of(host)
-        return host_shell.for_uri(uri, self.server.config.host_exec.get(uri))
+        return host_shell.for_uri(uri, self.host_exec.get(uri))
 
     def _usable_shell(self, host: str) -> host_shell.HostShell:
         shell = self.shell(host)

@@ -32,7 +32,7 @@ from xenapi import errors as E
 from xenapi.services import host_facts
 from xenapi.backend import hostinfo, machine
 from xenapi.services.host_rules import HOST_TABLE
-from xenapi.services.placement import SIMULATED_OS_MEMORY
+from xenapi.services.placement import SIMULATED_OS_MEMORY, simulated_free_memory
 from xenapi.backend.connection import HostConnection
 from xenapi.backend.hostinfo import HostFacts
 from xenapi.services.embedded import EMBEDDED_URI, KeptDomains, KeptStorage
@@ -61,14 +61,17 @@ class UnknownHost(XenAPIError, KeyError):
 
 
 class Hosts:
-    def __init__(self, server, uris: list[str]):
-        self.server = server
-        self.store = server.store
+    def __init__(self, store, config, uris: list[str]):
+        self.store = store
+        self.config = config
+        self.reconciler = None                           # joined by report_to, before start
+        self._when_listed: list = []                     # callables(host) after a host's objects are listed
+        self._when_removed: list = []                    # callables(host) after a host leaves the pool
         self.refs: list[str] = []
         self._by_uri: dict[str, str] = {}
         self._conns: dict[str, HostConnection] = {}
         self._facts: dict[str, HostFacts] = {}
-        self.sampler = Sampler(self, server.config.metrics_interval)
+        self.sampler = Sampler(self, config.metrics_interval)
         self._settled: dict[str, threading.Event] = {}   # host -> first connect tried, and listed if it answered
         self._bringing_up: list[threading.Thread] = []
         self._synced: set[str] = set()                   # hosts listed since they last came up, this run
@@ -80,29 +83,50 @@ class Hosts:
         self._refused: dict[str, str] = {}               # host -> why it is kept out (another type)
         self._master_decided = threading.Event()         # the master's type known (or its first connect failed)
         self.configured: set[str] = set()                # hosts from the configuration (not removable)
-        with server.store.db_lock:
-            server.store.db[_TABLE].create({"uri": str, "added": float}, pk="uri", if_not_exists=True)
-            added = [uri for (uri,) in server.store.db.conn.execute(f"SELECT uri FROM {_TABLE} ORDER BY added")]
+        with store.db_lock:
+            store.db[_TABLE].create({"uri": str, "added": float}, pk="uri", if_not_exists=True)
+            added = [uri for (uri,) in store.db.conn.execute(f"SELECT uri FROM {_TABLE} ORDER BY added")]
         for uri in dict.fromkeys(map(_resolved, uris)):
             self.configured.add(self._register(uri))
         for uri in added:
             if uri not in self._by_uri:
                 self._register(uri)
 
+    def report_to(self, reconciler) -> None:
+        """The connections' events and liveness go to ``reconciler``, which lists each host as it
+        comes up (and reads through these connections: the two are joined here, once)."""
+        self.reconciler = reconciler
+
+    def when_listed(self, callback) -> None:
+        """Call ``callback(host)`` each time a host's objects have been listed, before it says synced."""
+        self._when_listed.append(callback)
+
+    def when_removed(self, callback) -> None:
+        """Call ``callback(host)`` once a host has left the pool (pool.remove_host)."""
+        self._when_removed.append(callback)
+
+    @property
+    def homes(self) -> dict[str, str]:
+        """VM ref -> the host whose libvirt defines it."""
+        return self.reconciler.homes
+
+    def _liveness(self, uri: str, live: bool) -> None:
+        self.reconciler.on_liveness(uri, live)
+
     def _register(self, uri: str, conn: HostConnection | None = None) -> str:
         ref = derived_ref("host", uri)
-        server = self.server
+        store = self.store
         self._conns[ref] = conn or self._new_connection(uri)
         if uri == EMBEDDED_URI:
-            self._kept[ref] = KeptDomains(self._conns[ref], server.store.db, server.store.db_lock)
-            self._kept_storage[ref] = KeptStorage(self._conns[ref], server.store.db, server.store.db_lock)
+            self._kept[ref] = KeptDomains(self._conns[ref], store.db, store.db_lock)
+            self._kept_storage[ref] = KeptStorage(self._conns[ref], store.db, store.db_lock)
         self._by_uri[uri] = ref
         self.refs = [*self.refs, ref]              # a new list: other threads iterate the old one
         return ref
 
     def _new_connection(self, uri: str) -> HostConnection:
-        config = self.server.config
-        return HostConnection(uri, self._domain_event, self.server.reconciler.on_liveness,
+        config = self.config
+        return HostConnection(uri, self._domain_event, self._liveness,
                               open_timeout=config.libvirt_open_timeout,
                               keepalive=(config.libvirt_keepalive_interval, config.libvirt_keepalive_count))
 
@@ -145,7 +169,7 @@ class Hosts:
         return self._facts[host]
 
     def home_of(self, vm: str) -> str:
-        host = self.server.reconciler.homes.get(vm)
+        host = self.homes.get(vm)
         if host is None:
             raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"VM {vm} is not defined on any connected host")
         return host
@@ -154,7 +178,7 @@ class Hosts:
         facts = self._facts[host]
         if facts.hypervisor in _VIRT_TYPE:
             return _VIRT_TYPE[facts.hypervisor]
-        wanted = self.server.config.domain_type
+        wanted = self.config.domain_type
         if wanted != "auto":
             return wanted
         return "kvm" if "kvm" in facts.virt_types else "qemu"
@@ -199,7 +223,7 @@ class Hosts:
             if conn.live:
                 self._publish(host)
                 if host != self.master:        # the master's type is the pool's when it answers
-                    self._master_decided.wait(self.server.config.libvirt_open_timeout + 1.0)
+                    self._master_decided.wait(self.config.libvirt_open_timeout + 1.0)
                 admitted = self._admit(host)
                 if host == self.master:        # the pool's type is known: the others go on listing
                     self._master_decided.set()
@@ -263,15 +287,13 @@ class Hosts:
         if not self._admit(host):
             return
         self._set_sync(host, "syncing")
-        self.server.reconciler.relist(host)
-        try:
-            self.server.storage.ensure_local_sr(host)
-        except XenAPIError as e:           # a host without a usable local SR still serves its VMs
-            log.warning("event=local-sr-failed host=%s error=%s params=%s", host, e.code, e.params)
+        self.reconciler.relist(host)
+        for listed in self._when_listed:
+            listed(host)
         self._synced.add(host)
         self._set_sync(host, "synced")
         if self.all_synced():
-            self.server.reconciler.drop_unclaimed()
+            self.reconciler.drop_unclaimed()
 
     def all_synced(self) -> bool:
         return self._synced >= set(self.refs) - set(self._refused)
@@ -322,14 +344,15 @@ class Hosts:
         """Bytes free on the host now: one getFreeMemory; on the test driver its total less the
         nominal OS and what the running guests are given (xenapi/services/placement.py)."""
         if self.simulated(host):
-            return self.server.placement.available_memory(host)
+            return simulated_free_memory(self.store, host)
         return self.connection(host).read("free_memory", hostinfo.free_memory)
 
     # -- hosts added and removed through the API (pool.add_host, pool.remove_host) -----------
-    def add(self, uri: str, wait: float) -> str:
+    def add(self, uri: str, wait: float | None = None) -> str:
         """Connect ``uri`` now, check it is of the pool's hypervisor type, then make it a host of
-        the pool, kept across restarts; wait at most ``wait`` seconds for its first listing.
-        Nothing of a host refused stays."""
+        the pool, kept across restarts; wait at most ``wait`` seconds for its first listing
+        ([libvirt] sync_wait by default).  Nothing of a host refused stays."""
+        wait = self.config.libvirt_sync_wait if wait is None else wait
         uri = _resolved(uri)
         with self._membership:
             if uri in self._by_uri:
@@ -371,7 +394,7 @@ class Hosts:
         """(class, ref) of something that keeps ``host`` in the pool: a VM resident or defined
         there, or a disk on storage only it reaches that a VM uses."""
         store = self.store
-        homes = self.server.reconciler.homes
+        homes = self.homes
         for vm, rec in store.records("VM").items():
             if not rec["is_control_domain"] and (homes.get(vm) == host or rec["resident_on"] == host):
                 return "VM", vm
@@ -411,13 +434,14 @@ class Hosts:
             conn.close()
             self._forget_records(host)
             self._facts.pop(host, None)
-            self.server.placement.forget_host(host)
+            for removed in self._when_removed:
+                removed(host)
             with self.store.db_lock, self.store.db.conn:
                 self.store.db.conn.execute(f"DELETE FROM {_TABLE} WHERE uri = ?", (uri,))
             log.info("event=host-removed uri=%s host=%s", uri, host)
 
     def _forget_records(self, host: str) -> None:
-        store, reconciler = self.store, self.server.reconciler
+        store, reconciler = self.store, self.reconciler
         shared_with: set[str] = set()
         for ref in reconciler.volumes.homes_on(host):     # disks on storage another host reaches stay
             vdi = store.find("VDI", ref)
@@ -540,7 +564,7 @@ class Hosts:
 
     def _domain_event(self, uri: str, uuid: str, kind: str) -> None:
         """libvirt's loop thread: the reconciler observes the domain; its figures follow soon after."""
-        self.server.reconciler.on_domain_event(uri, uuid, kind)
+        self.reconciler.on_domain_event(uri, uuid, kind)
         if kind.startswith("lifecycle:") or kind == "balloon":
             self.sampler.poke(self._by_uri[uri])
 

@@ -11,13 +11,13 @@ from xenapi.errors import XenAPIError
 DETACH_WAIT = 10.0          # seconds a guest has to release a hot-unplugged device
 
 
-def wait_released(server, cls: str, ref: str, host: str, uuid: str, what: str) -> None:
+def wait_released(store, reconciler, cls: str, ref: str, host: str, uuid: str, what: str) -> None:
     """Re-observe domain ``uuid`` on ``host`` until ``cls`` ``ref`` is no longer attached;
     DEVICE_DETACH_REJECTED after DETACH_WAIT seconds."""
     deadline = time.monotonic() + DETACH_WAIT
     while True:
-        server.reconciler.refresh(host, uuid)
-        if not server.store.get(cls, ref)["currently_attached"]:
+        reconciler.refresh(host, uuid)
+        if not store.get(cls, ref)["currently_attached"]:
             return
         if time.monotonic() >= deadline:
             raise XenAPIError(E.DEVICE_DETACH_REJECTED, cls, ref,

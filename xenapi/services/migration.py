@@ -74,15 +74,17 @@ class _Share:
 
 
 class Migration:
-    def __init__(self, server):
-        self.server = server
+    def __init__(self, store, hosts, reconciler, storage, networks, migrate_uris: dict[str, str]):
+        self.store, self.hosts, self.reconciler = store, hosts, reconciler
+        self.storage, self.networks = storage, networks
+        self.migrate_uris = migrate_uris          # [migrate_uri]: host URI -> the URI its peers dial
         self.last: dict[str, dict] = {}      # VM ref -> the last move's figures (seconds, downtime, ...)
         self._reach: dict[tuple[str, str], tuple[float, tuple[bool, str]]] = {}
 
     # -- what the dry run asks ---------------------------------------------------------------------
     def live_supported(self, host: str) -> tuple[bool, str]:
         """Whether ``host``'s driver can live-migrate, and why not."""
-        facts = self.server.hosts.facts(host) if host in self.server.hosts.refs else None
+        facts = self.hosts.facts(host) if host in self.hosts.refs else None
         if facts is None:
             return False, "the host has not been reached yet"
         reason = _NO_LIVE.get(facts.hypervisor)
@@ -96,7 +98,7 @@ class Migration:
         cached = self._reach.get(key)
         if cached is not None and time.monotonic() - cached[0] < REACH_CACHE:
             return cached[1]
-        shell = self.server.networks.shell(source)
+        shell = self.networks.shell(source)
         answer = (True, "")
         if shell.available:
             uri = self.destination_uri(destination)
@@ -124,18 +126,18 @@ class Migration:
                 return conn.lookupByName(name).UUIDString() != uuid
             except libvirt.libvirtError:
                 return False
-        if name and self.server.hosts.connection(destination).read("lookup_name", taken):
+        if name and self.hosts.connection(destination).read("lookup_name", taken):
             return f"{name}-{uuid[:8]}"
         return None
 
     def destination_uri(self, host: str) -> str:
         """The URI the other hosts' libvirtd dial to reach ``host`` ([migrate_uri], else its own)."""
-        uri = self.server.hosts.uri_of(host)
-        return self.server.config.migrate_uris.get(uri, uri)
+        uri = self.hosts.uri_of(host)
+        return self.migrate_uris.get(uri, uri)
 
     # -- the move --------------------------------------------------------------------------------------
     def migrate(self, ctx, vm: str, source: str, destination: str, *, live: bool, copy_storage: bool) -> None:
-        store = self.server.store
+        store = self.store
         rec = store.get("VM", vm)
         uuid = rec["uuid"]
         if source == destination:
@@ -152,7 +154,7 @@ class Migration:
                               f"VDI {vdi} is on SR {sr}, which the destination cannot reach, and storage is not to be copied")
         t0 = time.monotonic()
         ctx.progress(0.0)
-        with self.server.reconciler.hold(uuid):
+        with self.reconciler.hold(uuid):
             try:
                 if live:
                     figures = self._live(ctx, vm, uuid, source, destination, moved)
@@ -168,12 +170,12 @@ class Migration:
 
     # -- which disks move, and where to ----------------------------------------------------------------
     def _reachable(self, sr: str, host: str) -> bool:
-        store = self.server.store
+        store = self.store
         return any(store.get("PBD", p)["host"] == host for p in plugged_pbds(store, sr))
 
     def _disks_to_move(self, vm: str, destination: str) -> list[tuple[int, str]]:
         """(slot, VDI) of the VM's disks on SRs the destination has no plugged PBD for."""
-        store = self.server.store
+        store = self.store
         moved = []
         for vbd in store.get("VM", vm)["VBDs"]:
             v = store.get("VBD", vbd)
@@ -183,7 +185,7 @@ class Migration:
         return sorted(moved)
 
     def _target_sr(self, vm: str, source: str, destination: str) -> str:
-        store = self.server.store
+        store = self.store
         pool = next(iter(store.records("pool").values()), None)
         if pool is not None and pool["default_SR"] != NULL_REF and store.exists("SR", pool["default_SR"]) \
                 and self._reachable(pool["default_SR"], destination):
@@ -197,10 +199,10 @@ class Migration:
     def _new_volume(self, ctx, vdi: str, sr: str, destination: str, *, copy: bool) -> str:
         """A VDI in ``sr`` (on the destination) for VDI ``vdi``: its data copied (``copy``), or an
         empty volume of its size (a live migration's mirror target; the test driver's copy)."""
-        storage = self.server.storage
-        rec = self.server.store.get("VDI", vdi)
-        if copy and self.server.hosts.facts(destination).hypervisor != "TEST" \
-                and self.server.hosts.facts(storage.volume_of(vdi)[0]).hypervisor != "TEST":
+        storage = self.storage
+        rec = self.store.get("VDI", vdi)
+        if copy and self.hosts.facts(destination).hypervisor != "TEST" \
+                and self.hosts.facts(storage.volume_of(vdi)[0]).hypervisor != "TEST":
             return volume_copy.copy(storage, ctx, vdi, rec, sr, NULL_REF)
         storage.check_space(sr, rec["virtual_size"])
         return storage.volume_like(destination, sr, rec)
@@ -208,30 +210,30 @@ class Migration:
     def _renamed(self, xml: str, destination: str, targets: dict[int, str]) -> str:
         """``xml`` with the disk in each slot of ``targets`` on that VDI's volume on the destination."""
         for slot, vdi in targets.items():
-            xml = rewrite.set_source(xml, slot, self.server.storage.disk_source(destination, vdi))
+            xml = rewrite.set_source(xml, slot, self.storage.disk_source(destination, vdi))
         return xml
 
     def _discard(self, vdis) -> None:
         for vdi in vdis:
             try:
-                volume_copy._discard(self.server.storage, vdi)
+                volume_copy._discard(self.storage, vdi)
             except Exception:             # cleanup: logged, the original failure is what the caller gets
                 log.exception("event=migration-cleanup-failed vdi=%s", vdi)
 
     def _delete_old(self, vm: str, vdis) -> None:
         """The source volumes of disks that moved: deleted once the VM is on the destination."""
-        storage = self.server.storage
+        storage = self.storage
         for vdi in vdis:
             try:
                 host, pool, name = storage.volume_of(vdi)
-                self.server.hosts.connection(host).delete_volume(pool, name)
-                self.server.reconciler.refresh(host, volume_key(pool, name), "volume")
+                self.hosts.connection(host).delete_volume(pool, name)
+                self.reconciler.refresh(host, volume_key(pool, name), "volume")
             except XenAPIError as e:
                 log.warning("event=migrated-disk-left vm=%s vdi=%s error=%s params=%s", vm, vdi, e.code, e.params)
 
     # -- cold -----------------------------------------------------------------------------------------
     def _cold(self, ctx, vm: str, uuid: str, source: str, destination: str, moved) -> dict:
-        hosts = self.server.hosts
+        hosts = self.hosts
         src, dst = hosts.connection(source), hosts.connection(destination)
         xml = src.xml(uuid, inactive=True)
         made: dict[int, str] = {}
@@ -270,7 +272,7 @@ class Migration:
 
     # -- live -----------------------------------------------------------------------------------------
     def _live(self, ctx, vm: str, uuid: str, source: str, destination: str, moved) -> dict:
-        hosts = self.server.hosts
+        hosts = self.hosts
         src = hosts.connection(source)
         hosts.connection(destination)                 # live, or HOST_OFFLINE before anything starts
         ok, why = self.live_supported(source)
@@ -315,7 +317,7 @@ class Migration:
     def _run_live(self, ctx, vm: str, uuid: str, source: str, destination: str, params: dict, flags: int) -> None:
         """migrateToURI3 on a thread; this one reports the job's progress and turns a cancel into
         abortJob."""
-        src = self.server.hosts.connection(source)
+        src = self.hosts.connection(source)
         dest_uri = self.destination_uri(destination)
         outcome: dict = {}
 
@@ -370,7 +372,7 @@ class Migration:
         VM.resident_on, host.resident_VMs and the reconciler's homes follow it."""
         for host in (destination, source):
             try:
-                self.server.reconciler.refresh(host, uuid)
+                self.reconciler.refresh(host, uuid)
             except XenAPIError as e:
                 log.warning("event=migration-reobserve-failed host=%s uuid=%s error=%s", host, uuid, e.code)
 

@@ -57,11 +57,11 @@ def valid_mac(mac: str) -> bool:
 
 
 class Networks(HostNetworking):
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.reconciler = server.reconciler
-        self.hosts = server.hosts
+    def __init__(self, store, hosts, reconciler, host_exec: dict[str, str]):
+        self.store = store
+        self.hosts = hosts
+        self.reconciler = reconciler
+        self.host_exec = host_exec                       # [host_exec]: URI -> command prefix for its shell
         self.vif_table = VIF_TABLE
         self._expected_vifs: dict[str, dict] = {}
         self.unresolved: set[tuple[str, str]] = set()    # (host, domain uuid) with an interface on an unknown network
@@ -325,7 +325,7 @@ class Networks(HostNetworking):
             vm, host, conn = self._domain(rec["VM"])
             with self.store.object_lock("VM", rec["VM"]):
                 conn.detach_live(vm["uuid"], rewrite.interface_text(conn.xml(vm["uuid"]), int(rec["device"])))
-                wait_released(self.server, "VIF", vif, host, vm["uuid"], "NIC")
+                wait_released(self.store, self.reconciler, "VIF", vif, host, vm["uuid"], "NIC")
 
     def vif_unplug_force(self, ctx, vif: str) -> None:
         self.vif_unplug(ctx, vif, "unplug_force")

@@ -43,14 +43,13 @@ _CLASS_OF_DRIVER = {"QEMU": {"qemu", "kvm"}, "Xen": {"xen"}, "LXC": {"lxc"}, "TE
 class Guest:
     """What a qualification needs of the VM, read once per question."""
 
-    def __init__(self, server, vm: str):
-        store = server.store
+    def __init__(self, store, hosts, vm: str):
         self.ref, self.rec = vm, store.get("VM", vm)
-        self.home = server.reconciler.homes.get(vm)
+        self.home = hosts.homes.get(vm)
         self.virt_type, self.cpu, self.tpm = "", None, False
-        if self.home is not None and server.hosts.live(self.home):
+        if self.home is not None and hosts.live(self.home):
             try:
-                root = ET.fromstring(server.hosts.connection(self.home).xml(self.rec["uuid"], inactive=True))
+                root = ET.fromstring(hosts.connection(self.home).xml(self.rec["uuid"], inactive=True))
                 self.virt_type = root.get("type", "")
                 self.arch = (root.find("os/type").get("arch", "") if root.find("os/type") is not None else "")
                 self.machine = root.find("os/type").get("machine", "") if root.find("os/type") is not None else ""
@@ -70,11 +69,21 @@ class Guest:
                      if not (b := store.get("VBD", v))["empty"] and b["VDI"] != NULL_REF and store.exists("VDI", b["VDI"])]
 
 
+def simulated_free_memory(store, host: str, excluding=()) -> int:
+    """The test driver's free memory, whose own figures are made up: its total less a nominal OS
+    and what the resident guests (but those in ``excluding``) are given."""
+    rec = store.get("host", host)
+    total = store.get("host_metrics", rec["metrics"])["memory_total"]
+    used = sum(vm["memory_dynamic_max"] for ref in rec["resident_VMs"]
+               if ref not in excluding and (vm := store.find("VM", ref)) is not None and not vm["is_control_domain"])
+    return max(0, total - SIMULATED_OS_MEMORY - used)
+
+
 class Placement:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.hosts = server.hosts
+    def __init__(self, store, hosts, networks):
+        self.store = store
+        self.hosts = hosts
+        self.networks = networks
         self._lock = threading.Lock()
         self._arriving: dict[str, dict[str, int]] = {}     # host -> VM -> bytes, while a start or move is under way
         self._tpm: dict[str, bool] = {}                     # host -> libvirt there offers an emulated TPM
@@ -90,12 +99,8 @@ class Placement:
             arriving = {ref: size for ref, size in self._arriving.get(host, {}).items() if ref != excluding}
         if not self.hosts.simulated(host):
             return max(0, self.hosts.reclaimable_memory(host) - sum(arriving.values()))
-        rec = self.store.get("host", host)
-        total = self.store.get("host_metrics", rec["metrics"])["memory_total"]
-        used = sum(vm["memory_dynamic_max"] for ref in rec["resident_VMs"]
-                   if ref != excluding and ref not in arriving and (vm := self.store.find("VM", ref)) is not None
-                   and not vm["is_control_domain"])
-        return max(0, total - SIMULATED_OS_MEMORY - used - sum(arriving.values()))
+        free = simulated_free_memory(self.store, host, excluding={excluding, *arriving})
+        return max(0, free - sum(arriving.values()))
 
     @contextmanager
     def arriving(self, vm: str, host: str):
@@ -115,7 +120,7 @@ class Placement:
         """Every reason ``host`` cannot run ``vm`` (empty: it can)."""
         if not self.store.exists("host", host):
             return [XenAPIError(E.HANDLE_INVALID, "host", host)]
-        guest = guest or Guest(self.server, vm)
+        guest = guest or Guest(self.store, self.hosts, vm)
         rec = self.store.get("host", host)
         if not self.hosts.live(host):
             return [XenAPIError(E.HOST_NOT_LIVE)]
@@ -202,7 +207,7 @@ class Placement:
     def _storage(self, guest: Guest, host: str) -> list[XenAPIError]:
         found, copy_size = [], 0
         for vdi in guest.vdis:
-            if not self._sr_plugged(vdi["SR"], host):
+            if not self.sr_plugged(vdi["SR"], host):
                 copy_size += vdi["virtual_size"]
                 found.append(vdi["SR"])
         if not found:
@@ -214,7 +219,7 @@ class Placement:
                 return []                                  # its disks can be copied there (a migration does)
         return [XenAPIError(E.VM_REQUIRES_SR, guest.ref, sr) for sr in dict.fromkeys(found)]
 
-    def _sr_plugged(self, sr: str, host: str) -> bool:
+    def sr_plugged(self, sr: str, host: str) -> bool:
         rec = self.store.find("SR", sr)
         return rec is not None and any((p := self.store.find("PBD", pbd)) is not None and p["host"] == host
                                        and p["currently_attached"] for pbd in rec["PBDs"])
@@ -231,9 +236,9 @@ class Placement:
     def _networks(self, guest: Guest, host: str, rec: dict) -> list[XenAPIError]:
         found, wanted = [], {}
         for vif in guest.vifs:
-            wanted[vif["network"]] = wanted.get(vif["network"], 0) + self.server.networks.rate_of(vif)
+            wanted[vif["network"]] = wanted.get(vif["network"], 0) + self.networks.rate_of(vif)
         for network, kbps in wanted.items():
-            pif = self.server.networks.pif_ref_on(network, host) if self.store.exists("network", network) else None
+            pif = self.networks.pif_ref_on(network, host) if self.store.exists("network", network) else None
             if pif is None:
                 vlan = any((p := self.store.find("PIF", x)) is not None and p["VLAN"] >= 0
                            for x in self.store.get("network", network)["PIFs"]) if self.store.exists("network", network) else False
@@ -258,13 +263,13 @@ class Placement:
         return not self.reasons(vm, host)
 
     def possible_hosts(self, vm: str) -> list[str]:
-        guest = Guest(self.server, vm)
+        guest = Guest(self.store, self.hosts, vm)
         return [h for h in self.hosts.refs if not self.reasons(vm, h, guest)]
 
     def choose(self, vm: str) -> str:
         """Where VM.start puts a VM: among the hosts that qualify, the one with the most memory
         left (best fit by free memory); its home first on a tie.  The reasons of its home when none does."""
-        guest = Guest(self.server, vm)
+        guest = Guest(self.store, self.hosts, vm)
         fits = {h: self.available_memory(h, excluding=vm) for h in self.hosts.refs if not self.reasons(vm, h, guest)}
         if not fits:
             raise (self.reasons(vm, guest.home, guest) if guest.home else [XenAPIError(E.HOST_NOT_LIVE)])[0]

@@ -178,7 +178,7 @@ class Sampler:
                     figures["VCPUs_utilisation"] = utilisation
             ops += self._changes("VM_metrics", vm["metrics"], figures, now)
         # VMs of this host that no longer run: their live-only figures go
-        for ref, home in list(self.hosts.server.reconciler.homes.items()):
+        for ref, home in list(self.hosts.homes.items()):
             vm = self.store.find("VM", ref)
             if home == host and vm is not None and vm["uuid"] not in sample.domains:
                 ops += self._changes("VM_metrics", vm["metrics"], {

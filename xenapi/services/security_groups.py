@@ -135,10 +135,8 @@ def _peer_of(text: str) -> str:
 # -- the service --------------------------------------------------------------------------------
 
 class SecurityGroups:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.hosts = server.hosts
+    def __init__(self, store, hosts, networks):
+        self.store, self.hosts, self.networks = store, hosts, networks
         self._lock = threading.RLock()          # one change (and its filters) at a time
         self._after = self.store.last_id         # the store changes followed so far
         self._known: dict[str, tuple[str, str | None]] = {}   # VIF ref -> (uuid, host): for once it is gone
@@ -275,11 +273,11 @@ class SecurityGroups:
             drops = nwfilter.default_drops(ordered_rules(r["rules"]) for r in order)
             xml = nwfilter.vif_filter_xml(rec["uuid"], [r["uuid"] for r in order], *drops)
             self._on(host, "security-group-vif-define", lambda c: nwfilter.define(c, xml))
-            if self.server.networks.vif_filter(vif) != name:
-                self.server.networks.set_vif_filter(vif, name)
+            if self.networks.vif_filter(vif) != name:
+                self.networks.set_vif_filter(vif, name)
         else:
-            if self.server.networks.vif_filter(vif).startswith(nwfilter.VIF_PREFIX):
-                self.server.networks.set_vif_filter(vif, "")
+            if self.networks.vif_filter(vif).startswith(nwfilter.VIF_PREFIX):
+                self.networks.set_vif_filter(vif, "")
             self._on(host, "security-group-vif-undefine", lambda c: nwfilter.undefine(c, name))
 
     def _peer_macs(self, rules: list[dict], records: dict) -> dict[str, list[str]]:

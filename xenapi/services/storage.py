@@ -52,11 +52,12 @@ def no_space(requested: int, available: int) -> XenAPIError:
 
 
 class Storage(disks.Disks):
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.reconciler = server.reconciler
-        self.hosts = server.hosts
+    def __init__(self, store, hosts, reconciler, *, local_path: str, state: str):
+        self.store = store
+        self.hosts = hosts
+        self.reconciler = reconciler
+        self._local_path = local_path            # [storage] local_path: where each host's local SR is made
+        self._state = state                      # the server's state directory (the embedded host's local SR)
         self.plugins: dict[str, Plugin] = PLUGINS
         self.tables = TABLES
         self._expected_vbds: dict[str, dict] = {}
@@ -113,6 +114,14 @@ class Storage(disks.Disks):
                 ops.append(add("SM", ref, self.store.new_record("SM", {**fields, "uuid": derived_uuid("SM", plugin.type)})))
         return ops
 
+    def host_listed(self, host: str) -> None:
+        """A host's objects are listed: its local SR is made if it has none.  A host without a
+        usable local SR still serves its VMs."""
+        try:
+            self.ensure_local_sr(host)
+        except XenAPIError as e:
+            log.warning("event=local-sr-failed host=%s error=%s params=%s", host, e.code, e.params)
+
     def ensure_local_sr(self, host: str) -> None:
         """Every host has a "Local storage" SR: the test driver's own pool, else a dir pool of our own
         (``[storage] local_path``), made at its first start.  The pool's default_SR is the master's."""
@@ -137,12 +146,11 @@ class Storage(disks.Disks):
                               and self.store.exists("SR", rec["default_SR"]) else {"default_SR": sr_ref(uuid)})
 
     def local_path(self, uri: str) -> str:
-        configured = self.server.config.storage_local_path
-        if configured:
-            return configured
+        if self._local_path:
+            return self._local_path
         if urlparse(uri).hostname:                      # a remote host: its own /var/lib
             return "/var/lib/xenapi/local-sr"
-        return os.path.join(os.path.abspath(self.server.config.state), "local-sr")
+        return os.path.join(os.path.abspath(self._state), "local-sr")
 
     # -- where an SR is usable -------------------------------------------------------------------------
     def plugin(self, sr: str) -> Plugin:

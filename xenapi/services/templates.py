@@ -174,20 +174,6 @@ class _ShellFiles:
             raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"cannot remove {path} on {self.where}: {done.stderr.strip()[:300]}")
 
 
-def _files(server, host: str):
-    """How the server reaches files on ``host``: directly on this machine (a local URI without a
-    ``[host_exec]`` prefix), else through the host's shell; OPERATION_NOT_ALLOWED without one."""
-    uri = server.hosts.uri_of(host)
-    prefix = server.config.host_exec.get(uri)
-    if prefix is None and machine.is_local_uri(uri):
-        return _LocalFiles()
-    shell = host_shell.for_uri(uri, prefix)
-    if not shell.available:
-        raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"a pxe: template needs the files of the TFTP root on host "
-                          f"{host}, and there is no shell there: {shell.why_not}")
-    return _ShellFiles(shell)
-
-
 @dataclass(frozen=True)
 class PXEPlan:
     """What serving a ``pxe:`` template's VM takes on its host, all checked."""
@@ -204,70 +190,108 @@ def _pxe_error(field: str, value: str, why: str) -> XenAPIError:
     return XenAPIError(E.VALUE_NOT_SUPPORTED, f"other_config:{field}", value, why)
 
 
-def _pxe_network(server, rec: dict, host: str) -> str:
-    """The network that serves the template: ``pxe_network`` (uuid or ref), else the first of
-    its VIFs' networks with a TFTP root on ``host``."""
-    store, value = server.store, rec["other_config"].get(PXE_NETWORK_KEY, "")
-    if value:
-        ref = value if value.startswith("OpaqueRef:") and store.exists("network", value) else store.find_uuid("network", value)
-        if ref is None:
-            raise _pxe_error(PXE_NETWORK_KEY, value, "no such network (give a network's uuid)")
-        return ref
-    vifs = sorted((store.get("VIF", v) for v in rec["VIFs"] if store.exists("VIF", v)), key=lambda v: int(v["device"]))
-    for vif in vifs:
-        if vif["network"] != NULL_REF and store.exists("network", vif["network"]) and \
-                _tftp_of(server, vif["network"], host)[0]:
-            return vif["network"]
-    raise _pxe_error(PXE_NETWORK_KEY, "", "a pxe: template names the network that serves it (other_config:"
-                     "pxe_network, a network made with tftp_root and boot_file), and none of its VIFs has one")
+class PXE:
+    """Serving ``pxe:`` templates: a network's TFTP root on a host, reached directly or through
+    the host's shell ([host_exec])."""
+
+    def __init__(self, store, hosts, networks, host_exec: dict[str, str]):
+        self.store, self.hosts, self.networks, self.host_exec = store, hosts, networks, host_exec
+
+    def _files(self, host: str):
+        """How the server reaches files on ``host``: directly on this machine (a local URI without a
+        ``[host_exec]`` prefix), else through the host's shell; OPERATION_NOT_ALLOWED without one."""
+        uri = self.hosts.uri_of(host)
+        prefix = self.host_exec.get(uri)
+        if prefix is None and machine.is_local_uri(uri):
+            return _LocalFiles()
+        shell = host_shell.for_uri(uri, prefix)
+        if not shell.available:
+            raise XenAPIError(E.OPERATION_NOT_ALLOWED, f"a pxe: template needs the files of the TFTP root on host "
+                              f"{host}, and there is no shell there: {shell.why_not}")
+        return _ShellFiles(shell)
 
 
-def _tftp_of(server, network: str, host: str) -> tuple[str, str]:
-    """(TFTP root, DHCP boot file) of ``network``'s libvirt network on ``host`` ("" where none)."""
-    uuid = server.store.get("network", network)["uuid"]
-    if server.networks.pif_ref_on(network, host) is None:
-        raise XenAPIError(E.HOST_CANNOT_ATTACH_NETWORK, host, network)
-    try:
-        root = ET.fromstring(server.hosts.connection(host).network_state(uuid).xml)
-    except Exception as e:            # not a libvirt network of this host (a host interface's own)
-        log.debug("event=pxe-network-unreadable network=%s error=%s", uuid, e)
-        return "", ""
-    tftp, bootp = root.find("ip/tftp"), root.find("ip/dhcp/bootp")
-    if bootp is not None and bootp.get("server"):        # another machine's TFTP: not ours to write
-        return "", ""
-    return (tftp.get("root", "") if tftp is not None else ""), (bootp.get("file", "") if bootp is not None else "")
+    def _network(self, rec: dict, host: str) -> str:
+        """The network that serves the template: ``pxe_network`` (uuid or ref), else the first of
+        its VIFs' networks with a TFTP root on ``host``."""
+        store, value = self.store, rec["other_config"].get(PXE_NETWORK_KEY, "")
+        if value:
+            ref = value if value.startswith("OpaqueRef:") and store.exists("network", value) else store.find_uuid("network", value)
+            if ref is None:
+                raise _pxe_error(PXE_NETWORK_KEY, value, "no such network (give a network's uuid)")
+            return ref
+        vifs = sorted((store.get("VIF", v) for v in rec["VIFs"] if store.exists("VIF", v)), key=lambda v: int(v["device"]))
+        for vif in vifs:
+            if vif["network"] != NULL_REF and store.exists("network", vif["network"]) and \
+                    self._tftp_of(vif["network"], host)[0]:
+                return vif["network"]
+        raise _pxe_error(PXE_NETWORK_KEY, "", "a pxe: template names the network that serves it (other_config:"
+                         "pxe_network, a network made with tftp_root and boot_file), and none of its VIFs has one")
 
 
-def pxe_plan(server, rec: dict, host: str, virt_type: str) -> PXEPlan | None:
-    """For a ``pxe:`` template (None for any other): its network, TFTP root and configuration on
-    ``host``, each checked; VALUE_NOT_SUPPORTED (or HOST_CANNOT_ATTACH_NETWORK, or
-    OPERATION_NOT_ALLOWED for a host without a shell) naming what is missing."""
-    kind, name = kind_of(rec, virt_type)
-    if kind != "pxe":
-        return None
-    config = rec["other_config"].get(PXE_CONFIG_KEY, "") or name
-    if not _CONFIG_NAME.match(config) or config.lower().startswith("01-") or config == "default":
-        raise _pxe_error(PXE_CONFIG_KEY, config, "a configuration's file name in pxelinux.cfg/: letters, digits, "
-                         "_ . + - (not a path, not default, not a per-MAC name 01-...)")
-    network = _pxe_network(server, rec, host)
-    label = server.store.get("network", network)["uuid"]
-    root, boot_file = _tftp_of(server, network, host)
-    if not root or not boot_file:
-        raise _pxe_error(PXE_NETWORK_KEY, label, "the network does not serve PXE here: it needs a TFTP root and a DHCP "
-                         "boot file of its own (network.create's other_config ipv4, dhcp, tftp_root, boot_file)")
-    files = _files(server, host)
-    boot_path = posixpath.normpath(posixpath.join(root, boot_file.lstrip("/")))
-    if not files.is_file(boot_path):
-        raise _pxe_error(PXE_NETWORK_KEY, label, f"the network's boot file {boot_path} is not on {files.where}")
-    config_dir = posixpath.join(posixpath.dirname(boot_path), "pxelinux.cfg")
-    text = files.read(posixpath.join(config_dir, config))
-    if text is None:
-        raise _pxe_error(PXE_CONFIG_KEY, config, f"no PXELINUX configuration {config_dir}/{config} on {files.where}")
-    if not files.is_writable_dir(config_dir):
-        raise _pxe_error(PXE_NETWORK_KEY, label, f"{config_dir} on {files.where} is not a directory the server can "
-                         "write the VM's per-MAC configuration into")
-    return PXEPlan(host, network, config_dir, config, text, files)
+    def _tftp_of(self, network: str, host: str) -> tuple[str, str]:
+        """(TFTP root, DHCP boot file) of ``network``'s libvirt network on ``host`` ("" where none)."""
+        uuid = self.store.get("network", network)["uuid"]
+        if self.networks.pif_ref_on(network, host) is None:
+            raise XenAPIError(E.HOST_CANNOT_ATTACH_NETWORK, host, network)
+        try:
+            root = ET.fromstring(self.hosts.connection(host).network_state(uuid).xml)
+        except Exception as e:            # not a libvirt network of this host (a host interface's own)
+            log.debug("event=pxe-network-unreadable network=%s error=%s", uuid, e)
+            return "", ""
+        tftp, bootp = root.find("ip/tftp"), root.find("ip/dhcp/bootp")
+        if bootp is not None and bootp.get("server"):        # another machine's TFTP: not ours to write
+            return "", ""
+        return (tftp.get("root", "") if tftp is not None else ""), (bootp.get("file", "") if bootp is not None else "")
 
+
+    def plan(self, rec: dict, host: str, virt_type: str) -> PXEPlan | None:
+        """For a ``pxe:`` template (None for any other): its network, TFTP root and configuration on
+        ``host``, each checked; VALUE_NOT_SUPPORTED (or HOST_CANNOT_ATTACH_NETWORK, or
+        OPERATION_NOT_ALLOWED for a host without a shell) naming what is missing."""
+        kind, name = kind_of(rec, virt_type)
+        if kind != "pxe":
+            return None
+        config = rec["other_config"].get(PXE_CONFIG_KEY, "") or name
+        if not _CONFIG_NAME.match(config) or config.lower().startswith("01-") or config == "default":
+            raise _pxe_error(PXE_CONFIG_KEY, config, "a configuration's file name in pxelinux.cfg/: letters, digits, "
+                             "_ . + - (not a path, not default, not a per-MAC name 01-...)")
+        network = self._network(rec, host)
+        label = self.store.get("network", network)["uuid"]
+        root, boot_file = self._tftp_of(network, host)
+        if not root or not boot_file:
+            raise _pxe_error(PXE_NETWORK_KEY, label, "the network does not serve PXE here: it needs a TFTP root and a DHCP "
+                             "boot file of its own (network.create's other_config ipv4, dhcp, tftp_root, boot_file)")
+        files = self._files(host)
+        boot_path = posixpath.normpath(posixpath.join(root, boot_file.lstrip("/")))
+        if not files.is_file(boot_path):
+            raise _pxe_error(PXE_NETWORK_KEY, label, f"the network's boot file {boot_path} is not on {files.where}")
+        config_dir = posixpath.join(posixpath.dirname(boot_path), "pxelinux.cfg")
+        text = files.read(posixpath.join(config_dir, config))
+        if text is None:
+            raise _pxe_error(PXE_CONFIG_KEY, config, f"no PXELINUX configuration {config_dir}/{config} on {files.where}")
+        if not files.is_writable_dir(config_dir):
+            raise _pxe_error(PXE_NETWORK_KEY, label, f"{config_dir} on {files.where} is not a directory the server can "
+                             "write the VM's per-MAC configuration into")
+        return PXEPlan(host, network, config_dir, config, text, files)
+
+    def serving(self, ctx, vm: str, plan: PXEPlan | None) -> "PXEServing":
+        return PXEServing(self.store, self.networks, ctx, vm, plan)
+
+    def release(self, host: str, rec: dict) -> None:
+        """After VM.destroy: its per-MAC PXE configuration goes, if the file is still the one written
+        for this VM (its header names the VM).  A failure is logged: the VM is gone already."""
+        path = rec["other_config"].get(PXE_FILE_KEY, "")
+        if not path:
+            return
+        try:
+            files = self._files(host)
+            present = files.read(path)
+            if present is not None and present.startswith(f"{_MARK}{rec['uuid']} "):
+                files.remove(path)
+                log.info("event=pxe-config-removed vm=%s path=%s", rec["uuid"], path)
+        except XenAPIError as e:
+            log.warning("event=pxe-config-not-removed vm=%s path=%s error=%s", rec["uuid"], path, e.code)
 
 def mac_file_name(mac: str) -> str:
     """PXELINUX's per-MAC configuration name: ARP type 01, then the MAC, lower case, dashes."""
@@ -279,8 +303,8 @@ class PXEServing:
     it has none there) and writes its per-MAC configuration; leaving with an exception undoes both,
     so a failed provision leaves neither.  ``plan`` None: nothing to do."""
 
-    def __init__(self, server, ctx, vm: str, plan: PXEPlan | None):
-        self.server, self.ctx, self.vm, self.plan = server, ctx, vm, plan
+    def __init__(self, store, networks, ctx, vm: str, plan: PXEPlan | None):
+        self.store, self.networks, self.ctx, self.vm, self.plan = store, networks, ctx, vm, plan
         self.vif_made: str | None = None
         self.path: str | None = None
 
@@ -299,7 +323,7 @@ class PXEServing:
             self._undo()
 
     def _serve(self) -> None:
-        store, plan = self.server.store, self.plan
+        store, plan = self.store, self.plan
         rec = store.get("VM", self.vm)
         vifs = sorted((store.get("VIF", v) for v in rec["VIFs"]), key=lambda v: int(v["device"]))
         on_network = [v for v in vifs if v["network"] == plan.network]
@@ -308,7 +332,7 @@ class PXEServing:
         else:
             taken = {int(v["device"]) for v in vifs}
             device = next(n for n in range(64) if n not in taken)
-            self.vif_made = self.server.networks.vif_create(self.ctx, {
+            self.vif_made = self.networks.vif_create(self.ctx, {
                 "VM": self.vm, "network": plan.network, "device": str(device), "MAC": "", "MTU": 1500,
                 "other_config": {}, "qos_algorithm_type": "", "qos_algorithm_params": {}})
             mac = store.get("VIF", self.vif_made)["MAC"]
@@ -325,7 +349,7 @@ class PXEServing:
         log.info("event=pxe-config-written vm=%s mac=%s path=%s host=%s", rec["uuid"], mac, path, plan.files.where)
 
     def _undo(self) -> None:
-        store = self.server.store
+        store = self.store
         if self.path is not None:
             try:
                 self.plan.files.remove(self.path)
@@ -336,23 +360,7 @@ class PXEServing:
                     k: v for k, v in r["other_config"].items() if k != PXE_FILE_KEY}})
         if self.vif_made is not None and store.exists("VIF", self.vif_made):
             try:
-                self.server.networks.vif_destroy(self.ctx, self.vif_made)
+                self.networks.vif_destroy(self.ctx, self.vif_made)
             except XenAPIError as e:
                 log.warning("event=pxe-vif-undo-failed vif=%s error=%s", self.vif_made, e.code)
         self.path = self.vif_made = None
-
-
-def release_pxe(server, host: str, rec: dict) -> None:
-    """After VM.destroy: its per-MAC PXE configuration goes, if the file is still the one written
-    for this VM (its header names the VM).  A failure is logged: the VM is gone already."""
-    path = rec["other_config"].get(PXE_FILE_KEY, "")
-    if not path:
-        return
-    try:
-        files = _files(server, host)
-        present = files.read(path)
-        if present is not None and present.startswith(f"{_MARK}{rec['uuid']} "):
-            files.remove(path)
-            log.info("event=pxe-config-removed vm=%s path=%s", rec["uuid"], path)
-    except XenAPIError as e:
-        log.warning("event=pxe-config-not-removed vm=%s path=%s error=%s", rec["uuid"], path, e.code)

@@ -6,6 +6,7 @@ it under the VM's object lock (store.object_lock), so two edits of one domain ne
 from __future__ import annotations
 
 import logging
+import time
 
 from xenapi import errors as E
 from xenapi.state import lifecycle, operations
@@ -41,11 +42,52 @@ def _store_owned(rec: dict) -> dict:
 
 
 class VMs:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self.reconciler = server.reconciler
-        self.hosts = server.hosts
+    def __init__(self, store, hosts, reconciler, storage, pxe, *, state: str, xen_boot: str,
+                 clean_shutdown_timeout: float):
+        self.store = store
+        self.hosts = hosts
+        self.reconciler = reconciler
+        self.storage = storage
+        self.pxe = pxe                           # xenapi/services/templates.py: pxe: templates served
+        self.state = state                       # the server's state directory (containers' own roots)
+        self.xen_boot = xen_boot
+        self.clean_shutdown_timeout = clean_shutdown_timeout
+
+    def operation(self, ctx, vm: str, op: str):
+        """``with vms.operation(ctx, vm, op) as rec:`` run ``op`` on ``vm``, checked against the VM's
+        operation table and shown in current_operations meanwhile (xenapi/state/lifecycle.py)."""
+        return lifecycle.operation(ctx, vm, op, self.reconciler)
+
+    def power(self, ctx, vm: str, op: str, action, args=(), *, until=None, timeout_code: str = "") -> None:
+        """A power operation: guard ``op``, ask libvirt (``action(conn, uuid, *args)``), re-observe.
+        With ``until(ctx, vm)``, which reads what "finished" means before libvirt is asked, wait for
+        it (up to clean_shutdown_timeout, else ``timeout_code``) unless the action returns False:
+        it finished within the call."""
+        with self.operation(ctx, vm, op) as rec:
+            host = self.hosts.home_of(vm)
+            conn = self.hosts.connection(host)
+            finished = until(ctx, vm) if until else None
+            pending = action(conn, rec["uuid"], *args)
+            self.reconciler.refresh(host, rec["uuid"])
+            if finished and pending is not False:
+                self._wait_until(ctx, vm, host, rec["uuid"], finished, timeout_code)
+
+    def _wait_until(self, ctx, vm: str, host: str, uuid: str, finished, timeout_code: str) -> None:
+        """Wait for a guest to finish what it was asked (a clean shutdown or reboot), within the
+        configured time; after a timeout the VM is left as it is (still running), ready for the next
+        operation, e.g. a hard shutdown."""
+        timeout = self.clean_shutdown_timeout
+        deadline = time.monotonic() + timeout
+        ctx.allow_cancel(True)
+        try:
+            while not finished():
+                ctx.check_cancelled()
+                if time.monotonic() >= deadline:
+                    raise XenAPIError(timeout_code, vm, f"{timeout:g}")
+                self.store.wait(self.store.generation, min(0.5, deadline - time.monotonic()))
+                self.reconciler.refresh(host, uuid)     # events can be missed; re-read cheaply
+        finally:
+            ctx.allow_cancel(False)
 
     def create(self, ctx, values: dict) -> str:
         host = values.get("affinity", NULL_REF)
@@ -55,12 +97,12 @@ class VMs:
         uuid = new_uuid()
         record = self.store.new_record("VM", values, uuid)
         record["affinity"] = values.get("affinity", NULL_REF)
-        virt_type, state = self.hosts.virt_type(host), self.server.config.state
+        virt_type, state = self.hosts.virt_type(host), self.state
         if virt_type == "lxc":          # a container never shares the host's / (xenapi/services/lxc_roots.py)
             record["platform"] = lxc_roots.own_root(state, uuid, record["platform"])
         try:
             xml = domxml.build({**record, "stamp": _stamp(record)}, virt_type, uuid=uuid,
-                               name=libvirt_name(record["name_label"], uuid), xen_boot=self.server.config.xen_boot)
+                               name=libvirt_name(record["name_label"], uuid), xen_boot=self.xen_boot)
             self._define(host, conn, uuid, xml, _store_owned(record))
         except Exception:
             lxc_roots.release_root(state, uuid, record["platform"])
@@ -88,11 +130,11 @@ class VMs:
             raise XenAPIError(E.OPERATION_NOT_ALLOWED, "the VM has writable disks outside any SR ("
                               + ", ".join(outside) + "); put them in a storage repository to clone them")
         uuid = new_uuid()
-        storage, state = self.server.storage, self.server.config.state
+        storage, state = self.storage, self.state
         virt_type = self.hosts.virt_type(host)
         if rec["is_a_template"]:
             templates.check(rec, virt_type)
-            templates.pxe_plan(self.server, rec, host, virt_type)     # a pxe: template: can it be served here?
+            self.pxe.plan(rec, host, virt_type)     # a pxe: template: can it be served here?
         container = virt_type == "lxc"
         with vm_disks.Made(storage, ctx) as made:
             disks = vm_disks.new_disks(storage, ctx, rec, host, copy_to, made)
@@ -122,12 +164,12 @@ class VMs:
         host = self.hosts.home_of(vm)
         virt_type = self.hosts.virt_type(host)
         templates.check(rec, virt_type)
-        pxe = templates.pxe_plan(self.server, rec, host, virt_type)
+        pxe = self.pxe.plan(rec, host, virt_type)
         # a pxe: template's VM: its VIF and per-MAC PXE configuration, undone if what follows fails
-        with templates.PXEServing(self.server, ctx, vm, pxe):
+        with self.pxe.serving(ctx, vm, pxe):
             self.set_is_a_template(ctx, vm, False)      # lifecycle.check let only templates through
             if rec["other_config"].get("disks"):
-                vm_disks.provision(self.server.storage, ctx, vm, self.store.get("VM", vm))
+                vm_disks.provision(self.storage, ctx, vm, self.store.get("VM", vm))
             tarball = rec["other_config"].get("lxc_tarball")
             if templates.kind_of(rec, virt_type)[0] == "lxc" and tarball:
                 templates.unpack_root(tarball, rec["platform"][lxc_roots.ROOT_KEY])
@@ -137,8 +179,8 @@ class VMs:
         with self.store.object_lock("VM", vm):      # no setter's redefinition may land after the undefine
             self.hosts.connection(host).undefine(rec["uuid"])
             self.reconciler.forget(rec["uuid"])
-        lxc_roots.release_root(self.server.config.state, rec["uuid"], rec["platform"])
-        templates.release_pxe(self.server, host, rec)      # its per-MAC PXE configuration, if any
+        lxc_roots.release_root(self.state, rec["uuid"], rec["platform"])
+        self.pxe.release(host, rec)      # its per-MAC PXE configuration, if any
 
     def set_memory(self, ctx, vm: str, rec: dict, static_min: int, static_max: int, dynamic_min: int,
                    dynamic_max: int) -> None:

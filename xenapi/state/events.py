@@ -62,10 +62,10 @@ def parse_subscriptions(classes: list[str], known: dict[str, str]) -> tuple[set[
 
 
 class Events:
-    def __init__(self, server):
-        self.server = server
-        self.store = server.store
-        self._known = {c.lower(): c for c, d in server.registry.classes.items() if d.events}
+    def __init__(self, store, registry, access, sessions, stopping: threading.Event):
+        self.store, self.access, self.sessions = store, access, sessions
+        self._server_stopping = stopping          # the server stopping: long polls answer at once
+        self._known = {c.lower(): c for c, d in registry.classes.items() if d.events}
         self._regs: dict[str, Registration] = {}
         self._views: dict[str, View] = {}                                     # event.next's, per session
         self._from_views: dict[str, OrderedDict[int, FrozenView]] = {}        # event.from's, per session and token
@@ -100,12 +100,12 @@ class Events:
                 events, last = self._collect(names, objects, after)
             # the server stopping: answer with what there is.  Checked after reading the generation,
             # so a stop that comes later wakes the wait below: either way no long poll outlives it.
-            if events or self.server.stopping or time.monotonic() >= deadline:
+            if events or self._server_stopping.is_set() or time.monotonic() >= deadline:
                 counts = self._restricted_counts(ctx, names) if restricted else self._counts(names)
                 return {"events": events, "valid_ref_counts": counts, "token": self.token(last)}
             after = last
             self.store.wait(generation, deadline - time.monotonic())
-            if ctx.session_ref and not self.server.sessions.is_live(ctx.session_ref):
+            if ctx.session_ref and not self.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
 
     def _touched(self, names, after: int) -> tuple[list[tuple[str, str, str]], int]:
@@ -164,7 +164,7 @@ class Events:
         for lower, cls in self._known.items():
             if names is not None and lower not in names and not any(o.startswith(lower + "/") for o in objects):
                 continue
-            readable = {ref for ref in self.server.access.readable(ctx, cls) if _wanted(cls, ref, names, objects)}
+            readable = {ref for ref in self.access.readable(ctx, cls) if _wanted(cls, ref, names, objects)}
             if after is None:
                 old = set()
             elif cls in view:
@@ -202,7 +202,7 @@ class Events:
             events.append(self._event(cls, ref, op, rec, last))
 
     def _restricted_counts(self, ctx, names) -> dict:
-        return {lower: I4(len(self.server.access.readable(ctx, cls))) for lower, cls in self._known.items()
+        return {lower: I4(len(self.access.readable(ctx, cls))) for lower, cls in self._known.items()
                 if names is None or lower in names}
 
     def _view(self, session_ref: str) -> View:
@@ -215,7 +215,7 @@ class Events:
         if "event.next" not in ctx.permissions:     # restricted: start from what it may read now
             view = self._view(ctx.session_ref)
             for cls in self._known.values():
-                view.setdefault(cls, set(self.server.access.readable(ctx, cls)))
+                view.setdefault(cls, set(self.access.readable(ctx, cls)))
         with self._lock:
             reg = self._regs.setdefault(ctx.session_ref, Registration(cursor=self.store.last_id))
             reg.classes |= {"*"} if names is None else names | objects
@@ -245,10 +245,10 @@ class Events:
                 events = [self._next_event(c) for c in wanted]
                 if events:
                     return events
-            if self.server.stopping:             # as in event_from: checked after reading the generation
+            if self._server_stopping.is_set():             # as in event_from: checked after reading the generation
                 return []
             self.store.wait(generation, 30.0)
-            if not self.server.sessions.is_live(ctx.session_ref):
+            if not self.sessions.is_live(ctx.session_ref):
                 raise XenAPIError(E.SESSION_INVALID, ctx.session_ref)
 
     def _visible_changes(self, ctx, changes) -> list:
@@ -262,7 +262,7 @@ class Events:
                 if c.ref in shown:
                     shown.discard(c.ref)
                     out.append(c)
-            elif self.server.access.may_read(ctx, c.cls, c.ref):
+            elif self.access.may_read(ctx, c.cls, c.ref):
                 shown.add(c.ref)
                 out.append(c)
         return out

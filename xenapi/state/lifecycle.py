@@ -88,24 +88,25 @@ def check(rec: dict, ref: str, op: str) -> None:
         raise error
 
 
-def operation(ctx, ref: str, op: str):
+def operation(ctx, ref: str, op: str, reconciler):
     """Run ``op`` on VM ``ref``: checked, shown in current_operations while it runs, cleared after.
 
-    A power state that does not allow ``op`` is re-read from libvirt once before the call is
-    refused: a change made behind the server's back (virsh destroy, then VM.start at once) may be
-    an event's latency away from the store."""
-    return TABLE.operation(ctx, ref, op, retry=lambda e: e.code == E.VM_BAD_POWER_STATE and _reobserved(ctx, ref))
+    A power state that does not allow ``op`` is re-read from libvirt (``reconciler``) once before
+    the call is refused: a change made behind the server's back (virsh destroy, then VM.start at
+    once) may be an event's latency away from the store."""
+    return TABLE.operation(ctx, ref, op, retry=lambda e: e.code == E.VM_BAD_POWER_STATE
+                           and _reobserved(ctx.store, reconciler, ref))
 
 
-def _reobserved(ctx, ref: str) -> bool:
+def _reobserved(store, reconciler, ref: str) -> bool:
     """Re-read VM ``ref`` from libvirt (outside the guard, which the reconciler takes); False if
     it cannot be (no host defines it, or the host is down)."""
-    rec = ctx.store.find("VM", ref)
-    host = ctx.server.reconciler.homes.get(ref)
+    rec = store.find("VM", ref)
+    host = reconciler.homes.get(ref)
     if rec is None or host is None:
         return False
     try:
-        ctx.server.reconciler.refresh(host, rec["uuid"])
+        reconciler.refresh(host, rec["uuid"])
     except XenAPIError:
         return False
     return True

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from auth.grants import held
 from auth.rbac import NO_ROLE, role_permissions
 from auth.throttle import LoginThrottle
+from auth.users import publish_user, user_ref
 from xenapi import errors as E
 from xenapi.context import Context, Identity, address_host
 from xenapi.errors import XenAPIError
@@ -59,13 +60,15 @@ def source_of(identity: Identity) -> str:
     return address_host(identity.address) or identity.via
 
 class Sessions:
-    def __init__(self, server, idle_timeout: float, max_per_user: int, clock=time.time):
-        self.server = server
-        self.store = server.store
-        self.idle_timeout = idle_timeout
-        self.max_per_user = max_per_user
+    def __init__(self, store, users, access, audit, registry, config, *, this_host: str, new_context,
+                 clock=time.time):
+        self.store, self.users, self.access, self.audit, self.registry = store, users, access, audit, registry
+        self.this_host = this_host                # the master: every session's this_host
+        self.new_context = new_context            # (session, user, permissions, identity) -> Context
+        self.idle_timeout = config.idle_timeout
+        self.max_per_user = config.max_per_user
         self.clock = clock
-        config = server.config
+        self._when_closed: list = []              # callables(session ref) after a session ends
         self.throttle = LoginThrottle(config.login_failures_per_user, config.login_failures_per_source,
                                       config.login_failure_window, config.login_lockout,
                                       max_wait=config.login_wait)
@@ -81,7 +84,7 @@ class Sessions:
         """After store.load(): index the sessions that survived a restart, but those of users
         removed (or removed and added again) while the server was down."""
         now = self.clock()
-        users = {user.name: user.created for user in self.server.users.all()}
+        users = {user.name: user.created for user in self.users.all()}
         orphans = []
         for ref, rec in self.store.records("session").items():
             uname, login_time = rec["auth_user_name"], rec["validation_time"].seconds
@@ -111,7 +114,7 @@ class Sessions:
             raise XenAPIError(E.SESSION_AUTHENTICATION_FAILED, uname, refusal.text)
         user = None
         try:
-            user = self.server.users.authenticate(uname, password)
+            user = self.users.authenticate(uname, password)
         finally:
             self.throttle.done(uname, source, ok=user is not None)
         if user is None:
@@ -121,18 +124,18 @@ class Sessions:
 
     def open(self, uname: str, originator: str = "", identity: Identity | None = None) -> str:
         """A session for an already authenticated user (password checked, or a transport's key)."""
-        user = self.server.users.get(uname)
+        user = self.users.get(uname)
         if user is None:
             raise XenAPIError(E.SESSION_AUTHORIZATION_FAILED, uname, "no such local user")
-        permissions = role_permissions(self.server.registry, user.role)
-        self.server.publish_user(user)        # added by the CLI while the server runs: now it has an object
+        permissions = role_permissions(self.registry, user.role)
+        publish_user(self.store, user)        # added by the CLI while the server runs: now it has an object
         ref = "OpaqueRef:" + str(_uuid.uuid4())
         with self._opening.hold(uname):       # concurrent logins must not each find room under the cap
             self._evict_beyond_cap(uname)
             now = DateTime(self.clock())
             with self._records:               # a grant changed meanwhile: its refresh must see this session
                 self.store.create("session", {
-                    "this_host": self.server.master_ref, "this_user": self.server.user_ref(uname), "last_active": now,
+                    "this_host": self.this_host, "this_user": user_ref(uname), "last_active": now,
                     "pool": False, "is_local_superuser": uname == "root", "validation_time": now,
                     "auth_user_name": uname, "rbac_permissions": self._entries(uname, user.role, permissions),
                     "originator": originator,
@@ -163,7 +166,7 @@ class Sessions:
         if ref == "" and identity.user is not None:   # "" is a stream's own session (docs/ssh.md)
             ref = getattr(identity, "session", None) or ""
         live = self.check(ref)
-        return Context(self.server, ref, live.user, live.permissions, identity)
+        return self.new_context(ref, live.user, live.permissions, identity)
 
     def _transport_login(self, uname: str, originator: str, identity) -> str:
         """On a stream with a transport user (transport.stream.StreamIdentity): the password is
@@ -183,16 +186,20 @@ class Sessions:
         try:
             identity.session = self.open(identity.user, originator or identity.via, identity)
         except XenAPIError as e:
-            self.server.audit.record(**audit, outcome=e.code)
+            self.audit.record(**audit, outcome=e.code)
             raise
-        self.server.audit.record(**audit, outcome="ok")
+        self.audit.record(**audit, outcome="ok")
         return identity.session
 
     def close_for_transport(self, identity) -> None:
         """The stream ended: its session ends with it (audited, unless it had already ended)."""
         if identity.session is not None and self.logout(identity.session):
-            self.server.audit.record(user=identity.user, via=identity.via, address=identity.address,
+            self.audit.record(user=identity.user, via=identity.via, address=identity.address,
                                      method="session.logout", outcome="ok")
+
+    def when_closed(self, callback) -> None:
+        """Call ``callback(ref)`` each time a session ends (its event registrations go)."""
+        self._when_closed.append(callback)
 
     def is_live(self, ref: str) -> bool:
         return ref in self._live
@@ -205,7 +212,8 @@ class Sessions:
             if live is None:
                 return False
             self.store.delete("session", ref)
-        self.server.events.forget(ref)
+        for closed in self._when_closed:
+            closed(ref)
         self.store.wake()              # a blocked event.from of this session must end now
         return True
 
@@ -217,11 +225,11 @@ class Sessions:
             return 0
         try:
             self._users_next = time.monotonic() + USERS_CHECK_EVERY
-            version = self.server.users.data_version()
+            version = self.users.data_version()
             if version is None or version == self._users_version:
                 return 0
             self._users_version = version
-            users = {user.name: user.created for user in self.server.users.all()}
+            users = {user.name: user.created for user in self.users.all()}
             gone = [(ref, live.user) for ref, live in list(self._live.items())
                     if users.get(live.user) != live.born]
         finally:
@@ -237,7 +245,7 @@ class Sessions:
         self.expire_idle()
 
     def _entries(self, uname: str, role: str, permissions: frozenset[str]) -> list[str]:
-        return sorted(permissions | self.server.access.describe(uname, role))
+        return sorted(permissions | self.access.describe(uname, role))
 
     def refresh_permissions(self) -> None:
         """A grant or a user's groups changed: rewrite rbac_permissions of the sessions it alters.
@@ -249,7 +257,7 @@ class Sessions:
             for ref, live in list(self._live.items()):
                 key = (live.user, live.permissions)
                 if key not in entries:
-                    user = self.server.users.get(live.user)
+                    user = self.users.get(live.user)
                     entries[key] = self._entries(live.user, user.role if user else NO_ROLE, live.permissions)
                 rec = self.store.find("session", ref)
                 if rec is not None and rec["rbac_permissions"] != entries[key]:

@@ -25,9 +25,10 @@ _serial = count(1)
 
 
 class Tasks:
-    def __init__(self, server, keep_seconds: float = 3900.0, keep_count: int = 200, max_pending: int = 1000):
-        self.server = server
-        self.store = server.store
+    def __init__(self, store, this_host: str, keep_seconds: float = 3900.0, keep_count: int = 200,
+                 max_pending: int = 1000):
+        self.store = store
+        self.this_host = this_host                # every task's resident_on: the master
         self.keep_seconds = keep_seconds
         self.keep_count = keep_count
         self.max_pending = max_pending
@@ -39,7 +40,7 @@ class Tasks:
             raise XenAPIError(E.TOO_BUSY)
         return self.store.create("task", {
             "name_label": label, "name_description": description, "created": DateTime.now(), "status": "pending",
-            "resident_on": self.server.master_ref, "progress": 0.0,
+            "resident_on": self.this_host, "progress": 0.0,
             "allowed_operations": ["cancel"] if cancellable else [],
             "other_config": {"owner": ctx.user} if ctx and ctx.user else {},
         })
