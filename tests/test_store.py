@@ -146,3 +146,15 @@ def test_loading_rebuilds_the_sets_from_the_refs(tmp_path):
     again.load()
     again.apply([add("host", "OpaqueRef:host-of-last-run", again.new_record("host", {}))])
     assert again.get("host", "OpaqueRef:host-of-last-run")["resident_VMs"] == [vm]
+
+
+def test_derived_ids_are_the_standard_uuid5_of_their_names():
+    """The hand-rolled uuid5 (no UUID object per ref: a relist derives several per domain) gives
+    exactly what uuid.uuid5 gives, so refs stay the same across versions and restarts."""
+    import uuid
+
+    from xenapi.state.store import _NS, derived_ref, derived_uuid, uuid5
+    for name in ("VM/6b2d1f0e-6c1a-4c55-9a64-7a2f3f1d0c11", "", "é/ü/漢字", "x" * 1000):
+        assert uuid5(name) == str(uuid.uuid5(_NS, name))
+    assert derived_ref("VM", "abc") == "OpaqueRef:" + str(uuid.uuid5(_NS, "VM/abc"))
+    assert derived_uuid("VM", "abc") == str(uuid.uuid5(_NS, "uuid/VM/abc"))

@@ -102,12 +102,15 @@ def cmd_serve(args) -> int:
 def http_api(server: Server) -> Api:
     """The HTTP front of ``server``: the API, the stream upgrade, /metrics and the VDI transfers,
     each handed the parts of the server it uses."""
+    from functools import partial
+
+    from xenapi.context import Context
     from xenapi.exporter import Exporter
     from xenapi.services.transfer import TransferParts
     from xenapi.transport.api import Api
     from xenapi.wire import Limits
 
-    transfers = TransferParts(sessions=server.sessions, make_context=server.context,
+    transfers = TransferParts(sessions=server.sessions, make_context=partial(Context, server.services),
                               registry=server.registry, access=server.access, store=server.store,
                               storage=server.storage, hosts=server.hosts, reconciler=server.reconciler,
                               tasks=server.tasks, audit=server.audit)

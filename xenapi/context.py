@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from xenapi import errors as E
 from xenapi.errors import XenAPIError
@@ -45,10 +45,18 @@ class Identity:
     user: str | None = None           # a transport-authenticated user (ssh key), if any
 
 
+class Caller(NamedTuple):
+    """Who makes a call: a live session's user and permissions (``Sessions.caller``)."""
+    session_ref: str | None
+    user: str
+    permissions: frozenset[str]
+
+
 @dataclass(frozen=True)
 class Services:
     """What a message body (classes/) may call: the services and the state they keep, not what lies
-    under them (the reconciler, the observers, the configuration).  The server builds it once."""
+    under them (the reconciler, the observers, the configuration), by convention: a service's own
+    attributes are its business.  The server builds it once."""
     store: "Store"
     registry: "Registry"
     tasks: "Tasks"

@@ -17,7 +17,7 @@ import uuid as _uuid
 from dataclasses import dataclass
 
 from xenapi import errors as E
-from xenapi.context import Context, Identity
+from xenapi.context import Context, Identity, Services
 from xenapi.errors import XenAPIError
 from xenapi.model import types as T
 from xenapi.model.declare import MISSING, Message
@@ -39,10 +39,13 @@ class _Trail:
 
 
 class Dispatcher:
-    def __init__(self, registry, store, access, audit, sessions, tasks, metrics, new_context):
-        self.registry, self.store, self.access, self.audit = registry, store, access, audit
-        self.sessions, self.tasks, self.metrics = sessions, tasks, metrics
-        self.new_context = new_context           # (identity) -> the Context of a session-less call
+    def __init__(self, services: Services, metrics):
+        """``services``: what the message bodies are handed (in each call's Context); the
+        dispatcher itself checks sessions, permissions and refs, and runs tasks, with them."""
+        self.services = services
+        self.registry, self.store, self.access, self.audit = (services.registry, services.store, services.access,
+                                                              services.audit)
+        self.sessions, self.tasks, self.metrics = services.sessions, services.tasks, metrics
         self.system = {"system.listMethods": lambda call: Bare(self.registry.list_methods())}
 
     def dispatch(self, call: Call) -> Outcome:
@@ -97,12 +100,12 @@ class Dispatcher:
         identity = call.identity or Identity()
         filtered = False
         if msg.session:
-            ctx = trail.ctx = self.sessions.context(params[0], identity)
+            ctx = trail.ctx = Context(self.services, *self.sessions.caller(params[0], identity), identity)
             permission, roles = msg.keyed(args[1]) if msg.key_roles else (msg.permission, msg.roles)
             if permission not in ctx.permissions:
                 filtered = self.access.authorize(ctx, msg, args, permission, roles)
         else:
-            ctx = trail.ctx = self.new_context(identity=identity)
+            ctx = trail.ctx = Context(self.services, identity=identity)
             trail.claimed = args[0] if args and isinstance(args[0], str) else ""
         ctx.method = msg.wire_name
         self._check_refs(msg, args)

@@ -17,6 +17,7 @@ from auth.audit import AuditLog
 from auth.grants import Access
 from auth.keys import Keys
 from auth.rbac import all_permissions, role_permissions
+from auth.throttle import LoginThrottle
 from auth.users import Users, user_record, user_ref
 from xenapi.backend.events import ensure_event_loop
 from xenapi.config import Config
@@ -87,7 +88,10 @@ class Server:
         self.audit = AuditLog(store.db, store.db_lock, config.audit_keep)
 
         # libvirt's side: the hosts' connections, and the reconciler that shows what they report
-        hosts = self.hosts = Hosts(store, config, config.libvirt_uris)
+        hosts = self.hosts = Hosts(
+            store, config.libvirt_uris, domain_type=config.domain_type, open_timeout=config.libvirt_open_timeout,
+            keepalive=(config.libvirt_keepalive_interval, config.libvirt_keepalive_count),
+            sync_wait=config.libvirt_sync_wait, metrics_interval=config.metrics_interval)
         self.master_ref = hosts.master
         reconciler = self.reconciler = Reconciler(store, hosts, self._stop)
         hosts.report_to(reconciler)
@@ -117,8 +121,11 @@ class Server:
 
         # who may call what, and the calls themselves
         self.access = Access(store, registry)
-        self.sessions = Sessions(store, self.users, self.access, self.audit, registry, config,
-                                 this_host=self.master_ref, new_context=self.context)
+        throttle = LoginThrottle(config.login_failures_per_user, config.login_failures_per_source,
+                                 config.login_failure_window, config.login_lockout, max_wait=config.login_wait)
+        self.sessions = Sessions(store, self.users, self.access, self.audit, registry, throttle,
+                                 this_host=self.master_ref, idle_timeout=config.idle_timeout,
+                                 max_per_user=config.max_per_user)
         self.tasks = Tasks(store, self.master_ref, config.task_keep_seconds, config.task_keep_count)
         self.events = Events(store, registry, self.access, self.sessions, self._stop)
         self.sessions.when_closed(self.events.forget)
@@ -127,8 +134,7 @@ class Server:
             users=self.users, audit=self.audit, access=self.access, hosts=hosts, vms=self.vms, storage=storage,
             networks=networks, security_groups=self.security_groups, placement=placement, moves=self.moves,
             evacuation=self.evacuation)
-        self.dispatcher = Dispatcher(registry, store, self.access, self.audit, self.sessions, self.tasks,
-                                     self.metrics, self.context)
+        self.dispatcher = Dispatcher(self.services, self.metrics)
 
     def context(self, session_ref=None, user: str = "", permissions=frozenset(), identity=None) -> Context:
         """The context of a call: who makes it, and the services it may use."""

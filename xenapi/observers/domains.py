@@ -131,8 +131,10 @@ class DomainObserver(Observer):
             ops.append(modify("VM", ref, lambda rec: _split_maps(rec, parsed)))
         ops += self._metrics_ops(host, state, parsed, current)
         ops += self._console_ops(ref, state, parsed, current)
-        ops += vbd_ops(self.store, self.volumes, self.storage, ref, state.uuid, host, parsed, configured, parsed["devices"] if running else None)
-        ops += vif_ops(self.store, self.networks, ref, state.uuid, host, configured_vifs, parsed["vifs"] if running else None)
+        ops += vbd_ops(self.store, self.volumes, self.storage, ref, state.uuid, host, parsed, configured,
+                       parsed["devices"] if running else None)
+        ops += vif_ops(self.store, self.networks, ref, state.uuid, host, configured_vifs,
+                       parsed["vifs"] if running else None)
         return ops
 
     def gone(self, ref):

@@ -71,6 +71,7 @@ class Reconciler:
         return self.domains.homes
 
     def start(self) -> None:
+        assert self.observers, "Reconciler.drive(...) comes before start"
         self._thread.start()
 
     def stop(self) -> None:
@@ -129,7 +130,7 @@ class Reconciler:
     # -- observing -------------------------------------------------------------------------
     def relist(self, host: str) -> None:
         for observer in self.observers.values():
-            if self._server_stopping.is_set():                 # the connection is about to close
+            if self._server_stopping.is_set():       # the connection is about to close
                 return
             self._relist(observer, host)
 

@@ -174,7 +174,7 @@ class VolumeObserver(Observer):
             kept.note_volumes(states)
         if states:
             self.storage.volumes_changed(host, {vdi_ref(vdi_uuid(s.pool, s.name)) for s in states},
-                                                {derived_ref("SR", s.pool) for s in states})
+                                         {derived_ref("SR", s.pool) for s in states})
 
     def after_gone(self, host, key) -> None:
         if key is None:

@@ -19,7 +19,7 @@ The plan, computed the same way by all three:
 Any VM with a reason and nothing moves: host.evacuate raises the first VM's reason,
 host.assert_can_evacuate raises CANNOT_EVACUATE_HOST ["CODE,p1,p2|CODE2,..."] (xapi's encoding)
 and get_vms_which_prevent_evacuation returns {vm: [CODE, params...]}.  Otherwise host.evacuate
-moves each VM with the checked move of VM.pool_migrate (``vm_placement.move``: live when running,
+moves each VM with the checked move of VM.pool_migrate (``Moves.move``: live when running,
 cold when halted), ``evacuate_batch_size`` at a time (0 or less: 10, xapi's default), running VMs
 first; its task's progress is the share of VMs moved.  A VM stopped meanwhile (VM_BAD_POWER_STATE)
 is passed over; another failure stops the evacuation (the moves under way finish) and is raised.
@@ -78,7 +78,7 @@ class Evacuation:
         return [h for h in hosts.refs if h != host and (rec := self.store.find("host", h)) is not None
                 and rec["enabled"] and hosts.live(h)]
 
-    def plan(self, ctx, host: str) -> tuple[dict[str, str], dict[str, XenAPIError]]:
+    def plan(self, host: str) -> tuple[dict[str, str], dict[str, XenAPIError]]:
         """(VM -> its destination, VM -> why it cannot go); the VMs in the order they would move."""
         if not self.store.exists("host", host):
             raise XenAPIError(E.HANDLE_INVALID, "host", host)
@@ -123,10 +123,10 @@ class Evacuation:
 
     # -- the messages ----------------------------------------------------------------------------
     def preventing(self, ctx, host: str) -> dict[str, list[str]]:
-        return {vm: [e.code, *e.params] for vm, e in self.plan(ctx, host)[1].items()}
+        return {vm: [e.code, *e.params] for vm, e in self.plan(host)[1].items()}
 
     def assert_can(self, ctx, host: str) -> None:
-        errors = self.plan(ctx, host)[1]
+        errors = self.plan(host)[1]
         if errors:
             raise XenAPIError(E.CANNOT_EVACUATE_HOST, "|".join(",".join((e.code, *e.params)) for e in errors.values()))
 
@@ -144,7 +144,7 @@ class Evacuation:
                 self._evacuating.discard(host)
 
     def _evacuate(self, ctx, host: str, batch_size: int) -> None:
-        plan, errors = self.plan(ctx, host)
+        plan, errors = self.plan(host)
         if errors:
             raise next(iter(errors.values()))
         log.info("event=evacuate-start host=%s vms=%d", host, len(plan))

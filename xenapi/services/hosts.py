@@ -61,9 +61,13 @@ class UnknownHost(XenAPIError, KeyError):
 
 
 class Hosts:
-    def __init__(self, store, config, uris: list[str]):
+    def __init__(self, store, uris: list[str], *, domain_type: str, open_timeout: float,
+                 keepalive: tuple[int, int], sync_wait: float, metrics_interval: float):
         self.store = store
-        self.config = config
+        self.domain_type = domain_type                   # [libvirt] domain_type: QEMU's auto, kvm or qemu
+        self.open_timeout = open_timeout
+        self.keepalive = keepalive                       # (interval, count): libvirt's keepalive
+        self.sync_wait = sync_wait                       # pool.add_host waits this long for a listing
         self.reconciler = None                           # joined by report_to, before start
         self._when_listed: list = []                     # callables(host) after a host's objects are listed
         self._when_removed: list = []                    # callables(host) after a host leaves the pool
@@ -71,7 +75,7 @@ class Hosts:
         self._by_uri: dict[str, str] = {}
         self._conns: dict[str, HostConnection] = {}
         self._facts: dict[str, HostFacts] = {}
-        self.sampler = Sampler(self, config.metrics_interval)
+        self.sampler = Sampler(self, metrics_interval)
         self._settled: dict[str, threading.Event] = {}   # host -> first connect tried, and listed if it answered
         self._bringing_up: list[threading.Thread] = []
         self._synced: set[str] = set()                   # hosts listed since they last came up, this run
@@ -125,10 +129,8 @@ class Hosts:
         return ref
 
     def _new_connection(self, uri: str) -> HostConnection:
-        config = self.config
-        return HostConnection(uri, self._domain_event, self._liveness,
-                              open_timeout=config.libvirt_open_timeout,
-                              keepalive=(config.libvirt_keepalive_interval, config.libvirt_keepalive_count))
+        return HostConnection(uri, self._domain_event, self._liveness, open_timeout=self.open_timeout,
+                              keepalive=self.keepalive)
 
     @property
     def master(self) -> str:
@@ -178,7 +180,7 @@ class Hosts:
         facts = self._facts[host]
         if facts.hypervisor in _VIRT_TYPE:
             return _VIRT_TYPE[facts.hypervisor]
-        wanted = self.config.domain_type
+        wanted = self.domain_type
         if wanted != "auto":
             return wanted
         return "kvm" if "kvm" in facts.virt_types else "qemu"
@@ -188,6 +190,7 @@ class Hosts:
         """Bring every host up side by side, each on a thread of its own, and return at once: a
         host shows as soon as it is known, its VMs as they are listed.  A host that does not answer
         keeps being tried in the background (the reconciler lists it when it does)."""
+        assert self.reconciler is not None, "Hosts.report_to(reconciler) comes before start"
         self.store.modify("pool", self._pool_ref(), lambda rec: {"other_config": {
             k: v for k, v in rec["other_config"].items() if k != POOL_TYPE_KEY}})   # set again by the hosts
         for ref in self._conns:                # before any listing: a state kept from the last run means nothing
@@ -223,7 +226,7 @@ class Hosts:
             if conn.live:
                 self._publish(host)
                 if host != self.master:        # the master's type is the pool's when it answers
-                    self._master_decided.wait(self.config.libvirt_open_timeout + 1.0)
+                    self._master_decided.wait(self.open_timeout + 1.0)
                 admitted = self._admit(host)
                 if host == self.master:        # the pool's type is known: the others go on listing
                     self._master_decided.set()
@@ -342,7 +345,8 @@ class Hosts:
 
     def free_memory(self, host: str) -> int:
         """Bytes free on the host now: one getFreeMemory; on the test driver its total less the
-        nominal OS and what the running guests are given (xenapi/services/placement.py)."""
+        nominal OS and what the resident guests are given (xenapi/services/placement.py), like a
+        real host's figure (a VM still arriving is not counted until it runs there)."""
         if self.simulated(host):
             return simulated_free_memory(self.store, host)
         return self.connection(host).read("free_memory", hostinfo.free_memory)
@@ -352,7 +356,7 @@ class Hosts:
         """Connect ``uri`` now, check it is of the pool's hypervisor type, then make it a host of
         the pool, kept across restarts; wait at most ``wait`` seconds for its first listing
         ([libvirt] sync_wait by default).  Nothing of a host refused stays."""
-        wait = self.config.libvirt_sync_wait if wait is None else wait
+        wait = self.sync_wait if wait is None else wait
         uri = _resolved(uri)
         with self._membership:
             if uri in self._by_uri:

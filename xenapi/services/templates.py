@@ -210,24 +210,24 @@ class PXE:
                               f"{host}, and there is no shell there: {shell.why_not}")
         return _ShellFiles(shell)
 
-
     def _network(self, rec: dict, host: str) -> str:
         """The network that serves the template: ``pxe_network`` (uuid or ref), else the first of
         its VIFs' networks with a TFTP root on ``host``."""
         store, value = self.store, rec["other_config"].get(PXE_NETWORK_KEY, "")
         if value:
-            ref = value if value.startswith("OpaqueRef:") and store.exists("network", value) else store.find_uuid("network", value)
+            ref = (value if value.startswith("OpaqueRef:") and store.exists("network", value)
+                   else store.find_uuid("network", value))
             if ref is None:
                 raise _pxe_error(PXE_NETWORK_KEY, value, "no such network (give a network's uuid)")
             return ref
-        vifs = sorted((store.get("VIF", v) for v in rec["VIFs"] if store.exists("VIF", v)), key=lambda v: int(v["device"]))
+        vifs = sorted((store.get("VIF", v) for v in rec["VIFs"] if store.exists("VIF", v)),
+                      key=lambda v: int(v["device"]))
         for vif in vifs:
             if vif["network"] != NULL_REF and store.exists("network", vif["network"]) and \
                     self._tftp_of(vif["network"], host)[0]:
                 return vif["network"]
         raise _pxe_error(PXE_NETWORK_KEY, "", "a pxe: template names the network that serves it (other_config:"
                          "pxe_network, a network made with tftp_root and boot_file), and none of its VIFs has one")
-
 
     def _tftp_of(self, network: str, host: str) -> tuple[str, str]:
         """(TFTP root, DHCP boot file) of ``network``'s libvirt network on ``host`` ("" where none)."""
@@ -244,7 +244,6 @@ class PXE:
             return "", ""
         return (tftp.get("root", "") if tftp is not None else ""), (bootp.get("file", "") if bootp is not None else "")
 
-
     def plan(self, rec: dict, host: str, virt_type: str) -> PXEPlan | None:
         """For a ``pxe:`` template (None for any other): its network, TFTP root and configuration on
         ``host``, each checked; VALUE_NOT_SUPPORTED (or HOST_CANNOT_ATTACH_NETWORK, or
@@ -260,8 +259,9 @@ class PXE:
         label = self.store.get("network", network)["uuid"]
         root, boot_file = self._tftp_of(network, host)
         if not root or not boot_file:
-            raise _pxe_error(PXE_NETWORK_KEY, label, "the network does not serve PXE here: it needs a TFTP root and a DHCP "
-                             "boot file of its own (network.create's other_config ipv4, dhcp, tftp_root, boot_file)")
+            raise _pxe_error(PXE_NETWORK_KEY, label, "the network does not serve PXE here: it needs a TFTP root and "
+                             "a DHCP boot file of its own (network.create's other_config ipv4, dhcp, tftp_root, "
+                             "boot_file)")
         files = self._files(host)
         boot_path = posixpath.normpath(posixpath.join(root, boot_file.lstrip("/")))
         if not files.is_file(boot_path):
@@ -269,7 +269,8 @@ class PXE:
         config_dir = posixpath.join(posixpath.dirname(boot_path), "pxelinux.cfg")
         text = files.read(posixpath.join(config_dir, config))
         if text is None:
-            raise _pxe_error(PXE_CONFIG_KEY, config, f"no PXELINUX configuration {config_dir}/{config} on {files.where}")
+            raise _pxe_error(PXE_CONFIG_KEY, config,
+                             f"no PXELINUX configuration {config_dir}/{config} on {files.where}")
         if not files.is_writable_dir(config_dir):
             raise _pxe_error(PXE_NETWORK_KEY, label, f"{config_dir} on {files.where} is not a directory the server can "
                              "write the VM's per-MAC configuration into")
@@ -292,6 +293,7 @@ class PXE:
                 log.info("event=pxe-config-removed vm=%s path=%s", rec["uuid"], path)
         except XenAPIError as e:
             log.warning("event=pxe-config-not-removed vm=%s path=%s error=%s", rec["uuid"], path, e.code)
+
 
 def mac_file_name(mac: str) -> str:
     """PXELINUX's per-MAC configuration name: ARP type 01, then the MAC, lower case, dashes."""

@@ -127,10 +127,10 @@ class Refusal(Exception):
 
 @dataclass(frozen=True)
 class TransferParts:
-    """What the transfers use: ``sessions`` and ``make_context`` (a Context for a user logged in by
-    HTTP basic auth: ``make_context(session_ref, user, permissions, identity)``) to know who asks,
-    ``registry`` and ``access`` whether they may, ``store``, ``storage``, ``hosts`` and
-    ``reconciler`` for the VDI and its volumes, ``tasks`` for the task, ``audit`` for an import."""
+    """What the transfers use: ``sessions`` and ``make_context`` (the caller's Context, by its
+    session or HTTP basic auth: ``make_context(session_ref, user, permissions, identity)``) to
+    know who asks, ``registry`` and ``access`` whether they may, ``store``, ``storage``, ``hosts``
+    and ``reconciler`` for the VDI and its volumes, ``tasks`` for the task, ``audit`` for an import."""
     sessions: Sessions
     make_context: Callable[[str | None, str, frozenset[str], Identity], Context]
     registry: Registry
@@ -385,7 +385,7 @@ def _authenticate(parts: TransferParts, query, cookies, request: Request, identi
     credentials = _basic_credentials(request.headers.get("authorization", ""))
     try:
         if session:
-            return parts.sessions.context(session, identity)
+            return parts.make_context(*parts.sessions.caller(session, identity), identity)
         if credentials:
             user = parts.sessions.authenticate(*credentials, identity)
             return parts.make_context(None, user.name, role_permissions(parts.registry, user.role), identity)

@@ -245,7 +245,7 @@ class Events:
                 events = [self._next_event(c) for c in wanted]
                 if events:
                     return events
-            if self._server_stopping.is_set():             # as in event_from: checked after reading the generation
+            if self._server_stopping.is_set():   # as in event_from: checked after reading the generation
                 return []
             self.store.wait(generation, 30.0)
             if not self.sessions.is_live(ctx.session_ref):

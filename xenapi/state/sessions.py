@@ -35,7 +35,7 @@ from auth.rbac import NO_ROLE, role_permissions
 from auth.throttle import LoginThrottle
 from auth.users import publish_user, user_ref
 from xenapi import errors as E
-from xenapi.context import Context, Identity, address_host
+from xenapi.context import Caller, Identity, address_host
 from xenapi.errors import XenAPIError
 from xenapi.state.store import ObjectLocks, delete, mod
 from xenapi.wire.values import DateTime
@@ -59,19 +59,17 @@ def source_of(identity: Identity) -> str:
     """The address a login comes from, without its port (what the throttle counts per source)."""
     return address_host(identity.address) or identity.via
 
+
 class Sessions:
-    def __init__(self, store, users, access, audit, registry, config, *, this_host: str, new_context,
-                 clock=time.time):
+    def __init__(self, store, users, access, audit, registry, throttle: LoginThrottle, *, this_host: str,
+                 idle_timeout: float, max_per_user: int, clock=time.time):
         self.store, self.users, self.access, self.audit, self.registry = store, users, access, audit, registry
+        self.throttle = throttle
         self.this_host = this_host                # the master: every session's this_host
-        self.new_context = new_context            # (session, user, permissions, identity) -> Context
-        self.idle_timeout = config.idle_timeout
-        self.max_per_user = config.max_per_user
+        self.idle_timeout = idle_timeout
+        self.max_per_user = max_per_user
         self.clock = clock
         self._when_closed: list = []              # callables(session ref) after a session ends
-        self.throttle = LoginThrottle(config.login_failures_per_user, config.login_failures_per_source,
-                                      config.login_failure_window, config.login_lockout,
-                                      max_wait=config.login_wait)
         self._live: dict[str, Live] = {}
         self._lock = threading.Lock()
         self._opening = ObjectLocks()            # per user name: the cap's count and the new session together
@@ -162,11 +160,11 @@ class Sessions:
             self.store.update("session", ref, {"last_active": DateTime(now)})
         return live
 
-    def context(self, ref: object, identity: Identity) -> Context:
+    def caller(self, ref: object, identity: Identity) -> Caller:
         if ref == "" and identity.user is not None:   # "" is a stream's own session (docs/ssh.md)
             ref = getattr(identity, "session", None) or ""
         live = self.check(ref)
-        return self.new_context(ref, live.user, live.permissions, identity)
+        return Caller(ref, live.user, live.permissions)
 
     def _transport_login(self, uname: str, originator: str, identity) -> str:
         """On a stream with a transport user (transport.stream.StreamIdentity): the password is
@@ -195,7 +193,7 @@ class Sessions:
         """The stream ended: its session ends with it (audited, unless it had already ended)."""
         if identity.session is not None and self.logout(identity.session):
             self.audit.record(user=identity.user, via=identity.via, address=identity.address,
-                                     method="session.logout", outcome="ok")
+                              method="session.logout", outcome="ok")
 
     def when_closed(self, callback) -> None:
         """Call ``callback(ref)`` each time a session ends (its event registrations go)."""

@@ -22,6 +22,7 @@ their uuids, so refs stay the same across restarts without being stored.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import sqlite3
@@ -46,21 +47,31 @@ from xenapi.wire.values import DateTime, FrozenRecord
 log = logging.getLogger(__name__)
 
 _NS = _uuid.UUID("6b2d1f0e-6c1a-4c55-9a64-7a2f3f1d0c11")
+_NS_BYTES = _NS.bytes
 
 
 def new_uuid() -> str:
     return str(_uuid.uuid4())
 
 
-@functools.lru_cache(maxsize=1 << 16)     # a relist derives several per domain; uuid5 is not free
+def uuid5(name: str) -> str:
+    """``str(uuid.uuid5(_NS, name))`` without building a UUID object (a third of the cost)."""
+    digest = bytearray(hashlib.sha1(_NS_BYTES + name.encode()).digest()[:16])
+    digest[6] = (digest[6] & 0x0F) | 0x50          # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80          # RFC 4122 variant
+    h = digest.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+@functools.lru_cache(maxsize=1 << 16)     # a relist derives several per domain
 def derived_ref(kind: str, key: str) -> str:
     """A stable ref for an object derived from something with its own identity (a domain uuid)."""
-    return "OpaqueRef:" + str(_uuid.uuid5(_NS, f"{kind}/{key}"))
+    return "OpaqueRef:" + uuid5(f"{kind}/{key}")
 
 
 @functools.lru_cache(maxsize=1 << 16)
 def derived_uuid(kind: str, key: str) -> str:
-    return str(_uuid.uuid5(_NS, f"uuid/{kind}/{key}"))
+    return uuid5(f"uuid/{kind}/{key}")
 
 
 class StoreClosed(RuntimeError):
