@@ -115,6 +115,12 @@ fi
 # The Xen-API Python client (PyPI "XenAPI") must be the real one: the tests drive it.
 "$VENV_PY" -c 'import XenAPI' >/dev/null 2>&1 ||
   die "the XenAPI client is not importable in .venv (see .cache/pip-install.log)"
+# Byte-compile the project (about 0.4 s): an editable install compiles none of it, and where
+# PYTHONDONTWRITEBYTECODE is set every start compiles ~180 modules again, 0.2 s of the server's
+# first answer.  A file edited later is simply compiled in memory: Python checks each .pyc
+# against its source.
+"$VENV_PY" -m compileall -q -j 0 xenapi classes auth storage >/dev/null ||
+  echo "[setup] venv     byte-compiling the project failed; it runs from source" >&2
 
 # ------------------------------------------------------------------ 3. npm client ---
 if (( ! RUNTIME_ONLY )); then

@@ -115,15 +115,19 @@ _XML_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 # ---- parse ----------------------------------------------------------------------------------
 
 def parse(xml: str) -> dict:
-    """The Xen-API VM fields derivable from a libvirt domain XML document."""
+    """The Xen-API VM fields derivable from a libvirt domain XML document.
+
+    Elements are reached child by child: ``find`` of a plain tag runs in C, while a path such as
+    "os/type" goes through ElementPath in Python, which a relist of thousands of domains feels."""
     root = _domain_root(xml)
+    os_el, devices_el = root.find("os"), root.find("devices")
 
     name = _text(root, "name")
     current_memory = _memory_bytes(root.find("currentMemory")) or _memory_bytes(root.find("memory"))
     vcpus_max = int(_text(root, "vcpu", "1"))
     vcpu = root.find("vcpu")
-    os_type = _text(root, "os/type", "hvm")
-    has_kernel = bool(_text(root, "os/kernel"))
+    os_type = _text(os_el, "type", "hvm")
+    kernel = _text(os_el, "kernel")
     raw_stamp = _stamp(root)
     stamp = {k: v for k, v in raw_stamp.items() if k not in STAMP_RESERVED_KEYS}
     fields = {
@@ -144,18 +148,19 @@ def parse(xml: str) -> dict:
         "actions_after_crash": _CRASH_FROM_LIBVIRT.get(_action(root, "on_crash"), "destroy"),
         "PV_bootloader": _text(root, "bootloader"),
         "PV_bootloader_args": _text(root, "bootloader_args"),
-        "PV_kernel": _text(root, "os/kernel"),
-        "PV_ramdisk": _text(root, "os/initrd"),
-        "PV_args": (shlex.join(e.text or "" for e in root.findall("os/initarg")) if os_type == "exe"
-                    else _text(root, "os/cmdline")),
-        "HVM_boot_policy": "BIOS order" if os_type == "hvm" and not has_kernel else "",
-        "HVM_boot_params": _boot_params(root),
-        "platform": _platform(root, os_type),
+        "PV_kernel": kernel,
+        "PV_ramdisk": _text(os_el, "initrd"),
+        "PV_args": (shlex.join(e.text or "" for e in _children(os_el, "initarg")) if os_type == "exe"
+                    else _text(os_el, "cmdline")),
+        "HVM_boot_policy": "BIOS order" if os_type == "hvm" and not kernel else "",
+        "HVM_boot_params": _boot_params(os_el),
+        "platform": _platform(root, os_el, devices_el, os_type),
         "domain_type": _OS_TYPE_TO_DOMAIN_TYPE.get(os_type, "unspecified"),
         "virt_type": root.get("type", ""),
         "stamp": stamp,
-        "consoles": _consoles(root),
-        "macs": [m.get("address") for m in root.findall("devices/interface/mac") if m.get("address")],
+        "consoles": _consoles(devices_el),
+        "macs": [address for i in _children(devices_el, "interface") for m in i.findall("mac")
+                 if (address := m.get("address"))],
         "devices": devices.parse(root, skip_root_mount=os_type == "exe"),
         "vifs": interfaces.parse_all(root),
     }
@@ -195,9 +200,14 @@ def device_flavour(parsed: dict) -> str:
                               machine=parsed["platform"].get("machine", ""))
 
 
-def _text(root: ET.Element, path: str, default: str = "") -> str:
-    element = root.find(path)
+def _text(parent: ET.Element | None, tag: str, default: str = "") -> str:
+    """The stripped text of ``parent``'s child ``tag`` (a plain tag, no path), else ``default``."""
+    element = parent.find(tag) if parent is not None else None
     return element.text.strip() if element is not None and element.text else default
+
+
+def _children(parent: ET.Element | None, tag: str) -> list[ET.Element]:
+    return parent.findall(tag) if parent is not None else []
 
 
 def _int_or(value: str | None, default: int) -> int:
@@ -217,12 +227,13 @@ def _action(root: ET.Element, element: str) -> str:
     return _text(root, element, _ACTION_DEFAULTS[element])
 
 
-def _boot_params(root: ET.Element) -> dict[str, str]:
-    order = "".join(_BOOT_DEV_TO_ORDER.get(b.get("dev", ""), "") for b in root.findall("os/boot"))
+def _boot_params(os_el: ET.Element | None) -> dict[str, str]:
+    order = "".join(_BOOT_DEV_TO_ORDER.get(b.get("dev", ""), "") for b in _children(os_el, "boot"))
     return {"order": order} if order else {}
 
 
-def _platform(root: ET.Element, os_type: str) -> dict[str, str]:
+def _platform(root: ET.Element, os_el: ET.Element | None, devices_el: ET.Element | None,
+              os_type: str) -> dict[str, str]:
     platform = {}
     if os_type == "hvm":
         platform.update({flag: "false" for flag in _ON_UNLESS_FALSE})
@@ -232,13 +243,13 @@ def _platform(root: ET.Element, os_type: str) -> dict[str, str]:
         element = present.get(flag)
         if element is not None:
             platform[flag] = "false" if element.get("state") == "off" else "true"
-    os_type_element = root.find("os/type")
+    os_type_element = os_el.find("type") if os_el is not None else None
     machine = os_type_element.get("machine") if os_type_element is not None else None
     if machine and os_type == "hvm":
         platform["machine"] = machine
     if os_type == "exe":
-        platform["init"] = _text(root, "os/init", _DEFAULT_LXC_INIT)
-        for fs in root.findall("devices/filesystem"):
+        platform["init"] = _text(os_el, "init", _DEFAULT_LXC_INIT)
+        for fs in _children(devices_el, "filesystem"):
             target, source = fs.find("target"), fs.find("source")
             if target is not None and target.get("dir") == "/" and source is not None and source.get("dir"):
                 platform[LXC_ROOT_KEY] = source.get("dir")
@@ -246,13 +257,16 @@ def _platform(root: ET.Element, os_type: str) -> dict[str, str]:
 
 
 def _stamp(root: ET.Element) -> dict[str, str]:
-    element = root.find(f"metadata/{_STAMP_TAG}")
+    metadata = root.find("metadata")
+    element = metadata.find(_STAMP_TAG) if metadata is not None else None
     return dict(element.attrib) if element is not None else {}
 
 
-def _consoles(root: ET.Element) -> list[dict[str, str]]:
+def _consoles(devices_el: ET.Element | None) -> list[dict[str, str]]:
     consoles = []
-    for graphics in root.findall("devices/graphics[@type='vnc']"):
+    for graphics in _children(devices_el, "graphics"):
+        if graphics.get("type") != "vnc":
+            continue
         port = _int_or(graphics.get("port"), -1)
         if port <= 0:                    # -1: autoport not yet assigned (domain off)
             continue

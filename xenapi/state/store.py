@@ -135,6 +135,10 @@ class Store:
         # (relation index, ref of the set's owner) -> refs whose ref field names it
         self._members: dict[tuple[int, str], set[str]] = {}
         self._kept_sets = {(r.many_cls, r.many_field) for r in self._relations}
+        self._relations_of: dict[str, list[tuple[int, Relation]]] = {}    # class -> the relations it is in
+        for n, rel in enumerate(self._relations):
+            for cls in dict.fromkeys((rel.one_cls, rel.many_cls)):
+                self._relations_of.setdefault(cls, []).append((n, rel))
         # per class: every field's empty value, and the fields whose value is a list or dict (copied per record)
         self._templates = {c: _template(d) for c, d in decls.items()}
         self._lock = threading.RLock()
@@ -298,9 +302,9 @@ class Store:
                 members[key] = set(self._members.get(key, ()))
             return members[key]
 
-        for n, rel in enumerate(self._relations):
-            touched = []
-            for op, current, new in staged:
+        touched: dict[int, list[str]] = {}           # relation number -> the sets it touches
+        for op, current, new in staged:              # (the set writes staged below change no ref side)
+            for n, rel in self._relations_of.get(op.cls, ()):
                 if op.cls == rel.one_cls:
                     was = current.get(rel.one_field) if current is not None else None
                     now = new.get(rel.one_field) if new is not None else None
@@ -308,11 +312,13 @@ class Store:
                         for target, present in ((was, False), (now, True)):
                             if target and target != NULL_REF:
                                 (of((n, target)).add if present else of((n, target)).discard)(op.ref)
-                                touched.append(target)
+                                touched.setdefault(n, []).append(target)
                 if op.cls == rel.many_cls and current is None and new is not None:
                     of((n, op.ref))
-                    touched.append(op.ref)
-            for target in dict.fromkeys(touched):
+                    touched.setdefault(n, []).append(op.ref)
+        for n in sorted(touched):
+            rel = self._relations[n]
+            for target in dict.fromkeys(touched[n]):
                 rec = seen[target] if target in seen else self._objs[rel.many_cls].get(target)
                 value = sorted(members[(n, target)])
                 if rec is not None and rec.get(rel.many_field) != value:
