@@ -120,7 +120,7 @@ fi
 # first answer.  A file edited later is simply compiled in memory: Python checks each .pyc
 # against its source.
 "$VENV_PY" -m compileall -q -j 0 xenapi classes auth storage >/dev/null ||
-  echo "[setup] venv     byte-compiling the project failed; it runs from source" >&2
+  echo "[setup] venv     byte-compiling the project failed (see: $VENV_PY -m compileall xenapi classes auth storage)" >&2
 
 # ------------------------------------------------------------------ 3. npm client ---
 if (( ! RUNTIME_ONLY )); then

@@ -118,7 +118,8 @@ def parse(xml: str) -> dict:
     """The Xen-API VM fields derivable from a libvirt domain XML document.
 
     Elements are reached child by child: ``find`` of a plain tag runs in C, while a path such as
-    "os/type" goes through ElementPath in Python, which a relist of thousands of domains feels."""
+    "os/type" goes through ElementPath in Python, which a relist of thousands of domains feels.
+    (libvirt writes one <os>, <devices> and <metadata> at most; the first is the one read.)"""
     root = _domain_root(xml)
     os_el, devices_el = root.find("os"), root.find("devices")
 

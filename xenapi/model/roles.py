@@ -1,6 +1,7 @@
 """xapi's six static roles, as a ladder of privilege, and their deterministic identities."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import uuid as _uuid
 
@@ -33,6 +34,7 @@ VM_OP = roles_gte("vm-operator")
 READ_ONLY = roles_gte("read-only")
 
 
+@functools.lru_cache(maxsize=None)        # a start publishes ~1,100 roles, each named several times
 def role_uuid(name: str) -> str:
     if name == "pool-admin":
         return _POOL_ADMIN_UUID
