@@ -220,6 +220,30 @@ class Reconciler:
         finally:
             self._held.discard(uuid)
 
+    def forget_host(self, host: str) -> set[str]:
+        """A host leaves the pool: what was seen only there goes (its domains, pools, NICs,
+        networks' PIFs, volumes).  Volumes on storage other hosts reach stay; those hosts are
+        returned, for a relist that makes the volumes theirs."""
+        store, volumes = self.store, self.volumes
+        shared_with: set[str] = set()
+        for ref in volumes.homes_on(host):
+            vdi = store.find("VDI", ref)
+            sr = store.find("SR", vdi["SR"]) if vdi is not None else None
+            others = ({p["host"] for pbd in sr["PBDs"] if (p := store.find("PBD", pbd)) is not None} - {host}
+                      if sr is not None else set())
+            if others:
+                shared_with |= others
+            elif (key := volumes.key_in_store(ref)) is not None:
+                self.forget(key, "volume")
+        for kind in ("domain", "pool", "nic", "network"):
+            observer = self.observers[kind]
+            for ref in observer.homes_on(host):
+                if (key := observer.key_in_store(ref)) is not None:
+                    self.forget(key, kind)
+                else:
+                    observer.homes.pop(ref, None)
+        return shared_with
+
     def forget(self, key: str, kind: str = "domain") -> None:
         observer = self.observers[kind]
         with self._lock:

@@ -446,23 +446,7 @@ class Hosts:
 
     def _forget_records(self, host: str) -> None:
         store, reconciler = self.store, self.reconciler
-        shared_with: set[str] = set()
-        for ref in reconciler.volumes.homes_on(host):     # disks on storage another host reaches stay
-            vdi = store.find("VDI", ref)
-            sr = store.find("SR", vdi["SR"]) if vdi is not None else None
-            others = {p["host"] for pbd in sr["PBDs"] if (p := store.find("PBD", pbd)) is not None} - {host} \
-                if sr is not None else set()
-            if others:
-                shared_with |= others
-            elif (key := reconciler.volumes.key_in_store(ref)) is not None:
-                reconciler.forget(key, "volume")
-        for kind in ("domain", "pool", "nic", "network"):
-            observer = reconciler.observers[kind]
-            for ref in observer.homes_on(host):
-                if (key := observer.key_in_store(ref)) is not None:
-                    reconciler.forget(key, kind)
-                else:
-                    observer.homes.pop(ref, None)
+        shared_with = reconciler.forget_host(host)
         ops = []
         for pbd, rec in store.records("PBD").items():
             if rec["host"] == host:
