@@ -34,7 +34,6 @@ import time
 
 import pytest
 
-import guest_net as gn
 from test_migration_qemu import Pool, _libvirt_state, _on_domain, _shell, _uptime, lab_server  # noqa: F401
 
 pytestmark = pytest.mark.e2e
@@ -144,6 +143,37 @@ def _kept(x, vm: str, uuid: str, label: str, name: str) -> None:
     assert x.VM.get_other_config(vm).get("fault-test") == name
 
 
+def _killed_mid_migration(pool, vm: str, uuid: str, shell, victim, what: str) -> None:
+    """Start a slow live migration lab1 -> lab2, kill ``victim``'s libvirtd during it: the call
+    fails with VM_MIGRATE_FAILED naming the VM and both hosts."""
+    x, lab1, lab2 = pool.x, pool.lab.lab1, pool.lab.lab2
+    task = _start_slow_migration(pool, vm, uuid, shell)
+    t0 = time.monotonic()
+    victim.kill_libvirtd()
+    rec = _wait_task(x, task)
+    failed_after = time.monotonic() - t0
+    assert rec["status"] == "failure", rec
+    code, *params = rec["error_info"]
+    assert code == "VM_MIGRATE_FAILED" and params[:3] == [vm, pool.host[lab1.name], pool.host[lab2.name]], \
+        rec["error_info"]
+    print(f"{what} libvirtd killed: the call failed {failed_after:.2f} s later: {params[3]}")
+
+
+def _on_lab1_unchanged_then_moves(pool, vm: str, uuid: str, shell, marker: str, before: float, label: str,
+                                  name: str) -> None:
+    """After the failed move: the VM is lab1's only, with its ref, fields and guest unchanged; a
+    move at full speed then succeeds."""
+    x, lab1, lab2 = pool.x, pool.lab.lab1, pool.lab.lab2
+    assert vm in x.host.get_resident_VMs(pool.host[lab1.name])
+    assert vm not in x.host.get_resident_VMs(pool.host[lab2.name])
+    _kept(x, vm, uuid, label, name)
+    _still_the_same_guest(shell, marker, before)
+    _on_domain(lab1, uuid, lambda dom: dom.migrateSetMaxSpeed(QEMU_MAX_SPEED, 0))
+    x.VM.pool_migrate(vm, pool.host[lab2.name], {})
+    assert _once(pool.lab, uuid, running=True) == lab2.name
+    assert x.VM.get_resident_on(vm) == pool.host[lab2.name]
+
+
 def test_destination_libvirtd_killed_mid_migration(lab_hosts, scrub, lab_server, tiny_guest, tmp_path):
     pool = Pool(lab_hosts, lab_server)
     x, lab1, lab2 = pool.x, lab_hosts.lab1, lab_hosts.lab2
@@ -152,16 +182,7 @@ def test_destination_libvirtd_killed_mid_migration(lab_hosts, scrub, lab_server,
     scrub.append(uuid)
     try:
         before = _uptime(shell)
-        task = _start_slow_migration(pool, vm, uuid, shell)
-        t0 = time.monotonic()
-        lab2.kill_libvirtd()
-        rec = _wait_task(x, task)
-        failed_after = time.monotonic() - t0
-        assert rec["status"] == "failure", rec
-        code, *params = rec["error_info"]
-        assert code == "VM_MIGRATE_FAILED" and params[:3] == [vm, pool.host[lab1.name], pool.host[lab2.name]], \
-            rec["error_info"]
-        print(f"destination libvirtd killed: the call failed {failed_after:.2f} s later: {params[3]}")
+        _killed_mid_migration(pool, vm, uuid, shell, lab2, "destination")
         # while lab2's daemon is down: the guest runs on lab1, where the server shows it
         assert _libvirt_state(lab1, uuid)[0] == 1
         assert (x.VM.get_power_state(vm), x.VM.get_resident_on(vm)) == ("Running", pool.host[lab1.name])
@@ -173,16 +194,7 @@ def test_destination_libvirtd_killed_mid_migration(lab_hosts, scrub, lab_server,
         _until(lambda: list(_where(lab_hosts, uuid)) == [lab1.name], "only lab1 defines the guest")
         assert _once(lab_hosts, uuid, running=True) == lab1.name
         assert (x.VM.get_power_state(vm), x.VM.get_resident_on(vm)) == ("Running", pool.host[lab1.name])
-        assert vm in x.host.get_resident_VMs(pool.host[lab1.name])
-        assert vm not in x.host.get_resident_VMs(pool.host[lab2.name])
-        _kept(x, vm, uuid, label, "dk")
-        _still_the_same_guest(shell, marker, before)
-        _on_domain(lab1, uuid, lambda dom: dom.migrateSetMaxSpeed(QEMU_MAX_SPEED, 0))
-
-        # the daemon back, the move works
-        x.VM.pool_migrate(vm, pool.host[lab2.name], {})
-        assert _once(lab_hosts, uuid, running=True) == lab2.name
-        assert x.VM.get_resident_on(vm) == pool.host[lab2.name]
+        _on_lab1_unchanged_then_moves(pool, vm, uuid, shell, marker, before, label, "dk")   # the daemon back
         shell.close()
         shell = _shell(lab2, uuid, tmp_path / "dk.log", "dk2")
         _still_the_same_guest(shell, marker, before)
@@ -200,16 +212,7 @@ def test_source_libvirtd_killed_mid_migration(lab_hosts, scrub, lab_server, tiny
     scrub.append(uuid)
     try:
         before = _uptime(shell)
-        task = _start_slow_migration(pool, vm, uuid, shell)
-        t0 = time.monotonic()
-        lab1.kill_libvirtd()
-        rec = _wait_task(x, task)
-        failed_after = time.monotonic() - t0
-        assert rec["status"] == "failure", rec
-        code, *params = rec["error_info"]
-        assert code == "VM_MIGRATE_FAILED" and params[:3] == [vm, pool.host[lab1.name], pool.host[lab2.name]], \
-            rec["error_info"]
-        print(f"source libvirtd killed: the call failed {failed_after:.2f} s later: {params[3]}")
+        _killed_mid_migration(pool, vm, uuid, shell, lab1, "source")
         # the guest's QEMU on lab1 outlives its daemon and keeps the guest
         assert shell.check("cat /tmp/marker") == marker
         _until(lambda: _libvirt_state(lab2, uuid) is None, "lab2 drops the incoming domain")
@@ -224,15 +227,7 @@ def test_source_libvirtd_killed_mid_migration(lab_hosts, scrub, lab_server, tiny
         assert _once(lab_hosts, uuid, running=True) == lab1.name
         _until(lambda: (x.VM.get_power_state(vm), x.VM.get_resident_on(vm)) == ("Running", pool.host[lab1.name]),
                "the server shows the VM Running on lab1")
-        assert vm in x.host.get_resident_VMs(pool.host[lab1.name])
-        assert vm not in x.host.get_resident_VMs(pool.host[lab2.name])
-        _kept(x, vm, uuid, label, "sk")
-        _still_the_same_guest(shell, marker, before)
-        _on_domain(lab1, uuid, lambda dom: dom.migrateSetMaxSpeed(QEMU_MAX_SPEED, 0))
-
-        x.VM.pool_migrate(vm, pool.host[lab2.name], {})
-        assert _once(lab_hosts, uuid, running=True) == lab2.name
-        assert x.VM.get_resident_on(vm) == pool.host[lab2.name]
+        _on_lab1_unchanged_then_moves(pool, vm, uuid, shell, marker, before, label, "sk")
     finally:
         shell.close()
         if not lab1._ours(lab1.pid_of("libvirtd"), "libvirtd"):

@@ -64,14 +64,8 @@ class Evacuation:
     # -- the plan ---------------------------------------------------------------------------------
     def vms_on(self, host: str) -> list[str]:
         """The VMs an evacuation moves: running or paused there, or halted and defined there."""
-        homes = self.hosts.homes
-        found = []
-        for vm, rec in self.store.records("VM").items():
-            if rec["is_control_domain"]:
-                continue
-            if (rec["resident_on"] == host if rec["power_state"] in _LIVE else homes.get(vm) == host):
-                found.append(vm)
-        return found
+        return [vm for vm, rec in self.store.records("VM").items()
+                if not rec["is_control_domain"] and self.moves.current_host(vm) == host]
 
     def targets(self, host: str) -> list[str]:
         hosts = self.hosts
