@@ -109,6 +109,22 @@ def test_start_places_a_vm_where_it_fits(two):
     assert xapi.xenapi.VM.get_power_state(vm) == "Halted"
 
 
+def test_start_prefers_the_vms_affinity_host_when_it_qualifies(two):
+    """xapi's home server: a VM with an affinity host starts there when that host qualifies, even
+    with more memory free elsewhere (it is moved there cold first); else where it fits best."""
+    running, xapi = two
+    big, small = hosts_of(xapi)
+    vm = halted_vm(xapi, big)
+    xapi.xenapi.VM.set_memory_limits(vm, str(256 << 20), str(256 << 20), str(256 << 20), str(256 << 20))
+    xapi.xenapi.VM.set_affinity(vm, small)
+    xapi.xenapi.VM.start(vm, False, False)
+    assert xapi.xenapi.VM.get_resident_on(vm) == small
+    xapi.xenapi.VM.hard_shutdown(vm)
+    xapi.xenapi.host.disable(small)                  # the affinity host no longer qualifies
+    xapi.xenapi.VM.start(vm, False, False)
+    assert xapi.xenapi.VM.get_resident_on(vm) == big
+
+
 def test_start_moves_a_vm_whose_host_cannot_take_it_to_one_that_can(two):
     """VM.start without a host: its own host is full, the other has room; it is moved there (cold,
     its definition and disks) and started, and resident_on says where."""

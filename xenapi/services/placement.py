@@ -267,9 +267,13 @@ class Placement:
         return [h for h in self.hosts.refs if not self.reasons(vm, h, guest)]
 
     def choose(self, vm: str) -> str:
-        """Where VM.start puts a VM: among the hosts that qualify, the one with the most memory
-        left (best fit by free memory); its home first on a tie.  The reasons of its home when none does."""
+        """Where VM.start puts a VM: its affinity host (xapi's home server) when that qualifies;
+        else, among the hosts that qualify, the one with the most memory left (best fit by free
+        memory), its home first on a tie.  The reasons of its home when none does."""
         guest = Guest(self.store, self.hosts, vm)
+        affinity = guest.rec["affinity"]
+        if affinity in self.hosts.refs and not self.reasons(vm, affinity, guest):
+            return affinity
         fits = {h: self.available_memory(h, excluding=vm) for h in self.hosts.refs if not self.reasons(vm, h, guest)}
         if not fits:
             raise (self.reasons(vm, guest.home, guest) if guest.home else [XenAPIError(E.HOST_NOT_LIVE)])[0]
